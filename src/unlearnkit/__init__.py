@@ -1,0 +1,35 @@
+"""unlearnkit: machine unlearning of features, labels and points, measured against retraining.
+
+Quick start::
+
+    import unlearnkit as uk
+    data = uk.data.load("breast-cancer")
+    model = uk.train(uk.models.for_data("logreg", data), data)
+    changes = uk.Changes.zero_features([0])
+    result = uk.unlearn(model, data, changes, method="second-order")
+    reference = uk.retrain(model, data, changes)
+"""
+
+from unlearnkit import data, influence, methods, models
+from unlearnkit.api import unlearn
+from unlearnkit.data.changes import Changes
+from unlearnkit.data.dataset import Dataset
+from unlearnkit.errors import (
+    ChangesError,
+    DataError,
+    MethodError,
+    ModelError,
+    SolverError,
+    UnlearnKitError,
+)
+from unlearnkit.influence.updates import UnlearnResult
+from unlearnkit.models.io import load_model, save_model
+from unlearnkit.training import TrainConfig, accuracy, predict, retrain, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Changes", "ChangesError", "DataError", "Dataset", "MethodError", "ModelError", "SolverError", "TrainConfig",
+    "UnlearnKitError", "UnlearnResult", "accuracy", "data", "influence", "load_model", "methods", "models", "predict",
+    "retrain", "save_model", "train", "unlearn", "__version__",
+]

@@ -1,0 +1,33 @@
+"""The one-call Python API: ``unlearn(model, data, changes, method=...)``."""
+
+from __future__ import annotations
+
+from unlearnkit import methods
+from unlearnkit.data.changes import Changes
+from unlearnkit.data.dataset import Dataset
+from unlearnkit.errors import ChangesError, DataError
+from unlearnkit.influence.updates import UnlearnResult
+from unlearnkit.models.base import UnlearnableModel
+
+
+def unlearn(
+    model: UnlearnableModel,
+    data: Dataset,
+    changes: Changes,
+    *,
+    method: str = "second-order",
+    device=None,
+    **hyperparameters,
+) -> UnlearnResult:
+    """Unlearn ``changes`` from ``model`` trained on ``data``; returns a new model and diagnostics.
+
+    ``method`` is any name in :func:`unlearnkit.methods.list` (``first-order``,
+    ``second-order``, ``retrain``, ...); ``hyperparameters`` are that method's, validated
+    against the registry (unknown ones are rejected with the valid list). ``model`` is never
+    modified, also when the method fails.
+    """
+    if not isinstance(data, Dataset):
+        raise DataError(f"data must be an unlearnkit Dataset, got {type(data).__name__}.")
+    if not isinstance(changes, Changes):
+        raise ChangesError(f"changes must be an unlearnkit Changes, got {type(changes).__name__}.")
+    return methods.make(method, **hyperparameters).unlearn(model, data, changes, device=device)

@@ -1,0 +1,54 @@
+"""Data sets, loaders, readers, splits and forget sets.
+
+``load(spec)`` turns a source string (``"digits:train"``, ``"synthetic:n=1000"``,
+``"data.csv"``) into a :class:`Dataset`; the other names build or transform data sets
+directly.
+"""
+
+from unlearnkit.data.dataset import Dataset
+from unlearnkit.data.embedded import (
+    load_breast_cancer,
+    load_digits,
+    load_iris,
+    load_wine,
+    normalize_rows,
+    standardize,
+)
+from unlearnkit.data.readers import (
+    load_fashion_mnist,
+    load_idx_pair,
+    load_mnist,
+    read_csv,
+    read_idx,
+    read_npz,
+    save_npz,
+)
+from unlearnkit.data.sources import available, load
+from unlearnkit.data.splits import Splits, forget_set, retain_forget, train_test_split
+from unlearnkit.data.synthetic import make_classification
+
+# Changes is exported from unlearnkit.data.changes
+
+__all__ = [
+    "Dataset",
+    "Splits",
+    "available",
+    "forget_set",
+    "load",
+    "load_breast_cancer",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_idx_pair",
+    "load_iris",
+    "load_mnist",
+    "load_wine",
+    "make_classification",
+    "normalize_rows",
+    "read_csv",
+    "read_idx",
+    "read_npz",
+    "retain_forget",
+    "save_npz",
+    "standardize",
+    "train_test_split",
+]

@@ -1,0 +1,414 @@
+"""``Changes``: the one edit specification of unlearnkit.
+
+An unlearning request replaces a set of affected training points ``Z`` by corrected points
+``Z~`` (Warnecke et al., NDSS 2023):
+
+* **feature edits** set feature columns to zero or to given values, in given rows or in every
+  row where any of the columns is non-zero;
+* **label edits** give rows new labels;
+* **point removals** drop rows (their ``Z~`` is empty).
+
+Rows are named by their stable row *ids* (see :class:`~unlearnkit.data.dataset.Dataset`).
+Columns index the flattened feature vector. A ``Changes`` is immutable; ``a + b`` composes two
+change sets (an error if they contradict each other). ``resolve(dataset)`` validates the change
+set against a dataset and returns ``Z``, ``Z~`` and the corrected dataset.
+
+Validation rules (each failure is a :class:`~unlearnkit.errors.ChangesError` naming it):
+
+* an empty change set, or an edit with no rows or no columns;
+* negative, non-integer or out-of-range rows (ids unknown to the dataset), columns or labels;
+* NaN or infinite feature values;
+* two edits of the same cell (feature cell or label) that disagree;
+* a row that is both removed and edited.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from unlearnkit.data.dataset import Dataset
+from unlearnkit.errors import ChangesError, DataError
+
+FORMAT = "unlearnkit.changes/1"
+
+
+def _int_tuple(values, what: str) -> tuple[int, ...]:
+    arr = np.asarray(values).reshape(-1)
+    if arr.size == 0:
+        return ()
+    if not (np.issubdtype(arr.dtype, np.integer) or (np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0))):
+        raise ChangesError(f"{what} must be integers; got {arr.dtype} values such as {arr[:3].tolist()}.")
+    arr = arr.astype(np.int64)
+    if np.any(arr < 0):
+        raise ChangesError(f"{what} must be >= 0; found {int(arr.min())}.")
+    return tuple(int(v) for v in arr)
+
+
+@dataclass(frozen=True)
+class FeatureEdit:
+    """Set ``columns`` to ``values`` in ``rows`` (row ids), or, if ``rows`` is None, in every
+    row where any of the columns is non-zero."""
+
+    columns: tuple[int, ...]
+    values: tuple[float, ...]
+    rows: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        cols = _int_tuple(self.columns, "feature edit columns")
+        if not cols:
+            raise ChangesError("A feature edit needs at least one column.")
+        if len(set(cols)) != len(cols):
+            raise ChangesError(f"A feature edit lists a column twice: {sorted(cols)}.")
+        vals = np.asarray(self.values, dtype=np.float64).reshape(-1)
+        if vals.size == 1 and len(cols) > 1:
+            vals = np.repeat(vals, len(cols))
+        if vals.size != len(cols):
+            raise ChangesError(f"A feature edit has {len(cols)} columns but {vals.size} values; give one value per column or one for all.")
+        if not np.all(np.isfinite(vals)):
+            raise ChangesError(f"Feature values must be finite; got {vals.tolist()}.")
+        rows = None
+        if self.rows is not None:
+            rows = _int_tuple(self.rows, "feature edit rows")
+            if not rows:
+                raise ChangesError("A feature edit with an explicit row list needs at least one row (use rows=None for every row where the feature is non-zero).")
+            rows = tuple(sorted(set(rows)))
+        object.__setattr__(self, "columns", cols)
+        object.__setattr__(self, "values", tuple(float(v) for v in vals))
+        object.__setattr__(self, "rows", rows)
+
+
+@dataclass(frozen=True)
+class LabelEdit:
+    """Give the rows ``rows`` (ids) the labels ``labels``."""
+
+    rows: tuple[int, ...]
+    labels: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        rows = _int_tuple(self.rows, "label edit rows")
+        labels = _int_tuple(self.labels, "new labels")
+        if len(labels) == 1 and len(rows) > 1:
+            labels = labels * len(rows)
+        if not rows:
+            raise ChangesError("A label edit needs at least one row.")
+        if len(labels) != len(rows):
+            raise ChangesError(f"A label edit has {len(rows)} rows but {len(labels)} labels.")
+        seen: dict[int, int] = {}
+        for r, lab in zip(rows, labels):
+            if seen.setdefault(r, lab) != lab:
+                raise ChangesError(f"Row {r} is given two different labels ({seen[r]} and {lab}).")
+        object.__setattr__(self, "rows", tuple(seen))
+        object.__setattr__(self, "labels", tuple(seen.values()))
+
+
+@dataclass(frozen=True)
+class PointRemoval:
+    """Remove the rows ``rows`` (ids)."""
+
+    rows: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        rows = _int_tuple(self.rows, "removed rows")
+        if not rows:
+            raise ChangesError("A point removal needs at least one row.")
+        object.__setattr__(self, "rows", tuple(sorted(set(rows))))
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A change set resolved against a dataset.
+
+    Attributes
+    ----------
+    affected_ids:
+        Ids of the affected points ``Z``, sorted.
+    Z:
+        The affected points as they are in the original dataset.
+    Z_tilde:
+        Their corrected versions (removed points are absent), in the same id order.
+    corrected:
+        The corrected dataset ``D~ = (D minus Z) union Z~``, in the original row order.
+    """
+
+    affected_ids: np.ndarray
+    Z: Dataset
+    Z_tilde: Dataset
+    corrected: Dataset
+
+    @property
+    def n_affected(self) -> int:
+        return int(self.affected_ids.size)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """An immutable, composable set of feature edits, label edits and point removals.
+
+    Build one with the constructors :meth:`zero_features`, :meth:`set_features`,
+    :meth:`relabel` and :meth:`remove`, compose with ``+``, and read it back from JSON with
+    :meth:`from_json` / :meth:`load`.
+
+    >>> import numpy as np
+    >>> from unlearnkit.data import Dataset
+    >>> ds = Dataset(np.array([[1., 0.], [0., 2.], [3., 4.]]), np.array([0, 1, 1]))
+    >>> ch = Changes.zero_features([1]) + Changes.relabel([0], [1])
+    >>> r = ch.resolve(ds)
+    >>> r.affected_ids.tolist(), r.corrected.X[:, 1].tolist(), r.corrected.y.tolist()
+    ([0, 1, 2], [0.0, 0.0, 0.0], [1, 1, 1])
+    """
+
+    feature_edits: tuple[FeatureEdit, ...] = ()
+    label_edits: tuple[LabelEdit, ...] = ()
+    removals: tuple[PointRemoval, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "feature_edits", tuple(self.feature_edits))
+        object.__setattr__(self, "label_edits", tuple(self.label_edits))
+        object.__setattr__(self, "removals", tuple(self.removals))
+        if self.is_empty:
+            raise ChangesError("The change set is empty: give at least one feature edit, label edit or removal.")
+        self._check_internal_consistency()
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def zero_features(cls, columns, rows=None) -> "Changes":
+        """Set ``columns`` to 0 in ``rows`` (ids), or wherever they are non-zero if ``rows`` is None."""
+        return cls(feature_edits=(FeatureEdit(columns, (0.0,), rows),))
+
+    @classmethod
+    def set_features(cls, columns, values, rows=None) -> "Changes":
+        """Set ``columns`` to ``values`` (one per column, or one for all)."""
+        return cls(feature_edits=(FeatureEdit(columns, values, rows),))
+
+    @classmethod
+    def relabel(cls, rows, labels) -> "Changes":
+        """Give ``rows`` (ids) new ``labels`` (one per row, or one for all)."""
+        return cls(label_edits=(LabelEdit(rows, labels),))
+
+    @classmethod
+    def remove(cls, rows) -> "Changes":
+        """Remove ``rows`` (ids)."""
+        return cls(removals=(PointRemoval(rows),))
+
+    def __add__(self, other: "Changes") -> "Changes":
+        if not isinstance(other, Changes):
+            return NotImplemented
+        return Changes(
+            self.feature_edits + other.feature_edits,
+            self.label_edits + other.label_edits,
+            self.removals + other.removals,
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def is_empty(self) -> bool:
+        return not (self.feature_edits or self.label_edits or self.removals)
+
+    @property
+    def removed_ids(self) -> frozenset[int]:
+        return frozenset(r for rem in self.removals for r in rem.rows)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Which kinds of edit this change set holds: ``features``, ``labels``, ``removals``."""
+        out = []
+        if self.feature_edits:
+            out.append("features")
+        if self.label_edits:
+            out.append("labels")
+        if self.removals:
+            out.append("removals")
+        return tuple(out)
+
+    def _check_internal_consistency(self) -> None:
+        labels: dict[int, int] = {}
+        for edit in self.label_edits:
+            for r, lab in zip(edit.rows, edit.labels):
+                if labels.setdefault(r, lab) != lab:
+                    raise ChangesError(f"Row {r} is given two different labels ({labels[r]} and {lab}).")
+        removed = self.removed_ids
+        clash = sorted(removed.intersection(labels))
+        if clash:
+            raise ChangesError(f"Rows {clash[:5]} are both removed and relabelled; drop one of the two requests.")
+        # feature cells with explicit rows: the same cell must not get two values
+        cells: dict[tuple[int, int], float] = {}
+        for edit in self.feature_edits:
+            if edit.rows is None:
+                continue
+            clash = sorted(removed.intersection(edit.rows))
+            if clash:
+                raise ChangesError(f"Rows {clash[:5]} are both removed and feature-edited; drop one of the two requests.")
+            for r in edit.rows:
+                for c, v in zip(edit.columns, edit.values):
+                    if cells.setdefault((r, c), v) != v:
+                        raise ChangesError(f"Cell (row {r}, column {c}) is set to two different values ({cells[(r, c)]} and {v}).")
+
+    # ------------------------------------------------------------------ resolution
+    def resolve(self, data: Dataset) -> Resolved:
+        """Validate against ``data`` and return ``Z``, ``Z~`` and the corrected dataset.
+
+        Raises :class:`ChangesError` for rows, columns or labels out of range and for
+        feature edits whose value-by-row assignments disagree once "every non-zero row"
+        edits are expanded.
+        """
+        n_cols = data.n_features
+        try:
+            positions_of = data.positions
+            removed_pos = positions_of(sorted(self.removed_ids)) if self.removals else np.zeros(0, np.int64)
+        except DataError as exc:
+            raise ChangesError(f"Point removal: {exc}") from None
+
+        # ---- labels
+        new_labels = data.y.copy()
+        label_pos: list[int] = []
+        for edit in self.label_edits:
+            try:
+                pos = positions_of(edit.rows)
+            except DataError as exc:
+                raise ChangesError(f"Label edit: {exc}") from None
+            labs = np.asarray(edit.labels, dtype=np.int64)
+            if labs.max() >= data.n_classes:
+                raise ChangesError(
+                    f"Label edit: label {int(labs.max())} is out of range; {data.name} has {data.n_classes} classes (0..{data.n_classes - 1})."
+                )
+            new_labels[pos] = labs
+            label_pos.extend(pos.tolist())
+
+        # ---- features: expand to (row position, column) -> value, checking agreement
+        X = data.X
+        flat = X if sp.issparse(X) else X.reshape(len(data), -1)
+        cell_pos: dict[tuple[int, int], float] = {}
+        removed_set = set(removed_pos.tolist())
+        for edit in self.feature_edits:
+            bad = [c for c in edit.columns if c >= n_cols]
+            if bad:
+                raise ChangesError(f"Feature edit: column(s) {bad[:5]} out of range; {data.name} has {n_cols} feature columns (0..{n_cols - 1}).")
+            cols = np.asarray(edit.columns, dtype=np.int64)
+            if edit.rows is None:
+                sub = flat[:, cols]
+                nz = (sub != 0)
+                if sp.issparse(nz):
+                    rows_pos = np.unique(nz.nonzero()[0])
+                else:
+                    rows_pos = np.flatnonzero(nz.any(axis=1))
+                rows_pos = np.asarray([p for p in rows_pos.tolist() if p not in removed_set], dtype=np.int64)
+            else:
+                try:
+                    rows_pos = positions_of(edit.rows)
+                except DataError as exc:
+                    raise ChangesError(f"Feature edit: {exc}") from None
+            for p in rows_pos.tolist():
+                for c, v in zip(edit.columns, edit.values):
+                    old = cell_pos.setdefault((p, c), v)
+                    if old != v:
+                        raise ChangesError(
+                            f"Cell (row {int(data.ids[p])}, column {c}) is set to two different values ({old} and {v})."
+                        )
+
+        # drop cells that do not actually change anything? No: a row named in an edit is
+        # affected even if the value is already the target (its gradient term cancels).
+        feat_rows = sorted({p for p, _ in cell_pos})
+        new_X = flat.copy() if not sp.issparse(flat) else flat.tolil(copy=True)
+        if cell_pos:
+            if sp.issparse(flat):
+                for (p, c), v in cell_pos.items():
+                    new_X[p, c] = v
+                new_X = new_X.tocsr()
+                new_X.eliminate_zeros()
+            else:
+                ps = np.fromiter((p for p, _ in cell_pos), dtype=np.int64, count=len(cell_pos))
+                cs = np.fromiter((c for _, c in cell_pos), dtype=np.int64, count=len(cell_pos))
+                vs = np.fromiter(cell_pos.values(), dtype=np.float64, count=len(cell_pos))
+                new_X[ps, cs] = vs
+        elif sp.issparse(flat):
+            new_X = flat.copy()
+        if not sp.issparse(X):
+            new_X = new_X.reshape(X.shape)
+
+        edited = np.asarray(sorted(set(feat_rows) | set(label_pos)), dtype=np.int64)
+        if edited.size == 0 and removed_pos.size == 0:
+            raise ChangesError(
+                f"The change set affects no row of {data.name}: every feature it zeroes is already zero everywhere. Nothing to unlearn."
+            )
+        affected = np.union1d(edited, removed_pos)
+        order = np.argsort(data.ids[affected], kind="stable")
+        affected = affected[order]
+
+        changed = data.replace(X=new_X, y=new_labels)
+        keep = np.setdiff1d(np.arange(len(data)), removed_pos)
+        corrected = changed.subset(keep, name=f"{data.name}~")
+        Z = data.subset(affected, name=f"{data.name}[Z]")
+        edited_sorted = affected[np.isin(affected, edited)]
+        Z_tilde = changed.subset(edited_sorted, name=f"{data.name}[Z~]")
+        return Resolved(np.asarray(data.ids[affected]), Z, Z_tilde, corrected)
+
+    def apply(self, data: Dataset) -> Dataset:
+        """The corrected dataset ``D~``."""
+        return self.resolve(data).corrected
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "feature_edits": [
+                {"columns": list(e.columns), "values": list(e.values), "rows": None if e.rows is None else list(e.rows)}
+                for e in self.feature_edits
+            ],
+            "label_edits": [{"rows": list(e.rows), "labels": list(e.labels)} for e in self.label_edits],
+            "removals": [{"rows": list(e.rows)} for e in self.removals],
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """Serialise; write to ``path`` if given. Returns the JSON text."""
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_dict(cls, obj: dict) -> "Changes":
+        if not isinstance(obj, dict):
+            raise ChangesError(f"A change set must be a JSON object; got {type(obj).__name__}.")
+        unknown = set(obj) - {"format", "feature_edits", "label_edits", "removals"}
+        if unknown:
+            raise ChangesError(f"Unknown keys in change set: {sorted(unknown)}; valid: feature_edits, label_edits, removals.")
+        if obj.get("format", FORMAT) != FORMAT:
+            raise ChangesError(f"Unsupported change-set format {obj.get('format')!r}; expected {FORMAT!r}.")
+        try:
+            return cls(
+                tuple(FeatureEdit(e["columns"], e.get("values", [0.0]), e.get("rows")) for e in obj.get("feature_edits", [])),
+                tuple(LabelEdit(e["rows"], e["labels"]) for e in obj.get("label_edits", [])),
+                tuple(PointRemoval(e["rows"]) for e in obj.get("removals", [])),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ChangesError(f"Malformed change set: missing or wrong field {exc}.") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "Changes":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ChangesError(f"Change set is not valid JSON: {exc}.") from None
+        return cls.from_dict(obj)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Changes":
+        path = Path(path)
+        if not path.is_file():
+            raise ChangesError(f"Change-set file not found: {path}.")
+        return cls.from_json(path.read_text())
+
+    def __repr__(self) -> str:
+        parts = []
+        if self.feature_edits:
+            parts.append(f"{len(self.feature_edits)} feature edit(s)")
+        if self.label_edits:
+            parts.append(f"{sum(len(e.rows) for e in self.label_edits)} relabelled row(s)")
+        if self.removals:
+            parts.append(f"{len(self.removed_ids)} removed row(s)")
+        return f"Changes({', '.join(parts)})"

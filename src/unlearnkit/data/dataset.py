@@ -1,0 +1,206 @@
+"""The in-memory dataset type every layer of unlearnkit works on.
+
+A :class:`Dataset` holds features ``X``, integer labels ``y`` and a *stable row id* per row.
+Row ids, not positions, are what :class:`~unlearnkit.data.changes.Changes` refer to: after a
+removal the positions of later rows shift, their ids do not, so edit requests stay meaningful
+when they are applied one after another.
+
+``X`` is a dense ``numpy`` array of shape ``(n, *feature_shape)`` (``feature_shape`` is
+``(d,)`` for tabular data and ``(C, H, W)`` for images) or a ``scipy.sparse`` CSR matrix of
+shape ``(n, d)``. Feature *columns* always index the flattened feature vector, so a pixel of
+an image is column ``c * H * W + h * W + w``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from unlearnkit.errors import DataError
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Features, labels and stable row ids, validated on construction.
+
+    Parameters
+    ----------
+    X:
+        ``(n, *feature_shape)`` float array, or a ``(n, d)`` CSR matrix.
+    y:
+        ``(n,)`` integer labels in ``[0, n_classes)``.
+    ids:
+        ``(n,)`` unique non-negative integer row ids; defaults to ``arange(n)``.
+    n_classes:
+        Number of classes; defaults to ``max(y) + 1`` (at least 2).
+    name:
+        A label for messages and reports.
+    feature_names:
+        Optional names of the ``d`` flattened feature columns.
+    """
+
+    X: np.ndarray | sp.csr_matrix
+    y: np.ndarray
+    ids: np.ndarray | None = None
+    n_classes: int | None = None
+    name: str = "data"
+    feature_names: tuple[str, ...] | None = None
+    _id_index: dict = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        X = self.X
+        if sp.issparse(X):
+            if X.ndim != 2:
+                raise DataError(f"{self.name}: a sparse X must be 2-D, got shape {X.shape}.")
+            X = sp.csr_matrix(X, dtype=np.float64 if X.dtype == np.float64 else np.float32)
+            X.sort_indices()
+            values = X.data
+        else:
+            X = np.asarray(X)
+            if X.ndim < 2:
+                raise DataError(
+                    f"{self.name}: X must have shape (n, *feature_shape); got shape {X.shape}. "
+                    "Reshape a single feature vector to (1, d)."
+                )
+            if not np.issubdtype(X.dtype, np.floating):
+                X = X.astype(np.float32)
+            values = X
+        if not np.all(np.isfinite(values)):
+            bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+            raise DataError(f"{self.name}: X contains {bad} NaN or infinite values; clean or impute them first.")
+        y = np.asarray(self.y)
+        if y.ndim != 1 or y.shape[0] != X.shape[0]:
+            raise DataError(f"{self.name}: y must have shape ({X.shape[0]},) to match X; got {y.shape}.")
+        if y.size and not np.issubdtype(y.dtype, np.integer):
+            if not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)):
+                raise DataError(f"{self.name}: labels must be integers (class indices); got {y.dtype} values.")
+        y = y.astype(np.int64)
+        if y.size and y.min() < 0:
+            raise DataError(f"{self.name}: labels must be >= 0; found {int(y.min())}.")
+        n_classes = self.n_classes
+        if n_classes is None:
+            n_classes = max(2, int(y.max()) + 1 if y.size else 2)
+        if y.size and y.max() >= n_classes:
+            raise DataError(f"{self.name}: label {int(y.max())} is out of range for n_classes={n_classes}.")
+        ids = np.arange(X.shape[0], dtype=np.int64) if self.ids is None else np.asarray(self.ids)
+        if ids.shape != (X.shape[0],) or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise DataError(f"{self.name}: ids must be {X.shape[0]} integers; got shape {ids.shape}, dtype {ids.dtype}.")
+        ids = ids.astype(np.int64)
+        if np.unique(ids).size != ids.size:
+            raise DataError(f"{self.name}: row ids must be unique.")
+        if self.feature_names is not None and len(self.feature_names) != _n_columns(X):
+            raise DataError(
+                f"{self.name}: {len(self.feature_names)} feature names for {_n_columns(X)} feature columns."
+            )
+        object.__setattr__(self, "X", X)
+        object.__setattr__(self, "y", y)
+        object.__setattr__(self, "ids", ids)
+        object.__setattr__(self, "n_classes", int(n_classes))
+        if self.feature_names is not None:
+            object.__setattr__(self, "feature_names", tuple(self.feature_names))
+
+    # ------------------------------------------------------------------ shape
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def is_sparse(self) -> bool:
+        return sp.issparse(self.X)
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """Shape of one example, e.g. ``(d,)`` or ``(1, 28, 28)``."""
+        return tuple(int(s) for s in self.X.shape[1:])
+
+    @property
+    def n_features(self) -> int:
+        """Number of flattened feature columns."""
+        return _n_columns(self.X)
+
+    # ------------------------------------------------------------------ ids
+    def positions(self, ids) -> np.ndarray:
+        """Positions of the given row ids; raises :class:`DataError` naming unknown ids."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if self._id_index is None:
+            object.__setattr__(self, "_id_index", {int(i): k for k, i in enumerate(self.ids)})
+        index = self._id_index
+        missing = [int(i) for i in ids if int(i) not in index]
+        if missing:
+            shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+            raise DataError(f"{self.name}: {len(missing)} row id(s) not in the dataset: {shown}.")
+        return np.fromiter((index[int(i)] for i in ids), dtype=np.int64, count=ids.size)
+
+    # ------------------------------------------------------------------ views
+    def subset(self, positions, name: str | None = None) -> "Dataset":
+        """The rows at ``positions`` (keeping their ids)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return Dataset(
+            self.X[positions],
+            self.y[positions],
+            self.ids[positions],
+            n_classes=self.n_classes,
+            name=name or self.name,
+            feature_names=self.feature_names,
+        )
+
+    def replace(self, **changes) -> "Dataset":
+        """A copy with some fields replaced (validated again)."""
+        fields = dict(
+            X=self.X, y=self.y, ids=self.ids, n_classes=self.n_classes, name=self.name,
+            feature_names=self.feature_names,
+        )
+        fields.update(changes)
+        return Dataset(**fields)
+
+    def dense_rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` as a dense array of shape ``(m, *feature_shape)``."""
+        rows = self.X[start:stop]
+        return rows.toarray() if sp.issparse(rows) else rows
+
+    def batches(self, batch_size: int, *, device=None, dtype=torch.float32):
+        """Yield ``(X, y)`` torch tensors over consecutive row blocks of at most ``batch_size``.
+
+        Sparse rows are densified one block at a time, so memory stays bounded by the batch.
+        """
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}.")
+        n = len(self)
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            xb = torch.as_tensor(np.ascontiguousarray(self.dense_rows(start, stop)), dtype=dtype, device=device)
+            yb = torch.as_tensor(self.y[start:stop], device=device)
+            yield xb, yb
+
+    def tensors(self, *, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """All rows as ``(X, y)`` tensors (dense)."""
+        X = torch.as_tensor(np.ascontiguousarray(self.dense_rows()), dtype=dtype, device=device)
+        return X, torch.as_tensor(self.y, device=device)
+
+    def fingerprint(self) -> str:
+        """A short content hash (features, labels, ids) to tie a model file to its data."""
+        import hashlib
+
+        h = hashlib.sha256()
+        if sp.issparse(self.X):
+            for part in (self.X.indptr, self.X.indices, self.X.data):
+                h.update(np.ascontiguousarray(part).tobytes())
+        else:
+            h.update(np.ascontiguousarray(self.X).tobytes())
+        h.update(self.y.tobytes())
+        h.update(self.ids.tobytes())
+        h.update(repr(self.X.shape).encode())
+        return h.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        kind = "sparse" if self.is_sparse else "dense"
+        return (
+            f"Dataset(name={self.name!r}, n={len(self)}, feature_shape={self.feature_shape}, "
+            f"n_classes={self.n_classes}, {kind})"
+        )
+
+
+def _n_columns(X) -> int:
+    return int(np.prod(X.shape[1:])) if X.ndim > 1 else 1

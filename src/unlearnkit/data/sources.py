@@ -1,0 +1,142 @@
+"""Resolve a data-source string, as given on the command line, to a :class:`Dataset`.
+
+Grammar
+-------
+``NAME[:train|:test]``
+    An embedded data set: ``digits``, ``breast-cancer``, ``wine``, ``iris``. The suffix
+    selects that part of ``train_test_split(ds, seed=0)`` (20 % test, stratified).
+``fashion-mnist[:train|:test]``
+    Fashion-MNIST's official training (default) or test split, read from the Debian package
+    path ``/usr/share/datasets/fashion-mnist``.
+``synthetic[:k=v,k=v,...][:train|:test]``
+    :func:`~unlearnkit.data.synthetic.make_classification`; keys ``n`` (default 1000),
+    ``d`` (20), ``classes`` (2), ``sparse`` (0/1), ``density`` (0.01), ``noise`` (0.25),
+    ``seed`` (0). Example: ``synthetic:n=1000,d=20,classes=2,sparse=0,seed=0``.
+``PATH.csv`` / ``PATH.npz`` [``:train|:test``]
+    A file read with :func:`~unlearnkit.data.readers.read_csv` (label column ``label``) or
+    :func:`~unlearnkit.data.readers.read_npz`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from unlearnkit.data import embedded, readers, synthetic
+from unlearnkit.data.dataset import Dataset
+from unlearnkit.data.splits import train_test_split
+from unlearnkit.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load", "available"]
+
+_EMBEDDED = {
+    "digits": embedded.load_digits,
+    "breast-cancer": embedded.load_breast_cancer,
+    "wine": embedded.load_wine,
+    "iris": embedded.load_iris,
+}
+_SYNTHETIC_DEFAULTS = {"n": 1000, "d": 20, "classes": 2, "sparse": 0, "density": 0.01, "noise": 0.25, "seed": 0}
+_SYNTHETIC_TYPES = {"n": int, "d": int, "classes": int, "sparse": int, "density": float, "noise": float, "seed": int}
+_PARTS = ("train", "test")
+
+
+def available() -> tuple[str, ...]:
+    """Names :func:`load` accepts (besides ``.csv`` and ``.npz`` paths).
+
+    Returns
+    -------
+    tuple of str
+        ``("digits", "breast-cancer", "wine", "iris", "fashion-mnist", "synthetic")``.
+    """
+    return (*_EMBEDDED, "fashion-mnist", "synthetic")
+
+
+def load(spec: str) -> Dataset:
+    """Load the data set a source string names (grammar in the module docstring).
+
+    Parameters
+    ----------
+    spec:
+        E.g. ``"digits"``, ``"digits:train"``, ``"fashion-mnist:test"``,
+        ``"synthetic:n=5000,d=50,classes=3"``, ``"data/train.csv"``.
+
+    Returns
+    -------
+    Dataset
+        The data set (or its train/test part), named after ``spec``.
+
+    Raises
+    ------
+    DataError
+        For an unknown name, a bad synthetic parameter or a missing file, listing what is
+        valid.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError(f"a data source must be a non-empty string; got {spec!r}. {_valid()}")
+    spec = spec.strip()
+    base, part = spec, None
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail.lower() in _PARTS and head:
+        base, part = head, tail.lower()
+
+    lowered = base.lower()
+    if lowered.endswith((".csv", ".npz")):
+        if not os.path.isfile(base):
+            raise DataError(f"data file {base!r} not found. Check the path. {_valid()}")
+        ds = readers.read_csv(base) if lowered.endswith(".csv") else readers.read_npz(base)
+        return _part(ds, part, spec)
+
+    name, _, params = base.partition(":")
+    name = name.lower()
+    if name in _EMBEDDED and not params:
+        return _part(_EMBEDDED[name](), part, spec)
+    if name == "fashion-mnist" and not params:
+        ds = readers.load_fashion_mnist(split=part or "train")
+        return ds.replace(name=spec)
+    if name == "synthetic":
+        ds = synthetic.make_classification(**_synthetic_args(params), name=base)
+        return _part(ds, part, spec)
+    raise DataError(f"unknown data source {spec!r}. {_valid()}")
+
+
+def _part(ds: Dataset, part: str | None, spec: str) -> Dataset:
+    if part is None:
+        return ds.replace(name=spec) if ds.name != spec else ds
+    splits = train_test_split(ds, seed=0)
+    chosen = splits.train if part == "train" else splits.test
+    return chosen.replace(name=spec)
+
+
+def _synthetic_args(params: str) -> dict:
+    values = dict(_SYNTHETIC_DEFAULTS)
+    for item in filter(None, (p.strip() for p in params.split(","))):
+        key, eq, raw = item.partition("=")
+        key = key.strip().lower()
+        if not eq or key not in values:
+            raise DataError(
+                f"bad synthetic parameter {item!r}; use key=value with keys "
+                f"{', '.join(_SYNTHETIC_DEFAULTS)} (e.g. synthetic:n=1000,d=20,classes=2,sparse=0,seed=0)."
+            )
+        kind = _SYNTHETIC_TYPES[key]
+        try:
+            value = kind(float(raw)) if kind is int else kind(raw)
+            if kind is int and float(raw) != value:
+                raise ValueError
+        except (ValueError, OverflowError):
+            raise DataError(f"synthetic parameter {key}={raw!r} must be {'an integer' if kind is int else 'a number'}.") from None
+        values[key] = value
+    if values["sparse"] not in (0, 1):
+        raise DataError(f"synthetic parameter sparse must be 0 or 1; got {values['sparse']}.")
+    return dict(
+        n=values["n"], d=values["d"], n_classes=values["classes"], sparse=bool(values["sparse"]),
+        density=values["density"], noise=values["noise"], seed=values["seed"],
+    )
+
+
+def _valid() -> str:
+    return (
+        f"Valid sources: {', '.join(available())} (optionally with :train or :test), "
+        "synthetic:n=...,d=...,classes=...,sparse=0|1,seed=..., or a path ending in .csv or .npz."
+    )

@@ -1,0 +1,25 @@
+"""Named exceptions. Each message says what went wrong and how to fix it."""
+
+
+class UnlearnKitError(Exception):
+    """Base class of every error unlearnkit raises on purpose."""
+
+
+class DataError(UnlearnKitError, ValueError):
+    """A dataset is malformed: wrong shapes, NaN or infinite values, labels or ids out of range."""
+
+
+class ChangesError(UnlearnKitError, ValueError):
+    """A change set is invalid: empty, out of range, contradictory or non-finite."""
+
+
+class ModelError(UnlearnKitError, ValueError):
+    """A model cannot be used as asked: unknown architecture, mismatched data, foreign file."""
+
+
+class SolverError(UnlearnKitError, RuntimeError):
+    """An inverse-Hessian-vector solver failed: too many parameters, diverged, non-finite."""
+
+
+class MethodError(UnlearnKitError, ValueError):
+    """An unlearning method is unknown or got hyperparameters it does not accept."""

@@ -1,0 +1,39 @@
+"""The model zoo: every model is an :class:`UnlearnableModel` with an explicit objective."""
+
+from __future__ import annotations
+
+from unlearnkit.errors import ModelError
+from unlearnkit.models.base import UnlearnableModel
+from unlearnkit.models.cnn import SmallCNN
+from unlearnkit.models.linear import LogisticRegression
+from unlearnkit.models.mlp import MLP
+
+MODELS: dict[str, type[UnlearnableModel]] = {cls.kind: cls for cls in (LogisticRegression, MLP, SmallCNN)}
+
+
+def build(kind: str, **config) -> UnlearnableModel:
+    """Build a model by kind (``logreg``, ``mlp``, ``cnn``) from its constructor arguments."""
+    try:
+        cls = MODELS[kind]
+    except KeyError:
+        raise ModelError(f"Unknown model kind {kind!r}; valid: {sorted(MODELS)}.") from None
+    try:
+        return cls(**config)
+    except TypeError as exc:
+        raise ModelError(f"Bad configuration for {kind!r}: {exc}. Valid keys: {cls.config_keys}.") from None
+
+
+def for_data(kind: str, data, **config) -> UnlearnableModel:
+    """Build a model of ``kind`` sized for ``data`` (input shape and number of classes)."""
+    config.setdefault("n_classes", data.n_classes)
+    if kind == "cnn":
+        shape = data.feature_shape
+        if len(shape) != 3:
+            raise ModelError(f"The cnn model needs image data of shape (C, H, W); {data.name} has {shape}.")
+        config.update(in_channels=shape[0], height=shape[1], width=shape[2])
+    else:
+        config.setdefault("n_features", data.n_features)
+    return build(kind, **config)
+
+
+__all__ = ["MODELS", "MLP", "LogisticRegression", "SmallCNN", "UnlearnableModel", "build", "for_data"]

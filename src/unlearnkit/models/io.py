@@ -1,0 +1,78 @@
+"""Model files: architecture config, training config and weights, loaded safely.
+
+A model file is a ``torch.save``'d dict of plain values and tensors, read back with
+``torch.load(..., weights_only=True)`` so that a file from elsewhere cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from unlearnkit.errors import ModelError
+from unlearnkit.models import MODELS, UnlearnableModel, build
+
+FORMAT = "unlearnkit.model/1"
+
+
+def save_model(model: UnlearnableModel, path: str | Path, *, metadata: dict | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically (a crash leaves any old file intact)."""
+    from unlearnkit.training import TrainConfig
+
+    path = Path(path)
+    train_config = getattr(model, "train_config", None)
+    payload = {
+        "format": FORMAT,
+        "kind": model.kind,
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.items()},
+        "train_config": train_config.to_dict() if isinstance(train_config, TrainConfig) else None,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_model(path: str | Path, *, device=None) -> UnlearnableModel:
+    """Read a model written by :func:`save_model`; refuses anything else with a clear error."""
+    from unlearnkit.training import TrainConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"Model file not found: {path}.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated zip, foreign objects
+        raise ModelError(
+            f"{path} is not a readable unlearnkit model file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})."
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelError(f"{path} is not an unlearnkit model file (expected format {FORMAT!r}).")
+    kind = payload.get("kind")
+    if kind not in MODELS:
+        raise ModelError(f"{path}: unknown model kind {kind!r}; valid: {sorted(MODELS)}.")
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
+    model = build(kind, **config)
+    state = payload["state_dict"]
+    dtype = next(iter(state.values())).dtype if state else torch.float32
+    model = model.to(dtype=dtype)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: weights do not match the {kind} architecture: {str(exc).splitlines()[0]}") from None
+    if payload.get("train_config") is not None:
+        model.train_config = TrainConfig.from_dict(payload["train_config"])
+    model.metadata = dict(payload.get("metadata") or {})
+    model.eval()
+    return model.to(device) if device is not None else model

@@ -1,0 +1,270 @@
+"""Deterministic training, and retraining from scratch: the gold standard of unlearning.
+
+Every model minimises the objective of :mod:`unlearnkit.models.base`,
+``L(theta; D) = sum_i l_i + (l2 / 2)||theta||^2``. Optimisers work on ``L / n`` (same
+minimiser, scale-free step sizes):
+
+* ``lbfgs`` (default for convex models): full-batch L-BFGS with strong-Wolfe line search,
+  gradients accumulated over row blocks of ``batch_size`` (memory stays bounded), stopped when
+  ``max |grad(L / n)| <= tol``.
+* ``adam`` / ``sgd`` (default ``adam`` for deep models): mini-batches of ``batch_size``
+  shuffled by a seeded generator; each step minimises ``mean_batch l + l2 / (2n) ||theta||^2``.
+
+A seed fixes the initial parameters and the shuffling, so the same call twice gives the same
+model (on the same device and thread count).
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from unlearnkit.data.changes import Changes
+from unlearnkit.data.dataset import Dataset
+from unlearnkit.errors import ModelError
+from unlearnkit.models.base import UnlearnableModel
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+"""``progress(done, total, message)``, called as training advances."""
+
+
+class Optimizer(str, enum.Enum):
+    LBFGS = "lbfgs"
+    ADAM = "adam"
+    SGD = "sgd"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained. Stored with the model so that retraining repeats it exactly.
+
+    Parameters
+    ----------
+    optimizer: ``lbfgs``, ``adam`` or ``sgd``; ``None`` picks ``lbfgs`` for convex models and
+        ``adam`` otherwise.
+    epochs: passes over the data (``adam``/``sgd``).
+    lr: learning rate (``adam``/``sgd``; L-BFGS uses 1 with line search).
+    momentum: for ``sgd``.
+    batch_size: mini-batch size, and the row block size for full-batch gradients.
+    tol: L-BFGS stops when ``max |grad(L / n)| <= tol``.
+    max_iter: L-BFGS iteration cap.
+    seed: initial parameters and shuffling.
+    dtype: ``float64`` (default for convex models) or ``float32``.
+    """
+
+    optimizer: Optimizer | None = None
+    epochs: int = 10
+    lr: float = 1e-3
+    momentum: float = 0.9
+    batch_size: int = 256
+    tol: float = 1e-10
+    max_iter: int = 2000
+    seed: int = 0
+    dtype: str | None = None
+
+    def resolved(self, model: UnlearnableModel) -> "TrainConfig":
+        """Fill the model-dependent defaults (optimizer, dtype)."""
+        opt = Optimizer(self.optimizer) if self.optimizer is not None else (
+            Optimizer.LBFGS if model.convex else Optimizer.ADAM
+        )
+        dtype = self.dtype or ("float64" if model.convex else "float32")
+        if dtype not in ("float32", "float64"):
+            raise ModelError(f"dtype must be 'float32' or 'float64', got {dtype!r}.")
+        if self.batch_size < 1 or self.epochs < 0 or self.max_iter < 1:
+            raise ModelError("batch_size and max_iter must be >= 1 and epochs >= 0.")
+        return replace(self, optimizer=opt, dtype=dtype)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["optimizer"] = None if self.optimizer is None else Optimizer(self.optimizer).value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        if d.get("optimizer") is not None:
+            d["optimizer"] = Optimizer(d["optimizer"])
+        return cls(**d)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def objective(model: UnlearnableModel, data: Dataset, *, batch_size: int = 4096, device=None) -> float:
+    """``L(theta; data)``: the summed per-sample loss plus ``(l2 / 2)||theta||^2``."""
+    device = device or model_device(model)
+    total = 0.0
+    with torch.no_grad():
+        for xb, yb in data.batches(batch_size, device=device, dtype=model_dtype(model)):
+            total += float(model.per_sample_loss(model(xb), yb).sum())
+        total += 0.5 * model.l2 * float(sum((p**2).sum() for p in model.parameters()))
+    return total
+
+
+def train(
+    model: UnlearnableModel,
+    data: Dataset,
+    *,
+    config: TrainConfig | None = None,
+    device=None,
+    init_from: UnlearnableModel | None = None,
+    progress: Progress | None = None,
+) -> UnlearnableModel:
+    """Train a copy of ``model`` on ``data`` and return it (``model`` is not modified).
+
+    The copy is re-initialised from ``config.seed`` unless ``init_from`` gives starting
+    parameters (warm start). The returned model carries ``train_config`` (the resolved
+    config) so :func:`retrain` can repeat the procedure.
+    """
+    if len(data) == 0:
+        raise ModelError(f"Cannot train on {data.name}: it has no rows.")
+    model.check_data(data)
+    config = (config or getattr(model, "train_config", None) or TrainConfig()).resolved(model)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    dtype = torch_dtype(config.dtype)
+    net = copy.deepcopy(model).to(device=device, dtype=dtype)
+    if init_from is not None:
+        net.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in init_from.state_dict().items()})
+    else:
+        gen = torch.Generator(device="cpu").manual_seed(config.seed)
+        cpu_net = net.to("cpu")
+        cpu_net.init_parameters(gen)
+        net = cpu_net.to(device)
+    start = time.perf_counter()
+    if config.optimizer is Optimizer.LBFGS:
+        _fit_lbfgs(net, data, config, device, dtype, progress)
+    else:
+        _fit_minibatch(net, data, config, device, dtype, progress)
+    net.train_config = config
+    log.debug("trained %s on %s in %.3fs", net.kind, data.name, time.perf_counter() - start)
+    return net
+
+
+def retrain(
+    model: UnlearnableModel,
+    data: Dataset,
+    changes: Changes | None = None,
+    *,
+    device=None,
+    warm_start: bool = False,
+    progress: Progress | None = None,
+) -> UnlearnableModel:
+    """Retrain ``model``'s architecture from scratch on the corrected data ``changes.apply(data)``.
+
+    Uses the model's own ``train_config`` (same seed, so the same initialisation), which makes
+    it the reference every unlearning method is compared with. ``warm_start=True`` starts from
+    ``model``'s parameters instead: the honest strong baseline for convex models.
+    """
+    corrected = changes.apply(data) if changes is not None else data
+    config = getattr(model, "train_config", None)
+    if config is None:
+        raise ModelError("The model carries no train_config: train it with unlearnkit.train(...) first.")
+    fresh = type(model)(**model.config)
+    device = device if device is not None else model_device(model)
+    return train(fresh, corrected, config=config, device=device, init_from=model if warm_start else None, progress=progress)
+
+
+# ---------------------------------------------------------------------------- optimisers
+def _fit_lbfgs(net, data, config, device, dtype, progress) -> None:
+    n = len(data)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.LBFGS(
+        params, lr=1.0, max_iter=config.max_iter, tolerance_grad=config.tol, tolerance_change=1e-20,
+        history_size=20, line_search_fn="strong_wolfe",
+    )
+    evals = [0]
+
+    def closure():
+        opt.zero_grad(set_to_none=False)
+        total = torch.zeros((), dtype=dtype, device=device)
+        for xb, yb in data.batches(config.batch_size if n > config.batch_size * 4 else n, device=device, dtype=dtype):
+            loss = net.per_sample_loss(net(xb), yb).sum() / n
+            loss.backward()
+            total = total + loss.detach()
+        reg = 0.5 * net.l2 / n * sum((p**2).sum() for p in params)
+        reg.backward()
+        evals[0] += 1
+        if progress is not None and evals[0] % 10 == 0:
+            progress(min(evals[0], config.max_iter), config.max_iter, f"L-BFGS step {evals[0]}")
+        return total + reg.detach()
+
+    opt.step(closure)
+    grad_max = max(float(p.grad.abs().max()) for p in params)
+    if grad_max > config.tol * 100:
+        log.warning(
+            "L-BFGS stopped with max |grad(L/n)| = %.3g > tol %.3g after %d evaluations; "
+            "raise max_iter for a tighter optimum.", grad_max, config.tol, evals[0],
+        )
+    if progress is not None:
+        progress(config.max_iter, config.max_iter, "L-BFGS done")
+
+
+def _fit_minibatch(net, data, config, device, dtype, progress) -> None:
+    n = len(data)
+    params = [p for p in net.parameters() if p.requires_grad]
+    if config.optimizer is Optimizer.ADAM:
+        opt = torch.optim.Adam(params, lr=config.lr)
+    else:
+        opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+    gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)
+    X_all, y_all = data.tensors(dtype=dtype) if not data.is_sparse else (None, None)
+    steps_per_epoch = -(-n // config.batch_size)
+    total = config.epochs * steps_per_epoch
+    step = 0
+    net.train()
+    for epoch in range(config.epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, config.batch_size):
+            idx = order[start:start + config.batch_size]
+            if X_all is not None:
+                xb, yb = X_all[idx].to(device), y_all[idx].to(device)
+            else:
+                sub = data.subset(idx.numpy())
+                xb, yb = sub.tensors(device=device, dtype=dtype)
+            opt.zero_grad(set_to_none=True)
+            loss = net.per_sample_loss(net(xb), yb).mean()
+            loss = loss + 0.5 * net.l2 / n * sum((p**2).sum() for p in params)
+            loss.backward()
+            opt.step()
+            step += 1
+        if progress is not None:
+            progress(step, total, f"epoch {epoch + 1}/{config.epochs}")
+        if not torch.isfinite(loss):
+            raise ModelError(f"Training diverged (loss {float(loss)}) in epoch {epoch + 1}; lower the learning rate.")
+    net.eval()
+
+
+# ---------------------------------------------------------------------------- evaluation
+def predict(model: UnlearnableModel, data: Dataset, *, batch_size: int = 4096, device=None) -> np.ndarray:
+    """Predicted class of every row of ``data``."""
+    device = device or model_device(model)
+    out = []
+    with torch.no_grad():
+        for xb, _ in data.batches(batch_size, device=device, dtype=model_dtype(model)):
+            out.append(model.predict(model(xb)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def accuracy(model: UnlearnableModel, data: Dataset, *, batch_size: int = 4096, device=None) -> float:
+    """Fraction of rows of ``data`` the model classifies correctly."""
+    if len(data) == 0:
+        return float("nan")
+    return float(np.mean(predict(model, data, batch_size=batch_size, device=device) == data.y))
