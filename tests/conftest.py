@@ -38,5 +38,5 @@ def multiclass_small():
 def tiny_mlp():
     data = make_logistic_data(200, 4, n_classes=3, seed=2)
     model = train(MLP(n_features=4, n_classes=3, hidden=(6,), l2=1e-2), data,
-                  config=TrainConfig(optimizer="lbfgs", dtype="float64", tol=1e-9, max_iter=500))
+                  config=TrainConfig(optimizer="lbfgs", dtype="float64", tol=1e-9, max_iter=60))
     return data, model

@@ -38,6 +38,17 @@ def test_dense_hessian_matches_closed_form_for_binary_logistic_regression(multic
     assert rel(HessianOperator(flat, data, batch_size=333).matvec(v), closed @ v) < 1e-10
 
 
+def test_closed_form_hessian_matches_torch_func_for_multinomial(multiclass_small):
+    from torch.func import hessian
+
+    data, model = multiclass_small
+    flat = FlatModel(model)
+    X, y = data.tensors(dtype=flat.dtype)
+    generic = hessian(flat.loss_sum)(flat.theta(), X, y)
+    closed = model.loss_hessian(flat.theta(), X, y)
+    assert rel(closed, generic) < 1e-10
+
+
 def test_cg_agrees_with_cholesky_on_logistic_regression(multiclass_small):
     data, model = multiclass_small
     flat = FlatModel(model)

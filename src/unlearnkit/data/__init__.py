@@ -5,6 +5,7 @@
 directly.
 """
 
+from unlearnkit.data.changes import Changes, FeatureEdit, LabelEdit, PointRemoval, Resolved
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.data.embedded import (
     load_breast_cancer,
@@ -27,9 +28,12 @@ from unlearnkit.data.sources import available, load
 from unlearnkit.data.splits import Splits, forget_set, retain_forget, train_test_split
 from unlearnkit.data.synthetic import make_classification
 
-# Changes is exported from unlearnkit.data.changes
-
 __all__ = [
+    "Changes",
+    "FeatureEdit",
+    "LabelEdit",
+    "PointRemoval",
+    "Resolved",
     "Dataset",
     "Splits",
     "available",

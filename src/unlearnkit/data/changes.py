@@ -38,7 +38,10 @@ FORMAT = "unlearnkit.changes/1"
 
 
 def _int_tuple(values, what: str) -> tuple[int, ...]:
-    arr = np.asarray(values).reshape(-1)
+    try:
+        arr = np.asarray(values).reshape(-1)
+    except (ValueError, TypeError) as exc:
+        raise ChangesError(f"{what} must be a flat list of integers ({exc}).") from None
     if arr.size == 0:
         return ()
     if not (np.issubdtype(arr.dtype, np.integer) or (np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0))):
@@ -64,7 +67,10 @@ class FeatureEdit:
             raise ChangesError("A feature edit needs at least one column.")
         if len(set(cols)) != len(cols):
             raise ChangesError(f"A feature edit lists a column twice: {sorted(cols)}.")
-        vals = np.asarray(self.values, dtype=np.float64).reshape(-1)
+        try:
+            vals = np.asarray(self.values, dtype=np.float64).reshape(-1)
+        except (ValueError, TypeError) as exc:
+            raise ChangesError(f"Feature values must be numbers ({exc}).") from None
         if vals.size == 1 and len(cols) > 1:
             vals = np.repeat(vals, len(cols))
         if vals.size != len(cols):
@@ -379,6 +385,13 @@ class Changes:
             raise ChangesError(f"Unknown keys in change set: {sorted(unknown)}; valid: feature_edits, label_edits, removals.")
         if obj.get("format", FORMAT) != FORMAT:
             raise ChangesError(f"Unsupported change-set format {obj.get('format')!r}; expected {FORMAT!r}.")
+        entry_keys = {"feature_edits": {"columns", "values", "rows"}, "label_edits": {"rows", "labels"}, "removals": {"rows"}}
+        for section, valid_keys in entry_keys.items():
+            entries = obj.get(section, [])
+            for e in entries if isinstance(entries, list) else ():
+                extra = set(e) - valid_keys if isinstance(e, dict) else set()
+                if extra:
+                    raise ChangesError(f"Unknown keys {sorted(extra)} in an entry of {section}; valid: {sorted(valid_keys)}.")
         try:
             return cls(
                 tuple(FeatureEdit(e["columns"], e.get("values", [0.0]), e.get("rows")) for e in obj.get("feature_edits", [])),

@@ -54,9 +54,18 @@ class HessianOperator:
         return self.flat.l2 * v + scale * self._batch_hvp(v, xb, yb)
 
     def dense(self) -> torch.Tensor:
-        """The ``p x p`` Hessian, accumulated over row blocks (``torch.func.hessian``)."""
+        """The ``p x p`` Hessian, accumulated over row blocks.
+
+        Uses the model's closed form ``loss_hessian(theta, X, y)`` where it has one (logistic
+        regression), else ``torch.func.hessian``.
+        """
         p = self.n_params
         H = self.flat.l2 * torch.eye(p, dtype=self.flat.dtype, device=self.flat.device)
+        closed = getattr(self.flat.model, "loss_hessian", None)
+        if closed is not None:
+            for xb, yb in self.data.batches(max(self.batch_size, 8192), device=self.flat.device, dtype=self.flat.dtype):
+                H += closed(self.theta, xb, yb)
+            return 0.5 * (H + H.T)
         h = hessian(self.flat.loss_sum)
         # jacfwd over p tangents: keep (rows x p) activations bounded
         rows = max(1, min(self.batch_size, (1 << 22) // max(p, 1)))

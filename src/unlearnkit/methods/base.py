@@ -30,6 +30,9 @@ class Hyperparameter:
     def check(self, value: Any) -> Any:
         if value is None and self.default is None:
             return value
+        types = _as_tuple(self.type)
+        if float in types and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
         if not isinstance(value, self.type) or isinstance(value, bool) and bool not in _as_tuple(self.type):
             names = "/".join(t.__name__ for t in _as_tuple(self.type))
             raise MethodError(f"Hyperparameter {self.name!r} must be {names}, got {value!r}.")

@@ -55,24 +55,33 @@ def load_model(path: str | Path, *, device=None) -> UnlearnableModel:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated zip, foreign objects
         raise ModelError(
-            f"{path} is not a readable unlearnkit model file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})."
+            f"{path} is not a readable unlearnkit model file ({type(exc).__name__}): it is not a PyTorch file, "
+            "it is truncated, or it holds objects other than tensors and plain values, which are refused "
+            "for safety. Save models with unlearnkit.save_model or `unlearnkit train`."
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path} is not an unlearnkit model file (expected format {FORMAT!r}).")
     kind = payload.get("kind")
-    if kind not in MODELS:
+    if not isinstance(kind, str) or kind not in MODELS:
         raise ModelError(f"{path}: unknown model kind {kind!r}; valid: {sorted(MODELS)}.")
-    config = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
-    model = build(kind, **config)
-    state = payload["state_dict"]
-    dtype = next(iter(state.values())).dtype if state else torch.float32
-    model = model.to(dtype=dtype)
     try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not match the {kind} architecture: {str(exc).splitlines()[0]}") from None
-    if payload.get("train_config") is not None:
-        model.train_config = TrainConfig.from_dict(payload["train_config"])
-    model.metadata = dict(payload.get("metadata") or {})
+        config = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
+        model = build(kind, **config)
+        state = payload["state_dict"]
+        dtype = next(iter(state.values())).dtype if state else torch.float32
+        model = model.to(dtype=dtype)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelError(f"{path}: weights do not match the {kind} architecture: {str(exc).splitlines()[0]}") from None
+        if payload.get("train_config") is not None:
+            model.train_config = TrainConfig.from_dict(payload["train_config"])
+        model.metadata = dict(payload.get("metadata") or {})
+    except ModelError:
+        raise
+    except Exception as exc:  # missing or malformed fields in a file that claims the format
+        raise ModelError(
+            f"{path}: malformed unlearnkit model file ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})."
+        ) from None
     model.eval()
     return model.to(device) if device is not None else model

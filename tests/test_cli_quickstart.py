@@ -1,0 +1,77 @@
+"""The README quick-start runs as written; the CLI trains, unlearns and refuses bad input."""
+
+import json
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+import unlearnkit as uk
+from unlearnkit.cli import app
+from unlearnkit.influence import FlatModel
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def test_readme_quickstart_runs():
+    text = (ROOT / "README.md").read_text().split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(text, "README quick start", "exec"), namespace)
+    result, reference = namespace["result"], namespace["reference"]
+    a, b = FlatModel(result.model).theta(), FlatModel(reference).theta()
+    assert float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)) < 0.05
+
+
+def test_cli_train_unlearn_round_trip(tmp_path):
+    model_path, out = tmp_path / "m.pt", tmp_path / "m2.pt"
+    r = runner.invoke(app, ["train", "--data", "breast-cancer:train", "--model", "logreg", "--out", str(model_path)])
+    assert r.exit_code == 0, r.output
+    changes = tmp_path / "c.json"
+    ids = uk.data.load("breast-cancer:train").ids[:3]
+    uk.Changes.relabel(ids, [1, 1, 1]).to_json(changes)
+    r = runner.invoke(app, ["unlearn", "--model", str(model_path), "--data", "breast-cancer:train", "--changes",
+                            str(changes), "--method", "second-order", "--out", str(out), "--compare-retrain"])
+    assert r.exit_code == 0, r.output
+    assert "rel. distance to retrained" in r.output
+    before, after = uk.load_model(model_path), uk.load_model(out)
+    assert not torch.equal(FlatModel(before).theta(), FlatModel(after).theta())
+    assert after.train_config == before.train_config
+
+
+def test_cli_reports_bad_input_without_writing(tmp_path):
+    model_path, out = tmp_path / "m.pt", tmp_path / "m2.pt"
+    runner.invoke(app, ["train", "--data", "wine:train", "--model", "logreg", "--out", str(model_path)])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"label_edits": [{"rows": [0], "labels": [7]}]}))
+    r = runner.invoke(app, ["unlearn", "--model", str(model_path), "--data", "wine:train", "--changes", str(bad),
+                            "--out", str(out)])
+    assert r.exit_code == 2
+    assert "out of range" in r.output
+    assert not out.exists()
+    r = runner.invoke(app, ["unlearn", "--model", str(bad), "--data", "wine:train", "--changes", str(bad),
+                            "--out", str(out)])
+    assert r.exit_code == 2 and "not a readable unlearnkit model file" in r.output
+    r = runner.invoke(app, ["unlearn", "--model", str(model_path), "--data", "wine:train", "--changes", str(bad),
+                            "--method", "nope", "--out", str(out)])
+    assert r.exit_code == 2
+
+
+def test_cli_methods_lists_and_describes():
+    r = runner.invoke(app, ["methods"])
+    assert r.exit_code == 0 and "second-order" in r.output and "retrain" in r.output
+    r = runner.invoke(app, ["methods", "second-order"])
+    assert "damping" in r.output and "NDSS 2023" in r.output
+
+
+def test_demo_runs_and_unlearning_helps():
+    from unlearnkit import demo
+
+    rows = demo.run(seed=0)
+    by = {(r.problem.split(" /")[0], r.method): r for r in rows}
+    # leaky feature: second order is far closer to retraining than doing nothing
+    assert by[("leaky feature", "second-order")].rel_distance < 0.5 * by[("leaky feature", "original (no unlearning)")].rel_distance
+    # flipped labels: both updates raise accuracy on the corrected points
+    orig = by[("flipped labels", "original (no unlearning)")].corrected_acc
+    assert by[("flipped labels", "first-order")].corrected_acc > orig
+    assert by[("flipped labels", "second-order")].corrected_acc > orig
