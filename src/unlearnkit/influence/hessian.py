@@ -8,24 +8,43 @@ the Hessian of ``L(theta; D) = sum_z l(z, theta) + (l2/2)||theta||^2`` (sum, not
 Products are exact (forward-over-reverse ``torch.func.jvp`` of ``grad``), computed over row
 blocks of ``batch_size`` so memory stays bounded. :meth:`HessianOperator.sample_matvec`
 gives the unbiased mini-batch estimate ``(n/|B|) sum_{z in B} H_z v + l2 v`` used by LiSSA.
+
+``curvature="ggn"`` replaces each ``H_z`` by its generalised Gauss-Newton part
+``J_z^T (d^2 l / d logits^2) J_z`` (``J_z`` the Jacobian of the logits): positive
+semi-definite for any network, and equal to the Hessian for linear models such as logistic
+regression. Deep models at a non-minimum have indefinite Hessians, on which CG breaks down;
+the GGN keeps CG well defined.
 """
+
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
 import torch
-from torch.func import grad, hessian, jvp
+from torch.func import functional_call, grad, hessian, jvp, vjp
 
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.influence.functional import FlatModel
 
 
+class Curvature(str, enum.Enum):
+    HESSIAN = "hessian"
+    GGN = "ggn"
+
+
 class HessianOperator:
     """The Hessian of ``L(theta; data)`` as a linear operator, counting its products."""
 
-    def __init__(self, flat: FlatModel, data: Dataset, theta: torch.Tensor | None = None, *, batch_size: int = 1024) -> None:
+    def __init__(
+        self, flat: FlatModel, data: Dataset, theta: torch.Tensor | None = None, *, batch_size: int = 1024,
+        weight: float = 1.0, curvature: str | Curvature = Curvature.HESSIAN,
+    ) -> None:
+        self.curvature = Curvature(curvature)
         self.flat = flat
         self.data = data
+        self.weight = float(weight)  # H = weight * sum_{z in data} H_z + l2 I (weight n/m for a subsample)
         self.theta = flat.theta() if theta is None else theta
         self.batch_size = int(batch_size)
         self.n_hvp = 0  # full-data Hessian-vector products computed
@@ -36,13 +55,32 @@ class HessianOperator:
         return self.flat.n_params
 
     def _batch_hvp(self, v: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        if self.curvature is Curvature.GGN:
+            return self._batch_ggn(v, xb)
         return jvp(lambda t: self._grad(t, xb, yb), (self.theta,), (v,))[1]
+
+    def _batch_ggn(self, v: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        flat = self.flat
+
+        def logits(t):
+            return functional_call(flat.model, {**flat.unflatten(t), **flat.buffers}, (xb,))
+
+        out, vjp_fn = vjp(logits, self.theta)
+        _, jv = jvp(logits, (self.theta,), (v,))
+        if out.ndim == 1:  # binary logistic: d^2 l / dz^2 = p (1 - p)
+            p = torch.sigmoid(out)
+            hjv = p * (1 - p) * jv
+        else:  # softmax cross-entropy: (diag(p) - p p^T) jv
+            p = torch.softmax(out, dim=-1)
+            hjv = p * jv - p * (p * jv).sum(-1, keepdim=True)
+        return vjp_fn(hjv)[0]
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``H v`` over the whole dataset (one pass)."""
-        out = self.flat.l2 * v
+        out = torch.zeros_like(v)
         for xb, yb in self.data.batches(self.batch_size, device=self.flat.device, dtype=self.flat.dtype):
             out = out + self._batch_hvp(v, xb, yb)
+        out = self.weight * out + self.flat.l2 * v
         self.n_hvp += 1
         return out
 
@@ -50,7 +88,7 @@ class HessianOperator:
         """Unbiased estimate ``(n/|B|) sum_{z in B} H_z v + l2 v`` on the rows ``positions``."""
         sub = self.data.subset(positions)
         xb, yb = sub.tensors(device=self.flat.device, dtype=self.flat.dtype)
-        scale = len(self.data) / len(sub)
+        scale = self.weight * len(self.data) / len(sub)
         return self.flat.l2 * v + scale * self._batch_hvp(v, xb, yb)
 
     def dense(self) -> torch.Tensor:
@@ -60,18 +98,23 @@ class HessianOperator:
         regression), else ``torch.func.hessian``.
         """
         p = self.n_params
-        H = self.flat.l2 * torch.eye(p, dtype=self.flat.dtype, device=self.flat.device)
+        H = torch.zeros(p, p, dtype=self.flat.dtype, device=self.flat.device)
+        eye = self.flat.l2 * torch.eye(p, dtype=self.flat.dtype, device=self.flat.device)
         closed = getattr(self.flat.model, "loss_hessian", None)
         if closed is not None:
             for xb, yb in self.data.batches(max(self.batch_size, 8192), device=self.flat.device, dtype=self.flat.dtype):
                 H += closed(self.theta, xb, yb)
-            return 0.5 * (H + H.T)
+            return self.weight * 0.5 * (H + H.T) + eye
+        if self.curvature is Curvature.GGN:  # column by column: p products
+            basis = torch.eye(p, dtype=self.flat.dtype, device=self.flat.device)
+            cols = torch.stack([self.matvec(basis[i]) for i in range(p)], 1)
+            return 0.5 * (cols + cols.T)
         h = hessian(self.flat.loss_sum)
         # jacfwd over p tangents: keep (rows x p) activations bounded
         rows = max(1, min(self.batch_size, (1 << 22) // max(p, 1)))
         for xb, yb in self.data.batches(rows, device=self.flat.device, dtype=self.flat.dtype):
             H += h(self.theta, xb, yb)
-        return 0.5 * (H + H.T)
+        return self.weight * 0.5 * (H + H.T) + eye
 
     def largest_eigenvalue(self, *, iterations: int = 30, seed: int = 0) -> float:
         """Estimate of the largest-magnitude eigenvalue of ``H`` by power iteration."""

@@ -48,6 +48,11 @@ class FirstOrder:
         Hyperparameter("scale", (float, type(None)), None, "LiSSA scale; None = 1.1 x largest Hessian eigenvalue", "> 0", "ours"),
         Hyperparameter("depth", int, 1000, "LiSSA recursion depth", ">= 1", "paper code: up to 100 epochs"),
         Hyperparameter("lissa_batch_size", (int, type(None)), None, "LiSSA Hessian mini-batch; None = full data", ">= 1", "paper code: 500-1024"),
+        Hyperparameter("hessian_rows", (int, type(None)), None, "estimate H~ from this many random rows of the corrected data (weighted n/m); None = all",
+                       ">= 1", "paper code: mini-batch Hessian"),
+        Hyperparameter("curvature", str, "hessian", "hessian, or ggn (generalised Gauss-Newton: PSD, for deep models)",
+                       "hessian|ggn", "paper: Hessian; GGN is ours"),
+        Hyperparameter("seed", int, 0, "seed of the Hessian row sample and LiSSA", "", "engineering"),
         Hyperparameter("max_params", int, 5000, "exact solver refuses models larger than this", ">= 1", "engineering"),
         _CHUNKS,
         _BATCH,
@@ -56,7 +61,10 @@ class FirstOrder:
 )
 class SecondOrder:
     def __init__(self, *, solver="exact", damping=0.0, tol=1e-8, max_iter=200, scale=None, depth=1000,
-                 lissa_batch_size=None, max_params=5000, chunks=1, batch_size=1024) -> None:
+                 lissa_batch_size=None, hessian_rows=None, curvature="hessian", seed=0, max_params=5000, chunks=1, batch_size=1024) -> None:
+        self.hessian_rows = hessian_rows
+        self.curvature = curvature
+        self.seed = seed
         self.solver = solver
         self.damping = damping
         self.tol = tol
@@ -74,10 +82,11 @@ class SecondOrder:
         if self.solver == "cg":
             return make_solver("cg", damping=self.damping, tol=self.tol, max_iter=self.max_iter)
         return make_solver("lissa", scale=self.scale, damping=self.damping, depth=self.depth,
-                           batch_size=self.lissa_batch_size)
+                           batch_size=self.lissa_batch_size, seed=self.seed)
 
     def unlearn(self, model, data, changes, *, device=None):
-        kwargs = dict(solver=self.make_solver(), batch_size=self.batch_size, device=device)
+        kwargs = dict(solver=self.make_solver(), hessian_rows=self.hessian_rows, curvature=self.curvature, seed=self.seed,
+                      batch_size=self.batch_size, device=device)
         if self.chunks > 1:
             return iterative_update(second_order_update, model, data, changes, chunks=self.chunks, **kwargs)
         return second_order_update(model, data, changes, **kwargs)
