@@ -121,17 +121,6 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def objective(model: UnlearnableModel, data: Dataset, *, batch_size: int = 4096, device=None) -> float:
-    """``L(theta; data)``: the summed per-sample loss plus ``(l2 / 2)||theta||^2``."""
-    device = device or model_device(model)
-    total = 0.0
-    with torch.no_grad():
-        for xb, yb in data.batches(batch_size, device=device, dtype=model_dtype(model)):
-            total += float(model.per_sample_loss(model(xb), yb).sum())
-        total += 0.5 * model.l2 * float(sum((p**2).sum() for p in model.parameters()))
-    return total
-
-
 def train(
     model: UnlearnableModel,
     data: Dataset,

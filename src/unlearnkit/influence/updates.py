@@ -27,6 +27,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from unlearnkit.data.changes import Changes, Resolved
@@ -149,8 +150,6 @@ def second_order_update(
     if hessian_rows is not None and hessian_rows < len(corrected):
         if hessian_rows < 1:
             raise SolverError(f"hessian_rows must be >= 1 or None, got {hessian_rows}.")
-        import numpy as np
-
         rows = np.sort(np.random.default_rng(seed).choice(len(corrected), size=hessian_rows, replace=False))
         weight = len(corrected) / hessian_rows
         corrected = corrected.subset(rows)
@@ -173,9 +172,10 @@ def split_changes(changes: Changes, data: Dataset, chunks: int) -> list[Changes]
     Used by the iterative variants, which apply the update chunk by chunk and recompute ``G``
     and ``H`` in between (the error of a linearisation grows with the size of the change).
     """
-    import numpy as np
+    return _split_resolved(changes, changes.resolve(data), chunks)
 
-    resolved = changes.resolve(data)
+
+def _split_resolved(changes: Changes, resolved: Resolved, chunks: int) -> list[Changes]:
     ids = resolved.affected_ids
     if chunks < 1:
         raise SolverError(f"chunks must be >= 1, got {chunks}.")
@@ -223,7 +223,8 @@ def iterative_update(
     start = time.perf_counter()
     current_model, current_data = model, data
     grads = hvps = 0
-    parts = split_changes(changes, data, chunks)
+    resolved = changes.resolve(data)
+    parts = _split_resolved(changes, resolved, chunks)
     for part in parts:
         result = update(current_model, current_data, part, **kwargs)
         current_model = result.model
@@ -232,6 +233,6 @@ def iterative_update(
         hvps += result.hvps
     return UnlearnResult(
         current_model, f"{result.method}-iterative", time.perf_counter() - start,
-        changes.resolve(data).n_affected, per_sample_gradients=grads, hvps=hvps,
+        resolved.n_affected, per_sample_gradients=grads, hvps=hvps,
         diagnostics={"chunks": len(parts)},
     )
