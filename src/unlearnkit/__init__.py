@@ -10,7 +10,7 @@ Quick start::
     reference = uk.retrain(model, data, changes)
 """
 
-from unlearnkit import data, influence, methods, models
+from unlearnkit import data, influence, methods, metrics, models
 from unlearnkit.api import unlearn
 from unlearnkit.data.changes import Changes
 from unlearnkit.data.dataset import Dataset
@@ -18,18 +18,20 @@ from unlearnkit.errors import (
     ChangesError,
     DataError,
     MethodError,
+    MetricError,
     ModelError,
     SolverError,
     UnlearnKitError,
 )
 from unlearnkit.influence.updates import UnlearnResult
+from unlearnkit.metrics import EvalSplits, evaluate
 from unlearnkit.models.io import load_model, save_model
 from unlearnkit.training import TrainConfig, accuracy, predict, retrain, train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Changes", "ChangesError", "DataError", "Dataset", "MethodError", "ModelError", "SolverError", "TrainConfig",
-    "UnlearnKitError", "UnlearnResult", "accuracy", "data", "influence", "load_model", "methods", "models", "predict",
+    "Changes", "ChangesError", "DataError", "Dataset", "EvalSplits", "MethodError", "MetricError", "ModelError", "SolverError", "TrainConfig",
+    "UnlearnKitError", "UnlearnResult", "accuracy", "data", "evaluate", "influence", "load_model", "methods", "metrics", "models", "predict",
     "retrain", "save_model", "train", "unlearn", "__version__",
 ]

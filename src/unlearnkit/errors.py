@@ -23,3 +23,7 @@ class SolverError(UnlearnKitError, RuntimeError):
 
 class MethodError(UnlearnKitError, ValueError):
     """An unlearning method is unknown or got hyperparameters it does not accept."""
+
+
+class MetricError(UnlearnKitError, ValueError):
+    """A metric cannot be computed as asked: unknown name, mismatched inputs, missing data."""

@@ -134,7 +134,8 @@ def train(
 
     The copy is re-initialised from ``config.seed`` unless ``init_from`` gives starting
     parameters (warm start). The returned model carries ``train_config`` (the resolved
-    config) so :func:`retrain` can repeat the procedure.
+    config) so :func:`retrain` can repeat the procedure, and ``train_seconds`` (wall time of
+    the optimisation, the retraining cost that run-time efficiency divides by).
     """
     if len(data) == 0:
         raise ModelError(f"Cannot train on {data.name}: it has no rows.")
@@ -158,7 +159,8 @@ def train(
     else:
         _fit_minibatch(net, data, config, device, dtype, progress)
     net.train_config = config
-    log.debug("trained %s on %s in %.3fs", net.kind, data.name, time.perf_counter() - start)
+    net.train_seconds = time.perf_counter() - start
+    log.debug("trained %s on %s in %.3fs", net.kind, data.name, net.train_seconds)
     return net
 
 
