@@ -21,6 +21,12 @@ def test_readme_quickstart_runs():
     result, reference = namespace["result"], namespace["reference"]
     a, b = FlatModel(result.model).theta(), FlatModel(reference).theta()
     assert float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)) < 0.05
+    # the evaluation snippet continues the quick start
+    evaluation = (ROOT / "README.md").read_text().split("```python", 2)[2].split("```", 1)[0]
+    exec(compile(evaluation, "README evaluation", "exec"), namespace)
+    table = namespace["table"]
+    assert table["relative_distance"].unlearned < table["relative_distance"].original
+    assert "accuracy_test" in table and "mia_loss_test" in table
 
 
 def test_cli_train_unlearn_round_trip(tmp_path):

@@ -26,6 +26,8 @@ def _fail(exc: Exception) -> None:
 
 
 def _fmt(value: float, digits: int = 4) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float) and (abs(value) < 1e-3 and value != 0):
@@ -163,6 +165,107 @@ def methods_cmd(name: Optional[str] = typer.Argument(None, help="Describe one me
             return
         for n in registry.names():
             console.print(f"[bold]{n}[/]: {registry.info(n).summary}")
+    except UnlearnKitError as exc:
+        _fail(exc)
+
+
+_FORMATS = ("table", "markdown", "csv", "json")
+
+
+@app.command()
+def evaluate(
+    original: Path = typer.Option(..., "--original", help="The model before unlearning (model file)."),
+    unlearned: Path = typer.Option(..., "--unlearned", help="The unlearned model (e.g. written by `unlearnkit unlearn`)."),
+    data: str = typer.Option(..., "--data", help="The training data of the original model (name or file)."),
+    changes: Path = typer.Option(..., "--changes", help="The change set that was unlearned (JSON)."),
+    retrained: Optional[Path] = typer.Option(None, "--retrained", help="Model retrained on the corrected data; "
+                                             "if omitted, the original's recipe is retrained here (and timed)."),
+    test: Optional[str] = typer.Option(None, "--test", help="Test data (name or file), e.g. digits:test."),
+    val: Optional[str] = typer.Option(None, "--val", help="Validation data (name or file)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metric names (default: every cheap "
+                                          "metric the inputs allow; see `unlearnkit metrics`)."),
+    fmt: str = typer.Option("table", "--format", help="table, markdown, csv or json."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the table (in --format, json for table) here."),
+    seed: int = typer.Option(123, help="Seed of the attacks' shuffles and cross-validation."),
+) -> None:
+    """Evaluate an unlearned model against the original and the retrained one, metric by metric."""
+    from unlearnkit import Changes, load_model
+    from unlearnkit import data as data_mod
+    from unlearnkit.metrics import Costs, EvalSplits
+    from unlearnkit.metrics import evaluate as evaluate_fn
+    from unlearnkit.metrics import info as metric_info
+    from unlearnkit.training import retrain
+
+    if fmt not in _FORMATS:
+        _fail(ValueError(f"--format must be one of {', '.join(_FORMATS)}, got {fmt!r}."))
+    try:
+        names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+        for name in names or ():
+            metric_info(name)  # an unknown name fails before anything is loaded or retrained
+        orig = load_model(original)
+        unl = load_model(unlearned)
+        ds = data_mod.load(data)
+        ch = Changes.load(changes)
+        splits = EvalSplits.from_changes(ds, ch, val=data_mod.load(val) if val else None,
+                                         test=data_mod.load(test) if test else None)
+        info = getattr(unl, "metadata", {}).get("unlearned") or {}
+        costs = {"unlearned": Costs.of(info) if "seconds" in info else None}
+        if retrained is not None:
+            ref = load_model(retrained)
+        else:
+            with console.status("retraining on the corrected data (the reference)"):
+                ref = retrain(orig, ds, ch)
+            costs["retrained"] = Costs(ref.train_seconds)
+        with console.status("evaluating") as status:
+            table = evaluate_fn(orig, unl, ref, splits, names, costs={k: v for k, v in costs.items() if v},
+                                seed=seed, progress=lambda i, n, name: status.update(f"evaluating {name} ({i}/{n})"))
+    except UnlearnKitError as exc:
+        _fail(exc)
+    text = {"markdown": table.to_markdown, "csv": table.to_csv, "json": table.to_json}.get(fmt)
+    if text is None:
+        _print_metric_table(table)
+    else:
+        console.print(text(), markup=False, highlight=False, soft_wrap=True, end="")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text((text or table.to_json)())
+        console.print(f"wrote {out}")
+
+
+def _print_metric_table(table) -> None:
+    from unlearnkit.metrics.evaluate import direction
+
+    from rich import box
+
+    view = Table(title="unlearning evaluation (ideal: the retrained model's value, or the stated target)",
+                 title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("metric", "better", "original", "unlearned", "retrained"):
+        view.add_column(col, justify="left" if col in ("metric", "better") else "right", no_wrap=True)
+    for row in table:
+        cells = []
+        for subject in ("original", "unlearned", "retrained"):
+            value, interval = row.value(subject), row.intervals.get(subject)
+            cell = _fmt(value) if value is not None else "-"
+            if interval:
+                cell += f"\n[{interval[0]:.3f}, {interval[1]:.3f}]"
+            cells.append(cell)
+        view.add_row(row.metric, direction(row), *cells)
+    console.print(view)
+
+
+@app.command("metrics")
+def metrics_cmd(name: Optional[str] = typer.Argument(None, help="Describe one metric.")) -> None:
+    """List the evaluation metrics with their direction, or describe one."""
+    from unlearnkit import metrics as registry
+
+    try:
+        if name:
+            console.print(registry.describe(name), markup=False, highlight=False)
+            return
+        for n in registry.names():
+            meta = registry.info(n)
+            cost = " (expensive)" if meta.cost == "expensive" else ""
+            console.print(f"[bold]{n}[/] ({meta.direction}{cost}): {meta.summary}", highlight=False)
     except UnlearnKitError as exc:
         _fail(exc)
 
