@@ -40,3 +40,21 @@ def tiny_mlp():
     model = train(MLP(n_features=4, n_classes=3, hidden=(6,), l2=1e-2), data,
                   config=TrainConfig(optimizer="lbfgs", dtype="float64", tol=1e-9, max_iter=60))
     return data, model
+
+
+def memorising_digits_mlp(rows: int = 800):
+    """An MLP trained to memorise ``rows`` digits (60% train), and 20% of its training rows to forget.
+
+    Returns ``(pool, train, test, original, changes, retrained)``; shared by the LiRA tests and
+    ``benchmarks/bench_metrics.py``.
+    """
+    import unlearnkit as uk
+
+    digits = uk.data.load_digits()
+    pool = digits.subset(np.random.default_rng(0).permutation(len(digits))[:rows], name=f"digits{rows}")
+    parts = uk.data.train_test_split(pool, test_fraction=0.4, seed=0)
+    changes = uk.Changes.remove(uk.data.forget_set(parts.train, fraction=0.2, seed=0).tolist())
+    config = TrainConfig(optimizer="adam", epochs=100, lr=3e-3, batch_size=32, seed=0)
+    original = train(uk.models.for_data("mlp", parts.train, hidden=(64,), l2=0.0), parts.train, config=config)
+    retrained = uk.retrain(original, parts.train, changes)
+    return pool, parts.train, parts.test, original, changes, retrained

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import unlearnkit as uk
 from unlearnkit import metrics as M
@@ -16,7 +15,7 @@ from unlearnkit.errors import MetricError
 from unlearnkit.metrics.mia import signal_m_entropy
 from unlearnkit.models import MLP, LogisticRegression
 
-from conftest import make_logistic_data
+from conftest import make_logistic_data, memorising_digits_mlp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +40,7 @@ def convex_case(binary_10k):
     data, model = binary_10k
     rng = np.random.default_rng(3)
     changes = uk.Changes.remove(rng.choice(data.ids, 40, replace=False).tolist())
-    train, test = data, make_logistic_data(2000, 10, seed=0)
+    train, test = data, make_logistic_data(2000, 10, seed=7)  # seed 0 would repeat training rows
     result = uk.unlearn(model, train, changes, method="second-order")
     retrained = uk.retrain(model, train, changes)
     return model, result, retrained, M.EvalSplits.from_changes(train, changes, test=test)
@@ -253,25 +252,25 @@ def test_shadow_models_are_cached_on_disk_and_resume(tmp_path):
     template = MLP(n_features=3, n_classes=3, hidden=(4,), l2=1e-2)
     trainer = CountingTrainer()
     with pytest.raises(MetricError, match="trainer_key"):
-        M.ShadowSetup(data, template, n_splits=4, trainer=trainer, cache_dir=tmp_path)
-    setup = M.ShadowSetup(data, template, n_splits=4, n_partitions=2, trainer=trainer, trainer_key="lbfgs30",
+        M.ShadowSetup(data, template, n_splits=8, trainer=trainer, cache_dir=tmp_path)
+    setup = M.ShadowSetup(data, template, n_splits=8, n_partitions=2, trainer=trainer, trainer_key="lbfgs30",
                           cache_dir=tmp_path)
-    assert setup.in_mask.shape == (4, 120) and (setup.in_mask.sum(axis=1) == 60).all()
-    for s in range(4):
+    assert setup.in_mask.shape == (8, 120) and (setup.in_mask.sum(axis=1) == 60).all()
+    for s in range(8):
         parts = setup.partitions[s]
         assert set(parts[setup.in_mask[s]]) == {0, 1} and (parts[~setup.in_mask[s]] == -1).all()
     first = M.ulira(setup, "retrain")
-    assert trainer.calls == 4 * 2  # one retrained model per (split, partition); originals are not needed
+    assert trainer.calls == 8 * 2  # one retrained model per (split, partition); originals are not needed
     # a second process on the same cache: nothing is trained again, the numbers are identical
-    again = M.ShadowSetup(data, template, n_splits=4, n_partitions=2, trainer=CountingTrainer(),
+    again = M.ShadowSetup(data, template, n_splits=8, n_partitions=2, trainer=CountingTrainer(),
                           trainer_key="lbfgs30", cache_dir=tmp_path)
     second = M.ulira(again, "retrain")
     assert again.trainer.calls == 0
     np.testing.assert_array_equal(first.attack.scores, second.attack.scores)
     # a corrupted cache file is recomputed, not trusted
-    victim = next(p for p in (tmp_path).rglob("retrain-s0-f0.npy"))
+    victim = next(p for p in (tmp_path).rglob("retrain-s0-f0-*.npy"))
     victim.write_bytes(b"garbage")
-    third = M.ShadowSetup(data, template, n_splits=4, n_partitions=2, trainer=CountingTrainer(),
+    third = M.ShadowSetup(data, template, n_splits=8, n_partitions=2, trainer=CountingTrainer(),
                           trainer_key="lbfgs30", cache_dir=tmp_path)
     M.ulira(third, "retrain")
     assert third.trainer.calls == 1
@@ -285,21 +284,15 @@ def test_shadow_pool_must_contain_the_attacked_rows(convex_case):
         M.evaluate(model, result, retrained, splits, ["lira_auc"], shadow=setup)
     with pytest.raises(MetricError, match="n_splits"):
         M.ShadowSetup(pool, model, n_splits=3)
+    with pytest.raises(MetricError, match="U-LiRA needs n_splits >= 8"):
+        M.ulira(setup, "retrain")
 
 
 @pytest.fixture(scope="module")
 def digits_shadow():
     """Digits (800 rows), an MLP trained to memorise, 16 shadow splits x 4 forget partitions."""
-    torch.manual_seed(0)
-    digits = uk.data.load_digits()
-    pool = digits.subset(np.random.default_rng(0).permutation(len(digits))[:800], name="digits800")
-    parts = uk.data.train_test_split(pool, test_fraction=0.4, seed=0)
-    forget_ids = uk.data.forget_set(parts.train, fraction=0.2, seed=0)
-    config = uk.TrainConfig(optimizer="adam", epochs=100, lr=3e-3, batch_size=32, seed=0)
-    original = uk.train(uk.models.for_data("mlp", parts.train, hidden=(64,), l2=0.0), parts.train, config=config)
-    changes = uk.Changes.remove(forget_ids.tolist())
-    retrained = uk.retrain(original, parts.train, changes)
-    splits = M.EvalSplits.from_changes(parts.train, changes, test=parts.test)
+    pool, train, test, original, changes, retrained = memorising_digits_mlp(800)
+    splits = M.EvalSplits.from_changes(train, changes, test=test)
     setup = M.ShadowSetup(pool, original, n_splits=16, n_partitions=4, seed=0)
     table = M.evaluate(original, retrained, retrained, splits,
                        ["lira_auc", "lira_offline_auc", "lira_tpr_at_1pct_fpr", "ulira_auc", "ulira_auc_correctness",
@@ -345,3 +338,65 @@ def test_cli_evaluate_prints_and_writes_the_table(tmp_path):
     assert bad.returncode == 2 and "Unknown metric 'nope'" in bad.stderr
     listing = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "metrics"], capture_output=True, text=True)
     assert listing.returncode == 0 and "indiscernibility" in listing.stdout
+
+
+# ---------------------------------------------------------------------------- robustness (review findings)
+def test_default_run_reports_a_metric_it_cannot_compute_as_nan(binary_10k):
+    data, model = binary_10k
+    changes = uk.Changes.remove(data.ids[:5].tolist())  # too few rows for the loss attack
+    result = uk.unlearn(model, data, changes)
+    retrained = uk.retrain(model, data, changes)
+    splits = M.EvalSplits.from_changes(data, changes, test=make_logistic_data(500, 10, seed=3))
+    table = M.evaluate(model, result, retrained, splits)
+    assert math.isnan(table["mia_loss_test"].unlearned)
+    assert "at least 10" in table["mia_loss_test"].detail["error"]
+    assert json.loads(table.to_json())[[r.metric for r in table].index("mia_loss_test")]["unlearned"] is None
+    assert table["relative_distance"].unlearned < 0.05  # the rest of the table is intact
+    with pytest.raises(MetricError, match="at least 10"):
+        M.evaluate(model, result, retrained, splits, ["mia_loss_test"])
+
+
+def test_costs_are_validated(convex_case):
+    model, result, retrained, splits = convex_case
+    assert not hasattr(result.model, "train_seconds")  # an update does not inherit the training time
+    with pytest.raises(MetricError, match="Cannot read costs"):
+        M.evaluate(model, result, retrained, splits, ["rte"], costs={"unlearned": 3.0})
+    with pytest.raises(MetricError, match="integer count"):
+        M.Costs(1.0, hvps=2.5)
+    table = M.evaluate(model, result, retrained, splits, ["rte"], costs={"unlearned": M.Costs(0.0)})
+    assert math.isnan(table["rte"].unlearned)
+    with pytest.raises(MetricError, match="svc_max_samples"):
+        M.evaluate(model, result, retrained, splits, svc_max_samples=0)
+
+
+def test_held_out_rows_that_are_forget_rows_are_refused(binary_10k):
+    data, _ = binary_10k
+    changes = uk.Changes.remove(data.ids[:20].tolist())
+    with pytest.raises(MetricError, match="also in the test set"):
+        M.EvalSplits.from_changes(data, changes, test=data.subset(np.arange(50)))
+    # the same ids on other rows (a test set from another source) are fine
+    M.EvalSplits.from_changes(data, changes, test=make_logistic_data(50, 10, seed=11))
+
+
+def test_fixed_variance_variants_run_leaving_one_split_out(tmp_path):
+    data = make_logistic_data(160, 3, n_classes=3, seed=4)
+    template = MLP(n_features=3, n_classes=3, hidden=(4,), l2=1e-2)
+    setup = M.ShadowSetup(data, template, n_splits=8, n_partitions=2, trainer=CountingTrainer(), trainer_key="t")
+    for fix in (False, True):
+        res = M.ulira(setup, "original", fix_variance=fix)
+        assert np.all(np.isfinite(res.attack.scores)) and 0.0 <= res.auc <= 1.0
+    members = data.subset(np.flatnonzero(setup.in_mask[0])[:20])
+    nonmembers = data.subset(np.flatnonzero(~setup.in_mask[0])[:20])
+    for online in (True, False):
+        scores = M.lira(setup, setup.model(0), members, nonmembers, online=online, fix_variance=True)
+        assert np.all(np.isfinite(scores.scores))
+
+
+def test_cli_refuses_metrics_it_cannot_build(tmp_path):
+    from typer.testing import CliRunner
+
+    from unlearnkit.cli import app
+
+    r = CliRunner().invoke(app, ["evaluate", "--original", "o.pt", "--unlearned", "u.pt", "--data", "digits",
+                                 "--changes", "c.json", "--metrics", "lira_auc"])
+    assert r.exit_code == 2 and "cannot build" in r.output

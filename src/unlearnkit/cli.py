@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from unlearnkit.errors import UnlearnKitError
+from unlearnkit.errors import MetricError, UnlearnKitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Machine unlearning, measured against retraining.")
 console = Console(emoji=False)
@@ -201,7 +201,9 @@ def evaluate(
     try:
         names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
         for name in names or ():
-            metric_info(name)  # an unknown name fails before anything is loaded or retrained
+            if metric_info(name).cost == "expensive":  # an unknown name fails here too, before any work
+                raise MetricError(f"Metric {name!r} needs shadow models or a canary, which the command line cannot "
+                                  "build; use unlearnkit.metrics.evaluate(..., shadow=..., method=...) from Python.")
         orig = load_model(original)
         unl = load_model(unlearned)
         ds = data_mod.load(data)
@@ -226,6 +228,9 @@ def evaluate(
         _print_metric_table(table)
     else:
         console.print(text(), markup=False, highlight=False, soft_wrap=True, end="")
+    if retrained is None and "rte" in table and fmt == "table":
+        console.print("rte: unlearning time as recorded by `unlearnkit unlearn`, retraining timed by this command "
+                      "(two processes; compare with care).", highlight=False)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text((text or table.to_json)())

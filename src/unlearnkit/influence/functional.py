@@ -69,6 +69,8 @@ class FlatModel:
 
             raise SolverError("The updated parameters contain NaN or infinite values; the model was not changed.")
         new = copy.deepcopy(self.model)
+        if hasattr(new, "train_seconds"):
+            del new.train_seconds  # the original's training time is not this model's cost
         with torch.no_grad():
             params = dict(new.named_parameters())
             for name, value in self.unflatten(theta).items():

@@ -55,6 +55,10 @@ class EvalSplits:
         overlap = np.intersect1d(self.retain.ids, self.forget.ids)
         if overlap.size:
             raise MetricError(f"{overlap.size} row id(s) are in both retain and forget (e.g. {overlap[:3].tolist()}).")
+        for name in ("val", "test"):
+            held = getattr(self, name)
+            if held is not None:
+                _refuse_shared_rows(self.forget, held, name)
 
     def _present(self) -> dict[str, Dataset]:
         return {n: getattr(self, n) for n in ("retain", "forget", "val", "test", "corrected") if getattr(self, n) is not None}
@@ -98,6 +102,21 @@ class EvalSplits:
         return value
 
 
+def _refuse_shared_rows(forget: Dataset, held: Dataset, name: str) -> None:
+    """Refuse held-out rows that are forget rows (same id *and* same example): attacks would be void.
+
+    Ids alone are not compared, since a held-out set loaded from another source may reuse them.
+    """
+    shared = np.intersect1d(forget.ids, held.ids)
+    if shared.size == 0:
+        return
+    a, b = forget.subset(forget.positions(shared)), held.subset(held.positions(shared))
+    same = (a.y == b.y) & np.all(a.dense_rows().reshape(len(a), -1) == b.dense_rows().reshape(len(b), -1), axis=1)
+    if same.any():
+        raise MetricError(f"{int(same.sum())} forget row(s) are also in the {name} set (e.g. id {int(shared[same][0])}); "
+                          "held-out data must not contain training rows.")
+
+
 @dataclass(frozen=True)
 class Costs:
     """What producing a model cost: wall time and the derivatives computed."""
@@ -109,6 +128,10 @@ class Costs:
     def __post_init__(self) -> None:
         if not (isinstance(self.seconds, (int, float)) and math.isfinite(self.seconds) and self.seconds >= 0):
             raise MetricError(f"Costs.seconds must be a finite number >= 0, got {self.seconds!r}.")
+        for name in ("per_sample_gradients", "hvps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0):
+                raise MetricError(f"Costs.{name} must be an integer count >= 0 or None, got {value!r}.")
 
     @classmethod
     def of(cls, obj) -> "Costs | None":
@@ -120,7 +143,12 @@ class Costs:
         if hasattr(obj, "seconds") and hasattr(obj, "model"):
             return cls(float(obj.seconds), getattr(obj, "per_sample_gradients", None), getattr(obj, "hvps", None))
         seconds = getattr(obj, "train_seconds", None)
-        return cls(float(seconds)) if seconds is not None else None
+        if seconds is not None:
+            return cls(float(seconds))
+        if isinstance(obj, UnlearnableModel):
+            return None  # a model that carries no timing
+        raise MetricError(f"Cannot read costs from {type(obj).__name__}; pass Costs(seconds=..., "
+                          "per_sample_gradients=..., hvps=...), an UnlearnResult or a dict.")
 
 
 @dataclass

@@ -25,7 +25,7 @@ def _cost(ctx, subject, field: str):
     value = getattr(costs, field)
     if value is None:
         return None
-    value = float(value) if field == "seconds" else int(value)
+    value = float(value) if field == "seconds" else int(value)  # Costs validated the types
     return MetricValue(value, detail={"what": SUBJECT_COST.get(subject, subject)})
 
 
@@ -73,4 +73,6 @@ def rte(ctx, subject):
     mine, ref = ctx.costs.get(subject), ctx.costs.get("retrained")
     if mine is None or ref is None:
         return None
+    if mine.seconds <= 0:
+        return MetricValue(float("nan"), detail={"note": "the recorded time is 0 s; RTE is undefined"})
     return run_time_efficiency(ref.seconds, mine.seconds)

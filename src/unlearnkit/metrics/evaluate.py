@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
+import numpy as np
+
 from unlearnkit.errors import MetricError
 from unlearnkit.metrics import base
 from unlearnkit.metrics.base import MetricValue, Need, as_value
@@ -89,8 +91,9 @@ class MetricTable:
                  **{s: r.value(s) for s in SUBJECTS}} for r in self.rows]
 
     def to_json(self) -> str:
-        return json.dumps([{**asdict(r), "intervals": {k: list(v) for k, v in r.intervals.items()}} for r in self.rows],
-                          indent=2, default=_json_default)
+        """JSON list of rows; NaN (undefined) values are written as ``null``."""
+        rows = [{**asdict(r), "intervals": {k: list(v) for k, v in r.intervals.items()}} for r in self.rows]
+        return json.dumps(_nan_to_none(rows), indent=2, default=_json_default, allow_nan=False)
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -123,12 +126,24 @@ def direction(row: MetricRow) -> str:
 def _fmt(value, interval=None) -> str:
     if value is None:
         return "-"
+    if isinstance(value, int):
+        return str(value)
     if isinstance(value, float) and math.isnan(value):
         return "nan"
     text = f"{value:.3e}" if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5) else f"{value:.4f}"
     if interval:
         text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
     return text
+
+
+def _nan_to_none(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
 
 
 def _json_default(obj):
@@ -177,7 +192,10 @@ def evaluate(
         :class:`EvalSplits`: retain, forget, and optionally val, test and corrected data.
     metrics:
         Names from :func:`unlearnkit.metrics.names`; ``None`` computes every cheap metric whose
-        inputs are present. Expensive metrics (LiRA, U-LiRA) run only when named.
+        inputs are present, and one that cannot be computed on these inputs (e.g. the loss attack
+        on a forget set of fewer than 10 rows) is reported as NaN with the reason in
+        ``row.detail["error"]``; a metric named here raises instead. Expensive metrics (LiRA,
+        U-LiRA, exposure) run only when named.
     costs:
         Optional ``{"unlearned": Costs, "retrained": Costs}`` overriding what the models carry.
     shadow, method:
@@ -215,6 +233,9 @@ def evaluate(
         resolved_costs[key] = Costs.of(value)
     if lira_fix_variance not in (True, False):
         raise MetricError("lira_fix_variance must be True or False.")
+    for label, value, low in (("seed", seed, 0), ("svc_max_samples", svc_max_samples, 10), ("batch_size", batch_size, 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise MetricError(f"{label} must be an integer >= {low}, got {value!r}.")
     ctx = Context(models=models, splits=splits, costs=resolved_costs, shadow=shadow, method=method, canary=canary,
                   canary_scorer=canary_scorer, seed=int(seed), lira_fix_variance=lira_fix_variance,
                   svc_max_samples=int(svc_max_samples), batch_size=int(batch_size), device=device)
@@ -231,10 +252,23 @@ def evaluate(
                 raise MetricError(f"Metric {name!r} needs " + "; ".join(base.NEED_HELP[n] for n in missing) + ".")
     rows = []
     for i, name in enumerate(names):
-        rows.append(_row(ctx, base.info(name)))
+        meta = base.info(name)
+        try:
+            rows.append(_row(ctx, meta))
+        except MetricError as exc:
+            if metrics is not None:
+                raise  # a metric the caller named must not fail silently
+            log.warning("metric %s not computed: %s", name, exc)
+            rows.append(_failed_row(meta, str(exc)))
         if progress is not None:
             progress(i + 1, len(names), name)
     return MetricTable(rows)
+
+
+def _failed_row(meta: base.MetricInfo, reason: str) -> MetricRow:
+    nan = float("nan")
+    return MetricRow(meta.name, meta.family.value, meta.higher_is_better, meta.ideal, nan, nan, nan,
+                     detail={"error": reason})
 
 
 def _row(ctx: Context, meta: base.MetricInfo) -> MetricRow:

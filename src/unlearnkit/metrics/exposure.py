@@ -566,16 +566,17 @@ SECRET_SHARER = ("Carlini et al., 'The Secret Sharer: Evaluating and Testing Uni
                  "Networks' (USENIX Security 2019); used by Warnecke et al. (NDSS 2023) for unlearning")
 
 
-@register("exposure", family=Family.MEMORISATION, higher_is_better=False, ideal="~1.44 (chance)",
-          needs=(Need.CANARY,), reference=SECRET_SHARER)
+@register("exposure", family=Family.MEMORISATION, higher_is_better=None, ideal="1.44 bits (chance)",
+          needs=(Need.CANARY,), reference=SECRET_SHARER, cost="expensive")
 def exposure_metric(ctx, subject):
     """Exposure of an inserted canary, in bits.
 
     ``exposure = log2 |R| - log2 rank(canary)``, the canary's rank by log-perplexity among all
     ``|R|`` candidate secrets (exact when ``|R| <= 100,000``); for larger spaces
-    ``-log2 F(px(canary))`` with ``F`` a skew-normal fitted to 5,000 sampled candidates. Lower is
-    better after unlearning: a secret the model never saw has exposure about ``1/ln 2 = 1.44``
-    bits; ``log2 |R|`` means it is the model's first guess. Needs ``canary=Canary(...)`` and
+    ``-log2 F(px(canary))`` with ``F`` a skew-normal fitted to 5,000 sampled candidates. After
+    unlearning it should fall to chance: a secret the model never saw has exposure about
+    ``1/ln 2 = 1.44`` bits on average (the retrained model's value); ``log2 |R|`` means it is the
+    model's first guess. Scores up to 100,000 texts per model, so it runs only when named. Needs ``canary=Canary(...)`` and
     ``canary_scorer(model, texts) -> log-perplexities``.
     """
     model = ctx.model(subject)

@@ -61,6 +61,9 @@ CARLINI = "Carlini et al., 'Membership Inference Attacks From First Principles' 
 HAYES = ("Hayes et al., 'Inexact Unlearning Needs More Careful Evaluations to Avoid a False Sense of Privacy' "
          "(2024), as run by DeepUnlearn (Cadet et al. 2024, pipeline/lira)")
 
+ULIRA_MIN_SPLITS = 8
+"""U-LiRA needs this many shadow splits (two per population after leaving one out, with margin)."""
+
 MIN_STD = 1e-3
 """Floor of a fitted standard deviation (logit-scaled statistic)."""
 
@@ -264,7 +267,7 @@ class ShadowSetup:
         if name in self._memory:
             return self._memory[name]
         d = self._dir()
-        path = d / f"{_safe(name)}.npy" if d is not None else None
+        path = d / f"{_safe(name)}-{_digest(name)}.npy" if d is not None else None
         if path is not None and path.exists():
             try:
                 arr = np.load(path, allow_pickle=False)
@@ -316,15 +319,23 @@ def _same_rows(a: Dataset, b: Dataset) -> bool:
     return True
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
@@ -435,9 +446,10 @@ def resolve_method(method) -> tuple[str, UnlearnFn | None]:
     name, hp = (method, {}) if isinstance(method, str) else tuple(method)
     try:
         unlearner = methods.make(name, **dict(hp))
+        resolved = {h.name: h.default for h in methods.info(name).hyperparameters} | dict(hp)
     except UnlearnKitError as exc:
         raise MetricError(f"U-LiRA method: {exc}") from None
-    role = f"method-{name}-" + hashlib.sha256(json.dumps(dict(hp), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    role = f"method-{name}-" + _digest(json.dumps(resolved, sort_keys=True, default=str))
 
     def run(model, half, forget_ids):
         from unlearnkit.data.changes import Changes
@@ -516,9 +528,15 @@ def ulira(setup: ShadowSetup, method="retrain", *, kind: Statistic | str = Stati
     """U-LiRA of ``method`` on the shadow setup (see the module docstring).
 
     Leave one split out: split ``s``'s models are attacked with Gaussians fitted on the other
-    splits. A row is scored only where both of its populations have at least two observations.
+    splits. A row is scored only where both of its populations come from at least two other
+    splits. ``fix_variance`` (logit statistic only; the binary statistic's spread follows from its
+    mean) pools one within-row standard deviation over rows and both populations, also leaving
+    split ``s`` out.
     """
     kind = Statistic(kind)
+    if setup.n_splits < ULIRA_MIN_SPLITS:
+        raise MetricError(f"U-LiRA needs n_splits >= {ULIRA_MIN_SPLITS} (each row's 'forgotten' and 'never seen' "
+                          f"populations need at least two other splits each); this setup has {setup.n_splits}.")
     stats = ulira_statistics(setup, method, kind=kind)
     K, P, n = stats.shape
     parts = setup.partitions
@@ -527,16 +545,20 @@ def ulira(setup: ShadowSetup, method="retrain", *, kind: Statistic | str = Stati
     cf, sf, qf = _moments(stats, forgot)
     cn, sn, qn = _moments(stats, never)
     tot = [a.sum(axis=0) for a in (cf, sf, qf, cn, sn, qn)]
+    out_splits = (~setup.in_mask).astype(float)   # splits contributing to the never-seen population
+    out_total = out_splits.sum(axis=0)
     all_scores, all_labels = [], []
     p_sum, p_cnt = np.zeros(n), np.zeros(n)
-    pooled = None
-    if fix_variance and kind is Statistic.LOGIT:
-        pooled = _pooled_sd(stats, forgot, never)
     for s in range(K):
         c_f, s_f, q_f, c_n, s_n, q_n = (t - a[s] for t, a in zip(tot, (cf, sf, qf, cn, sn, qn)))
+        pooled = None
+        if fix_variance and kind is Statistic.LOGIT:
+            pooled = _pooled_sd([(c_f, s_f, q_f), (c_n, s_n, q_n)])
         mu_f, sd_f = _gauss(c_f, s_f, q_f, kind, pooled)
         mu_n, sd_n = _gauss(c_n, s_n, q_n, kind, pooled)
-        ok = (c_f >= 2) & (c_n >= 2)
+        # at least two shadow splits behind each population (the P models of one split are not
+        # independent observations; for "original" they are the same model)
+        ok = (c_f >= 2) & (out_total - out_splits[s] >= 2)
         for f in range(P):
             z = stats[s, f]
             score = _gaussian_logpdf(z, mu_f, sd_f) - _gaussian_logpdf(z, mu_n, sd_n)
@@ -548,8 +570,8 @@ def ulira(setup: ShadowSetup, method="retrain", *, kind: Statistic | str = Stati
             p_cnt[pos] += 1
     scores, labels = np.concatenate(all_scores), np.concatenate(all_labels)
     if labels.size == 0 or labels.min() == labels.max():
-        raise MetricError(f"U-LiRA scored no {'forgotten' if labels.size and labels.max() == 0 else ''} cases: "
-                          f"use more splits (n_splits={K}).")
+        raise MetricError(f"U-LiRA could not score both forgotten and never-seen cases with n_splits={K}; "
+                          "use more splits.")
     with np.errstate(invalid="ignore"):
         p_member = np.where(p_cnt > 0, p_sum / np.maximum(p_cnt, 1), np.nan)
     role, _ = resolve_method(method)
@@ -568,14 +590,14 @@ def _gauss(count, total, sq, kind: Statistic, pooled):
     return mu, np.maximum(np.sqrt(var), MIN_STD)
 
 
-def _pooled_sd(stats, *masks) -> float:
-    resid, count = 0.0, 0
-    for mask in masks:
-        c = np.maximum(mask.sum(axis=(0, 1)), 1)
-        mu = np.where(mask, stats, 0.0).sum(axis=(0, 1)) / c
-        resid += float((np.where(mask, stats - mu, 0.0) ** 2).sum())
-        count += int(mask.sum())
-    return max(float(np.sqrt(resid / max(count, 1))), MIN_STD)
+def _pooled_sd(moments) -> float:
+    """One within-row standard deviation pooled over rows and populations, from (count, sum, sum of squares)."""
+    resid, count = 0.0, 0.0
+    for c, total, sq in moments:
+        has = c > 0
+        resid += float(np.maximum(sq[has] - total[has] ** 2 / c[has], 0.0).sum())
+        count += float(c[has].sum())
+    return max(float(np.sqrt(resid / max(count, 1.0))), MIN_STD)
 
 
 # ---------------------------------------------------------------------------- registered
@@ -603,23 +625,24 @@ def lira_auc(ctx, subject):
     return _lira(ctx, subject, True).auc()
 
 
-@register("lira_tpr_at_1pct_fpr", family=Family.SHADOW, higher_is_better=False, ideal="0.01", needs=_LIRA_NEEDS,
+@register("lira_tpr_at_1pct_fpr", family=Family.SHADOW, higher_is_better=None, ideal="0.01", needs=_LIRA_NEEDS,
           reference=CARLINI, cost="expensive")
 def lira_tpr_1(ctx, subject):
     """Online LiRA: true-positive rate on forget rows at a 1% false-positive rate on test rows.
 
-    The low-FPR operating point Carlini et al. argue for; lower is better, ``0.01`` is chance.
+    The low-FPR operating point Carlini et al. argue for; ``0.01`` (chance) is ideal, above it the
+    forget rows are recognised.
     Resolution is limited by the number of test rows (1% of them must be at least one row).
     """
     return _lira(ctx, subject, True).tpr_at_fpr(0.01)
 
 
-@register("lira_tpr_at_0.1pct_fpr", family=Family.SHADOW, higher_is_better=False, ideal="0.001", needs=_LIRA_NEEDS,
+@register("lira_tpr_at_0.1pct_fpr", family=Family.SHADOW, higher_is_better=None, ideal="0.001", needs=_LIRA_NEEDS,
           reference=CARLINI, cost="expensive")
 def lira_tpr_01(ctx, subject):
     """Online LiRA: true-positive rate on forget rows at a 0.1% false-positive rate on test rows.
 
-    Lower is better, ``0.001`` is chance; needs at least 1,000 test rows to resolve.
+    ``0.001`` (chance) is ideal; needs at least 1,000 test rows to resolve.
     """
     return _lira(ctx, subject, True).tpr_at_fpr(0.001)
 
@@ -655,7 +678,9 @@ def ulira_auc(ctx, subject):
     """U-LiRA with the logit-scaled statistic: AUC of "forgotten" vs "never seen" (0.5 ideal).
 
     The method is re-run on ``K x P`` shadow models (for the original column: no unlearning;
-    for the retrained column: retraining). Per row, Gaussians of ``log(p_y / (1 - p_y))`` over
+    for the retrained column: retraining); the unlearned column evaluates the *method* passed as
+    ``method=``, not the unlearned model itself, so pass the method (and hyperparameters) that
+    produced it. Per row, Gaussians of ``log(p_y / (1 - p_y))`` over
     the models that forgot it and those that never saw it, fitted leaving one split out; the
     log-likelihood ratio scores split ``s``'s models. 0.5 means unlearning is indistinguishable
     from never having trained on the row.

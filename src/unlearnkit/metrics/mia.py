@@ -183,8 +183,9 @@ def svc_attack(shadow_in, shadow_out, target, *, max_samples: int = 2000, seed: 
     X = np.concatenate([s_in, s_out])
     y = np.concatenate([np.ones(n, dtype=int), np.zeros(n, dtype=int)])
     if np.unique(X, axis=0).shape[0] == 1:
-        # a constant signal (e.g. every row classified correctly): the attacker cannot separate
-        # anything and the SVC refuses to fit; it would call everything by the majority, a tie.
+        # a constant signal (e.g. every row classified correctly) carries no membership
+        # information: we report 0.5, a coin flip. SalUn's code would fit the SVC anyway and
+        # call every row a member (efficacy 0), an artefact of tie-breaking, not of forgetting.
         return 0.5
     clf = SVC(C=3.0, gamma="auto", kernel="rbf").fit(X, y)
     return float(1.0 - clf.predict(tgt).mean())
@@ -263,7 +264,8 @@ def _svc(signal: str):
         "(non-members), as many of each (at most ``svc_max_samples``, seeded subsample); the value is "
         "the fraction of forget rows it classifies as non-members. Higher means the forget set looks "
         "more unseen; the goal is the retrained model's value (a retrained model still fits some "
-        "forget rows as well as members, so its efficacy is below 1)."
+        "forget rows as well as members, so its efficacy is below 1). A signal that is constant over "
+        "the shadow rows carries no information and gives 0.5."
     )
     metric.__name__ = f"mia_svc_{signal}"
     return metric
