@@ -15,7 +15,7 @@ Cases
 * ``memorised-logreg``: logistic regression with 500 features on 400 rows (it fits its training set
   to ~zero loss), forget set = 150 rows; population attacks only.
 
-Run: ``python benchmarks/bench_metrics.py`` (about 3 minutes on 2 cores; ``--quick`` for 8 splits).
+Run: ``python benchmarks/bench_metrics.py`` (about 2 minutes on 2 cores; ``--quick`` for 8 splits).
 """
 
 from __future__ import annotations
