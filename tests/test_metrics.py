@@ -62,7 +62,7 @@ def test_every_metric_declares_direction_formula_and_source():
 
 def test_docs_page_is_generated_from_the_registry():
     page = (ROOT / "docs" / "metrics.md").read_text()
-    assert page == M.markdown(), "docs/metrics.md is stale: run `python -m unlearnkit.metrics > docs/metrics.md`"
+    assert page == M.markdown(), "docs/metrics.md is stale: run `unlearnkit metrics --markdown > docs/metrics.md`"
     for name in M.names():
         assert f"### {name}" in page
 

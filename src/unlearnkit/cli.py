@@ -259,10 +259,16 @@ def _print_metric_table(table) -> None:
 
 
 @app.command("metrics")
-def metrics_cmd(name: Optional[str] = typer.Argument(None, help="Describe one metric.")) -> None:
+def metrics_cmd(
+    name: Optional[str] = typer.Argument(None, help="Describe one metric."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the metrics page (docs/metrics.md)."),
+) -> None:
     """List the evaluation metrics with their direction, or describe one."""
     from unlearnkit import metrics as registry
 
+    if markdown:
+        typer.echo(registry.markdown(), nl=False)
+        return
     try:
         if name:
             console.print(registry.describe(name), markup=False, highlight=False)

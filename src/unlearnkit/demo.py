@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 
 from unlearnkit import methods
 from unlearnkit.data.changes import Changes
@@ -28,6 +27,7 @@ from unlearnkit.data.embedded import load_breast_cancer, load_digits, standardiz
 from unlearnkit.data.splits import train_test_split
 from unlearnkit.influence.functional import FlatModel
 from unlearnkit.influence.hessian import HessianOperator
+from unlearnkit.metrics.closeness import relative_distance
 from unlearnkit.models import LogisticRegression, SmallCNN
 from unlearnkit.training import TrainConfig, accuracy, train
 
@@ -46,10 +46,7 @@ class DemoRow:
     note: str = ""
 
 
-def rel_distance(model, reference) -> float:
-    """``||theta - theta_retrained|| / ||theta_retrained||``."""
-    a, b = FlatModel(model).theta(), FlatModel(reference).theta()
-    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+rel_distance = relative_distance  # ||theta - theta_retrained|| / ||theta_retrained||
 
 
 def _compare(problem, model, train_data, test_data, changes, candidates, step: Step) -> list[DemoRow]:

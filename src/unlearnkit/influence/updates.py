@@ -36,7 +36,7 @@ from unlearnkit.errors import SolverError
 from unlearnkit.influence.functional import FlatModel
 from unlearnkit.influence.gradients import summed_gradient
 from unlearnkit.influence.hessian import HessianOperator
-from unlearnkit.influence.solvers import Exact, SolverReport
+from unlearnkit.influence.solvers import Exact
 from unlearnkit.models.base import UnlearnableModel
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import enum
 import inspect
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -185,7 +184,7 @@ def markdown() -> str:
         "",
         "Every number `unlearnkit.evaluate` and `unlearnkit evaluate` report, with its formula, direction "
         "and source. This page is generated from the metric registry "
-        "(`python -m unlearnkit.metrics > docs/metrics.md`); a test keeps it in sync.",
+        "(`unlearnkit metrics --markdown > docs/metrics.md`); a test keeps it in sync.",
         "",
         "Conventions: *retrained* is the model trained from scratch on the corrected data (the gold "
         "standard); *forget* are the training rows a change set affects (in their original form), "
@@ -215,6 +214,3 @@ def markdown() -> str:
 def _anchor(name: str) -> str:
     return "".join(c for c in name.lower() if c.isalnum() or c in "-_ ").replace(" ", "-")
 
-
-def is_nan(x) -> bool:
-    return isinstance(x, float) and math.isnan(x)

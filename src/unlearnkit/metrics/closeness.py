@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from unlearnkit.data.dataset import Dataset
-from unlearnkit.errors import MetricError
+from unlearnkit.errors import MetricError, ModelError
 from unlearnkit.influence.functional import FlatModel
 from unlearnkit.influence.gradients import gradient_residual as _residual
 from unlearnkit.metrics.base import Family, MetricValue, Need, register
@@ -81,7 +81,7 @@ def gradient_residual(model: UnlearnableModel, data: Dataset, *, batch_size: int
     """``||grad_theta L(theta; D~)||_2`` of the summed objective (see :mod:`unlearnkit.models.base`)."""
     try:
         model.check_data(data)
-    except Exception as exc:  # ModelError
+    except ModelError as exc:
         raise MetricError(str(exc)) from None
     return _residual(FlatModel(model), data, batch_size=batch_size)
 

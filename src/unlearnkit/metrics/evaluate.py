@@ -14,7 +14,7 @@ import numpy as np
 
 from unlearnkit.errors import MetricError
 from unlearnkit.metrics import base
-from unlearnkit.metrics.base import MetricValue, Need, as_value
+from unlearnkit.metrics.base import MetricValue, as_value
 from unlearnkit.metrics.closeness import check_same_architecture
 from unlearnkit.metrics.context import SUBJECTS, Context, Costs, EvalSplits
 from unlearnkit.models.base import UnlearnableModel
@@ -275,9 +275,6 @@ def _row(ctx: Context, meta: base.MetricInfo) -> MetricRow:
     values, intervals, detail = {}, {}, {}
     for subject in SUBJECTS:
         if ctx.models.get(subject) is None:
-            values[subject] = None
-            continue
-        if Need.RETRAINED in meta.needs and ctx.models.get("retrained") is None:
             values[subject] = None
             continue
         result: MetricValue | None = as_value(meta.fn(ctx, subject))

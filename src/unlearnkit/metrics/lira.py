@@ -40,8 +40,6 @@ import enum
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -49,6 +47,7 @@ from typing import Callable
 import numpy as np
 from scipy.stats import norm
 
+from unlearnkit.atomic import atomic_write
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import MetricError, UnlearnKitError
 from unlearnkit.metrics.base import Family, MetricValue, Need, register
@@ -222,10 +221,10 @@ class ShadowSetup:
         d.mkdir(parents=True, exist_ok=True)
         manifest = d / "setup.json"
         if not manifest.exists():
-            _atomic_write_text(manifest, json.dumps({
+            atomic_write(manifest, lambda tmp: Path(tmp).write_text(json.dumps({
                 "pool": self.pool.name, "rows": len(self.pool), "n_splits": self.n_splits,
                 "n_partitions": self.n_partitions, "seed": self.seed, "kind": self.template.kind,
-                "config": self.template.config, "trainer": self.trainer_key}, indent=2, default=str))
+                "config": self.template.config, "trainer": self.trainer_key}, indent=2, default=str)))
         return d
 
     def model(self, s: int) -> UnlearnableModel:
@@ -279,7 +278,7 @@ class ShadowSetup:
         model = self.model(s) if role == "original" else build()
         arr = logits_matrix(model, self.pool, batch_size=self.batch_size, device=self.device)
         if path is not None:
-            _atomic_save_npy(path, arr)
+            atomic_write(path, lambda tmp: _save_npy(tmp, arr))
         self._memory[name] = arr
         return arr
 
@@ -327,26 +326,9 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _save_npy(tmp: str, arr: np.ndarray) -> None:
+    with open(tmp, "wb") as fh:  # a file object, so np.save does not append ".npy" to the temp name
+        np.save(fh, arr, allow_pickle=False)
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -492,7 +474,10 @@ def _sigmoid(x):
 
 def ulira_statistics(setup: ShadowSetup, method="retrain", *, kind: Statistic | str = Statistic.LOGIT) -> np.ndarray:
     """``(K, P, n)`` statistic of the unlearned model ``(s, f)`` on every pool row."""
-    role, fn = resolve_method(method)
+    return _statistics(setup, *resolve_method(method), kind)
+
+
+def _statistics(setup: ShadowSetup, role: str, fn: UnlearnFn | None, kind) -> np.ndarray:
     K, P = setup.n_splits, setup.n_partitions
     stats = np.empty((K, P, len(setup.pool)))
     total, done = K * P, 0
@@ -537,7 +522,8 @@ def ulira(setup: ShadowSetup, method="retrain", *, kind: Statistic | str = Stati
     if setup.n_splits < ULIRA_MIN_SPLITS:
         raise MetricError(f"U-LiRA needs n_splits >= {ULIRA_MIN_SPLITS} (each row's 'forgotten' and 'never seen' "
                           f"populations need at least two other splits each); this setup has {setup.n_splits}.")
-    stats = ulira_statistics(setup, method, kind=kind)
+    role, fn = resolve_method(method)
+    stats = _statistics(setup, role, fn, kind)
     K, P, n = stats.shape
     parts = setup.partitions
     forgot = parts[:, None, :] == np.arange(P)[None, :, None]          # (K, P, n)
@@ -574,7 +560,6 @@ def ulira(setup: ShadowSetup, method="retrain", *, kind: Statistic | str = Stati
                           "use more splits.")
     with np.errstate(invalid="ignore"):
         p_member = np.where(p_cnt > 0, p_sum / np.maximum(p_cnt, 1), np.nan)
-    role, _ = resolve_method(method)
     return ULiRAResult(role, kind.value, AttackScores(scores, labels), p_member)
 
 

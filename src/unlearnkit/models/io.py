@@ -6,12 +6,11 @@ A model file is a ``torch.save``'d dict of plain values and tensors, read back w
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from unlearnkit.atomic import atomic_write
 from unlearnkit.errors import ModelError
 from unlearnkit.models import MODELS, UnlearnableModel, build
 
@@ -32,16 +31,7 @@ def save_model(model: UnlearnableModel, path: str | Path, *, metadata: dict | No
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metadata": dict(metadata or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_model(path: str | Path, *, device=None) -> UnlearnableModel:
