@@ -202,7 +202,7 @@ def _fit_newton(net, data, config, progress) -> None:
     def value(t: torch.Tensor) -> float:
         with torch.no_grad():
             total = sum(float(flat.loss_sum(t, xb, yb)) for xb, yb in data.batches(block, device=flat.device, dtype=flat.dtype))
-        return (total + 0.5 * flat.l2 * float(t @ t)) / n
+        return (total + float(flat.reg_value(t))) / n
 
     f = value(theta)
     for it in range(config.max_iter):
@@ -253,7 +253,7 @@ def _fit_lbfgs(net, data, config, device, dtype, progress) -> None:
             loss = net.per_sample_loss(net(xb), yb).sum() / n
             loss.backward()
             total = total + loss.detach()
-        reg = 0.5 * net.l2 / n * sum((p**2).sum() for p in params)
+        reg = net.regularizer() / n
         reg.backward()
         evals[0] += 1
         if progress is not None and evals[0] % 10 == 0:
@@ -295,7 +295,7 @@ def _fit_minibatch(net, data, config, device, dtype, progress) -> None:
                 xb, yb = sub.tensors(device=device, dtype=dtype)
             opt.zero_grad(set_to_none=True)
             loss = net.per_sample_loss(net(xb), yb).mean()
-            loss = loss + 0.5 * net.l2 / n * sum((p**2).sum() for p in params)
+            loss = loss + net.regularizer() / n
             loss.backward()
             opt.step()
             step += 1

@@ -31,6 +31,20 @@ class FlatModel:
         self.l2 = model.l2
         first = params[self.names[0]]
         self.dtype, self.device = first.dtype, first.device
+        w, b = model.regularizer_weights(), model.linear_term()
+        self.reg = (torch.full((self.n_params,), self.l2, dtype=self.dtype, device=self.device) if w is None
+                    else w.detach().to(dtype=self.dtype, device=self.device))
+        self.b = None if b is None else b.detach().to(dtype=self.dtype, device=self.device)
+
+    def reg_gradient(self, theta: torch.Tensor) -> torch.Tensor:
+        """Gradient of the regulariser: ``w * theta (+ b)``."""
+        out = self.reg * theta
+        return out if self.b is None else out + self.b
+
+    def reg_value(self, theta: torch.Tensor) -> torch.Tensor:
+        """The regulariser ``(1/2) sum_j w_j theta_j^2 (+ b . theta)``."""
+        out = 0.5 * (self.reg * theta * theta).sum()
+        return out if self.b is None else out + self.b @ theta
 
     @property
     def n_params(self) -> int:

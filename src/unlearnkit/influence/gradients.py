@@ -44,9 +44,10 @@ def summed_gradient(
 def objective_gradient(
     flat: FlatModel, data: Dataset, theta: torch.Tensor | None = None, *, batch_size: int = 1024
 ) -> torch.Tensor:
-    """``grad L(theta; data) = g(data) + l2 * theta`` — the gradient of the full objective."""
+    """``grad L(theta; data) = g(data) + l2 * theta`` (plus ``b`` for a loss-perturbed model, and
+    per-parameter L2 weights where the model has them) — the gradient of the full objective."""
     theta = flat.theta() if theta is None else theta
-    return summed_gradient(flat, data, theta, batch_size=batch_size) + flat.l2 * theta
+    return summed_gradient(flat, data, theta, batch_size=batch_size) + flat.reg_gradient(theta)
 
 
 def gradient_residual(

@@ -80,7 +80,7 @@ class HessianOperator:
         out = torch.zeros_like(v)
         for xb, yb in self.data.batches(self.batch_size, device=self.flat.device, dtype=self.flat.dtype):
             out = out + self._batch_hvp(v, xb, yb)
-        out = self.weight * out + self.flat.l2 * v
+        out = self.weight * out + self.flat.reg * v
         self.n_hvp += 1
         return out
 
@@ -89,7 +89,7 @@ class HessianOperator:
         sub = self.data.subset(positions)
         xb, yb = sub.tensors(device=self.flat.device, dtype=self.flat.dtype)
         scale = self.weight * len(self.data) / len(sub)
-        return self.flat.l2 * v + scale * self._batch_hvp(v, xb, yb)
+        return self.flat.reg * v + scale * self._batch_hvp(v, xb, yb)
 
     def dense(self) -> torch.Tensor:
         """The ``p x p`` Hessian, accumulated over row blocks.
@@ -99,7 +99,7 @@ class HessianOperator:
         """
         p = self.n_params
         H = torch.zeros(p, p, dtype=self.flat.dtype, device=self.flat.device)
-        eye = self.flat.l2 * torch.eye(p, dtype=self.flat.dtype, device=self.flat.device)
+        eye = torch.diag(self.flat.reg)
         closed = getattr(self.flat.model, "loss_hessian", None)
         if closed is not None:
             for xb, yb in self.data.batches(max(self.batch_size, 8192), device=self.flat.device, dtype=self.flat.dtype):

@@ -7,7 +7,11 @@ strength ``l2``, the training objective on a dataset ``D`` is the **sum** over p
     L(theta; D) = sum_{z in D} l(z, theta) + (l2 / 2) * ||theta||^2
 
 with ``theta`` *all* trainable parameters, biases included (so ``L`` is ``l2``-strongly convex
-for logistic regression). Gradients ``g(S)``, Hessians and gradient residuals in
+for logistic regression). Two generalisations exist for linear models: a per-parameter L2
+weight (:meth:`UnlearnableModel.regularizer_weights`, e.g. an unpenalised intercept as in
+scikit-learn) and, for certified unlearning, a random linear term ``b . theta`` (loss
+perturbation, :meth:`UnlearnableModel.linear_term`); the regulariser is then
+``(1/2) sum_j w_j theta_j^2 + b . theta``. Gradients ``g(S)``, Hessians and gradient residuals in
 :mod:`unlearnkit.influence` are those of this sum. Optimisers that prefer a scale-free loss
 minimise ``L / n`` instead, which has the same minimiser.
 """
@@ -67,6 +71,22 @@ class UnlearnableModel(nn.Module):
                     module.weight.uniform_(-bound, bound, generator=generator)
                     if module.bias is not None:
                         module.bias.uniform_(-bound, bound, generator=generator)
+
+    # ------------------------------------------------------------------ objective
+    def regularizer_weights(self) -> torch.Tensor | None:
+        """Per-parameter L2 weights ``w`` (flat, in parameter order), or None for ``l2`` everywhere."""
+        return None
+
+    def linear_term(self) -> torch.Tensor | None:
+        """The loss-perturbation vector ``b`` (flat, in parameter order), or None."""
+        return None
+
+    def regularizer(self) -> torch.Tensor:
+        """``(1/2) sum_j w_j theta_j^2 + b . theta`` on the live parameters (differentiable)."""
+        theta = torch.cat([p.reshape(-1) for p in self.parameters() if p.requires_grad])
+        w, b = self.regularizer_weights(), self.linear_term()
+        value = 0.5 * self.l2 * (theta * theta).sum() if w is None else 0.5 * (w * theta * theta).sum()
+        return value if b is None else value + (b * theta).sum()
 
     # ------------------------------------------------------------------ loss
     def per_sample_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -20,17 +20,50 @@ class LogisticRegression(UnlearnableModel):
     too, which makes the objective ``l2``-strongly convex (the certified-unlearning theory needs
     that). Trained in float64 by default so that second-order updates can be compared with
     retraining to high precision.
+
+    Options: ``fit_intercept=False`` drops the intercept; ``penalize_intercept=False`` leaves it
+    out of the L2 term (scikit-learn's objective ``C sum_i l_i + ||W||^2 / 2``, i.e.
+    ``l2 = 1 / C``; no longer strongly convex in the intercept); ``loss_perturbation=True`` adds
+    the buffer ``perturbation`` holding the vector ``b`` of Guo et al.'s objective
+    ``L + b . theta`` (filled by :func:`unlearnkit.influence.certified.certified_train`).
     """
 
     kind = "logreg"
-    config_keys = ("n_features", "n_classes", "l2")
+    config_keys = ("n_features", "n_classes", "l2", "fit_intercept", "penalize_intercept", "loss_perturbation")
     convex = True
 
-    def __init__(self, *, n_features: int, n_classes: int = 2, l2: float = 1.0) -> None:
+    def __init__(
+        self, *, n_features: int, n_classes: int = 2, l2: float = 1.0, fit_intercept: bool = True,
+        penalize_intercept: bool = True, loss_perturbation: bool = False,
+    ) -> None:
         super().__init__(n_classes=n_classes, l2=l2)
         self.n_features = int(n_features)
+        self.fit_intercept = bool(fit_intercept)
+        self.penalize_intercept = bool(penalize_intercept)
+        self.loss_perturbation = bool(loss_perturbation)
         out = 1 if self.n_classes == 2 else self.n_classes
-        self.linear = nn.Linear(self.n_features, out)
+        self.linear = nn.Linear(self.n_features, out, bias=self.fit_intercept)
+        if self.loss_perturbation:
+            self.register_buffer("perturbation", torch.zeros(self.n_params))
+
+    @property
+    def n_outputs(self) -> int:
+        """Number of logits: 1 for binary, ``n_classes`` otherwise."""
+        return self.linear.weight.shape[0]
+
+    @property
+    def n_params(self) -> int:
+        return self.n_outputs * (self.n_features + int(self.fit_intercept))
+
+    def regularizer_weights(self) -> torch.Tensor | None:
+        if self.penalize_intercept or not self.fit_intercept:
+            return None
+        w = torch.full((self.n_params,), self.l2, dtype=self.linear.weight.dtype, device=self.linear.weight.device)
+        w[self.linear.weight.numel():] = 0.0
+        return w
+
+    def linear_term(self) -> torch.Tensor | None:
+        return self.perturbation if self.loss_perturbation else None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -40,7 +73,8 @@ class LogisticRegression(UnlearnableModel):
         """Convex model: start from zero (the optimum does not depend on the start)."""
         with torch.no_grad():
             self.linear.weight.zero_()
-            self.linear.bias.zero_()
+            if self.linear.bias is not None:
+                self.linear.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.linear(x.reshape(x.shape[0], -1))
@@ -52,22 +86,44 @@ class LogisticRegression(UnlearnableModel):
             return F.softplus(-sign * logits)
         return F.cross_entropy(logits, y, reduction="none")
 
+    def _augmented(self, theta: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(X~, z)``: inputs with a column of ones when there is an intercept, and the logits."""
+        X = X.reshape(X.shape[0], -1)
+        n_w = self.linear.weight.numel()
+        W = theta[:n_w].view(self.n_outputs, self.n_features)
+        z = X @ W.T
+        if self.fit_intercept:
+            z = z + theta[n_w:]
+            X = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], 1)
+        return X, z
+
+    def _to_param_order(self, M: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+        """Permute the axes ``axes`` of ``M`` from augmented order ``(class, column)`` — the
+        intercept last within each class — to parameter order (``W`` row-major, then ``b``)."""
+        if not self.fit_intercept or self.n_outputs == 1:
+            return M
+        C, d = self.n_outputs, self.n_features
+        d1 = d + 1
+        c_idx = torch.arange(C).repeat_interleave(d1)
+        j_idx = torch.arange(d1).repeat(C)
+        q = torch.where(j_idx < d, c_idx * d + j_idx, C * d + c_idx).to(M.device)
+        inverse = torch.empty_like(q)
+        inverse[q] = torch.arange(q.numel(), device=M.device)
+        for axis in axes:
+            M = M.index_select(axis, inverse)
+        return M
+
     def loss_hessian(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Closed-form ``sum_i d^2 l_i / d theta^2`` (no regulariser) in parameter order (W, b).
 
         Binary: ``X~^T diag(p (1 - p)) X~`` with ``X~ = [X, 1]``. Multinomial: block ``(c, c')``
         is ``X~^T diag(p_c (delta_cc' - p_c')) X~``. ``O(n C^2 d^2)``; labels do not enter.
         """
-        X = X.reshape(X.shape[0], -1)
-        Xa = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], 1)
-        d1 = Xa.shape[1]
-        W = theta[: self.linear.weight.numel()].view_as(self.linear.weight)
-        b = theta[self.linear.weight.numel():]
-        z = X @ W.T + b
-        if self.n_classes == 2:
+        Xa, z = self._augmented(theta, X)
+        if self.n_outputs == 1:
             p = torch.sigmoid(z[:, 0])
             return Xa.T @ (Xa * (p * (1 - p))[:, None])
-        C = self.n_classes
+        C, d1 = self.n_outputs, Xa.shape[1]
         p = torch.softmax(z, dim=1)
         H = torch.empty(C * d1, C * d1, dtype=X.dtype, device=X.device)
         for c in range(C):
@@ -76,14 +132,27 @@ class LogisticRegression(UnlearnableModel):
                 block = Xa.T @ (Xa * w[:, None])
                 H[c * d1:(c + 1) * d1, k * d1:(k + 1) * d1] = block
                 H[k * d1:(k + 1) * d1, c * d1:(c + 1) * d1] = block.T
-        # augmented order (c, j) with j = d for the bias -> parameter order (W row-major, then b)
-        d = d1 - 1
-        c_idx = torch.arange(C).repeat_interleave(d1)
-        j_idx = torch.arange(d1).repeat(C)
-        q = torch.where(j_idx < d, c_idx * d + j_idx, C * d + c_idx).to(X.device)
-        out = torch.empty_like(H)
-        out[q.unsqueeze(1), q.unsqueeze(0)] = H
-        return out
+        return self._to_param_order(H, (0, 1))
+
+    def hessian_factors(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """``F`` of shape ``(p, r)`` with ``F F^T = loss_hessian(theta, X, .)``, for a few rows.
+
+        Binary: one column ``sqrt(p (1 - p)) x~`` per row (``r = m``). Multinomial: the
+        per-row block ``(diag(p) - p p^T) (x) x~ x~^T`` equals ``(S (x) x~)(S (x) x~)^T`` with
+        ``S = diag(sqrt p) - p sqrt(p)^T``, so ``C`` columns per row (``r = m C``). Low-rank
+        updates of a cached Hessian use these (:mod:`unlearnkit.influence.curvature`).
+        """
+        Xa, z = self._augmented(theta, X)
+        if self.n_outputs == 1:
+            p = torch.sigmoid(z[:, 0])
+            return (Xa * torch.sqrt(p * (1 - p))[:, None]).T
+        p = torch.softmax(z, dim=1)  # (m, C)
+        sq = torch.sqrt(p)
+        S = torch.diag_embed(sq) - p[:, :, None] * sq[:, None, :]  # (m, C, C): S[i, c', c]
+        # column (i, c) has entries S[i, c', c] * x~_i[j] at augmented position (c', j)
+        F = S[:, :, :, None] * Xa[:, None, None, :]  # (m, c', c, j)
+        F = F.permute(1, 3, 0, 2).reshape(self.n_outputs * Xa.shape[1], -1)  # rows (c', j), cols (i, c)
+        return self._to_param_order(F, (0,))
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         if self.n_classes == 2:
