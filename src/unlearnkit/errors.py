@@ -27,3 +27,12 @@ class MethodError(UnlearnKitError, ValueError):
 
 class MetricError(UnlearnKitError, ValueError):
     """A metric cannot be computed as asked: unknown name, mismatched inputs, missing data."""
+
+
+class CertificationError(UnlearnKitError, ValueError):
+    """Certified unlearning cannot be given as asked: an unsupported model, data outside the
+    stated feature-norm bound, invalid (epsilon, delta, sigma), or an exhausted budget."""
+
+
+class LedgerError(UnlearnKitError, RuntimeError):
+    """A ledger cannot be used: missing, corrupted, tampered with, or out of step with its model."""

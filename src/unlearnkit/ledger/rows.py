@@ -1,0 +1,173 @@
+"""The training data of a ledger: an immutable base on disk plus the edits of every request.
+
+The base rows are written once, at ``ledger init``, as ``.npy`` files sorted by row id and read
+back memory-mapped, so a request touches only the rows it names: resolving a change set with
+explicit rows costs ``O(k d)`` however many rows the data has (a feature edit "wherever the
+column is non-zero" has to scan that column, ``O(n)``). The *overlay* holds each edited row's
+current features and label, and the removed ids; the ledger stores it in SQLite in the same
+transaction as the request that made it. The current corrected data is base + overlay: the
+composition of every request so far.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from unlearnkit.data.changes import Changes, Resolved
+from unlearnkit.data.dataset import Dataset
+from unlearnkit.errors import ChangesError, LedgerError
+
+
+def write_base(folder: Path, data: Dataset) -> str:
+    """Write ``data`` (dense) sorted by id under ``folder``; returns its fingerprint."""
+    folder.mkdir(parents=True, exist_ok=True)
+    order = np.argsort(data.ids, kind="stable")
+    X = np.ascontiguousarray(data.dense_rows()[order].reshape(len(data), -1), dtype=np.float64)
+    np.save(folder / "X.npy", X)
+    np.save(folder / "y.npy", data.y[order].astype(np.int64))
+    np.save(folder / "ids.npy", data.ids[order].astype(np.int64))
+    return fingerprint(X, data.y[order], data.ids[order])
+
+
+def fingerprint(X: np.ndarray, y: np.ndarray, ids: np.ndarray, block: int = 65536) -> str:
+    h = hashlib.sha256()
+    for start in range(0, len(X), block):
+        h.update(np.ascontiguousarray(X[start:start + block]).tobytes())
+    h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+    h.update(repr(tuple(X.shape)).encode())
+    return h.hexdigest()
+
+
+class LedgerRows:
+    """Current rows = memory-mapped base + overlay (edited rows, removed ids)."""
+
+    def __init__(self, folder: Path, *, n_classes: int, feature_shape: tuple[int, ...], name: str = "ledger data") -> None:
+        try:
+            self.X = np.load(folder / "X.npy", mmap_mode="r")
+            self.y = np.load(folder / "y.npy", mmap_mode="r")
+            self.ids = np.load(folder / "ids.npy", mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise LedgerError(f"The ledger's data files under {folder} are missing or unreadable ({exc}).") from None
+        if self.X.ndim != 2 or len(self.y) != len(self.X) or len(self.ids) != len(self.X):
+            raise LedgerError(f"The ledger's data files under {folder} do not fit together (shapes "
+                              f"{self.X.shape}, {self.y.shape}, {self.ids.shape}).")
+        self.folder = folder
+        self.n_classes = int(n_classes)
+        self.feature_shape = tuple(feature_shape)
+        self.name = name
+        self.edited: dict[int, tuple[np.ndarray, int]] = {}  # id -> (features, label)
+        self.removed: set[int] = set()
+
+    # ------------------------------------------------------------------ overlay
+    def load_overlay(self, records) -> None:
+        """``records``: ``(id, removed, label, features bytes or None)`` rows from the store."""
+        self.edited.clear()
+        self.removed.clear()
+        d = self.X.shape[1]
+        for row_id, removed, label, blob in records:
+            if removed:
+                self.removed.add(int(row_id))
+            else:
+                x = np.frombuffer(blob, dtype=np.float64) if blob is not None else None
+                if x is None or x.size != d:
+                    raise LedgerError(f"The ledger's overlay row {row_id} is malformed (the database was edited or is corrupt).")
+                self.edited[int(row_id)] = (x.copy(), int(label))
+
+    def overlay_records(self, resolved: Resolved) -> list[tuple[int, int, int | None, bytes | None]]:
+        """The overlay rows a resolved request writes: ``(id, removed, label, features)``."""
+        out = []
+        kept = set(int(i) for i in resolved.Z_tilde.ids)
+        Zt = resolved.Z_tilde
+        flat = Zt.dense_rows().reshape(len(Zt), -1) if len(Zt) else None
+        for k, row_id in enumerate(Zt.ids):
+            out.append((int(row_id), 0, int(Zt.y[k]), np.ascontiguousarray(flat[k], dtype=np.float64).tobytes()))
+        for row_id in resolved.affected_ids:
+            if int(row_id) not in kept:
+                out.append((int(row_id), 1, None, None))
+        return out
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self.X) - len(self.removed)
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self.ids, ids)
+        bad = (pos >= len(self.ids)) | (self.ids[np.minimum(pos, len(self.ids) - 1)] != ids)
+        if np.any(bad):
+            missing = ids[bad][:5].tolist()
+            raise ChangesError(f"{self.name}: row id(s) {missing} are not in the ledger's training data.")
+        return pos
+
+    def current(self, ids) -> Dataset:
+        """The current version of the rows ``ids`` (refusing removed ones)."""
+        ids = np.asarray(sorted(set(int(i) for i in ids)), dtype=np.int64)
+        gone = [int(i) for i in ids if int(i) in self.removed]
+        if gone:
+            raise ChangesError(f"Row id(s) {gone[:5]} were removed by an earlier request of this ledger.")
+        pos = self._positions(ids)
+        X = np.array(self.X[pos], dtype=np.float64)
+        y = np.array(self.y[pos], dtype=np.int64)
+        for k, row_id in enumerate(ids.tolist()):
+            if row_id in self.edited:
+                X[k], y[k] = self.edited[row_id]
+        return Dataset(X.reshape(len(ids), *self.feature_shape), y, ids, n_classes=self.n_classes, name=self.name)
+
+    def _nonzero_rows(self, columns) -> set[int]:
+        cols = np.asarray(columns, dtype=np.int64)
+        out = set()
+        for start in range(0, len(self.X), 65536):
+            block = np.asarray(self.X[start:start + 65536][:, cols])
+            out.update(int(i) for i in self.ids[start:start + 65536][np.any(block != 0, axis=1)])
+        for row_id, (x, _) in self.edited.items():
+            if np.any(x[cols] != 0):
+                out.add(row_id)
+            else:
+                out.discard(row_id)
+        return out - self.removed
+
+    def resolve(self, changes: Changes) -> Resolved:
+        """Resolve ``changes`` against the current rows it touches (not the whole data)."""
+        if not isinstance(changes, Changes):
+            raise ChangesError(f"changes must be an unlearnkit Changes, got {type(changes).__name__}.")
+        ids: set[int] = set(changes.removed_ids)
+        for edit in changes.label_edits:
+            ids.update(edit.rows)
+        for edit in changes.feature_edits:
+            if edit.rows is None:
+                bad = [c for c in edit.columns if c >= self.X.shape[1]]
+                if bad:
+                    raise ChangesError(f"Feature edit: column(s) {bad[:5]} out of range; the data has {self.X.shape[1]} feature columns.")
+                ids.update(self._nonzero_rows(edit.columns))
+            else:
+                ids.update(edit.rows)
+        if not ids:
+            raise ChangesError("The change set affects no row of the ledger's data: every feature it zeroes is already zero. Nothing to unlearn.")
+        return changes.resolve(self.current(sorted(ids)))
+
+    def commit(self, resolved: Resolved) -> None:
+        for row_id, removed, label, blob in self.overlay_records(resolved):
+            if removed:
+                self.removed.add(row_id)
+                self.edited.pop(row_id, None)
+            else:
+                self.edited[row_id] = (np.frombuffer(blob, dtype=np.float64).copy(), label)
+
+    def full(self) -> Dataset:
+        """The whole current corrected data (``O(n d)``: for retraining and exact residuals)."""
+        keep = np.ones(len(self.X), dtype=bool)
+        if self.removed:
+            keep[self._positions(np.asarray(sorted(self.removed), dtype=np.int64))] = False
+        X = np.array(self.X, dtype=np.float64)
+        y = np.array(self.y, dtype=np.int64)
+        if self.edited:
+            e_ids = np.asarray(sorted(self.edited), dtype=np.int64)
+            pos = self._positions(e_ids)
+            X[pos] = np.stack([self.edited[int(i)][0] for i in e_ids])
+            y[pos] = [self.edited[int(i)][1] for i in e_ids]
+        n_keep = int(keep.sum())
+        return Dataset(X[keep].reshape(n_keep, *self.feature_shape), y[keep], np.asarray(self.ids)[keep],
+                       n_classes=self.n_classes, name=self.name)
