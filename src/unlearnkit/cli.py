@@ -281,6 +281,160 @@ def metrics_cmd(
         _fail(exc)
 
 
+# ---------------------------------------------------------------------------- ledger
+ledger_app = typer.Typer(no_args_is_help=True, help="A verifiable record of certified unlearning requests for a "
+                         "logistic-regression model (init, apply, history, verify, export, refine).")
+app.add_typer(ledger_app, name="ledger")
+
+
+def _print_certificate(cert) -> None:
+    table = Table(title="certificate", title_justify="left")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    d = cert.to_dict()
+    for key in ("epsilon", "delta", "sigma", "budget", "residual_bound", "worst_case_bound", "cumulative_bound",
+                "remaining", "epsilon_spent", "exact_residual", "retrained"):
+        table.add_row(key, _fmt(d[key]) if not isinstance(d[key], bool) else str(d[key]))
+    console.print(table)
+
+
+@ledger_app.command("init")
+def ledger_init(
+    path: Path = typer.Argument(..., help="New folder for the ledger."),
+    data: str = typer.Option(..., "--data", help="Training data: an embedded name or a .csv/.npz file (dense)."),
+    l2: float = typer.Option(1.0, help="L2 strength of the summed objective (> 0)."),
+    epsilon: float = typer.Option(1.0, help="Certified epsilon."),
+    delta: float = typer.Option(1e-4, help="Certified delta."),
+    sigma: Optional[float] = typer.Option(None, help="Loss-perturbation noise (default 1; or give --budget)."),
+    budget: Optional[float] = typer.Option(None, help="Largest cumulative gradient residual to certify (sets sigma)."),
+    feature_bound: Optional[float] = typer.Option(None, help="R with ||x|| <= R for every row (default: the largest row norm)."),
+    bound: str = typer.Option("data", help="Which bound the budget spends: data (data-dependent) or worst (worst case)."),
+    seed: int = typer.Option(0, help="Seed of the noise b."),
+    reason: str = typer.Option("initial training", help="Recorded with the first entry."),
+) -> None:
+    """Train a certified (loss-perturbed) logistic regression and start its ledger."""
+    from unlearnkit import data as data_mod
+    from unlearnkit.influence.certified import CertifiedSpec
+    from unlearnkit.ledger import Ledger
+    from unlearnkit.models import LogisticRegression
+
+    try:
+        ds = data_mod.load(data)
+        spec = CertifiedSpec(epsilon=epsilon, delta=delta, sigma=sigma, budget=budget, feature_bound=feature_bound, bound=bound)
+        model = LogisticRegression(n_features=ds.n_features, n_classes=ds.n_classes, l2=l2)
+        with console.status(f"training a certified model on {ds.name} ({len(ds)} rows)"):
+            ledger = Ledger.create(path, ds, model=model, spec=spec, seed=seed, reason=reason)
+    except UnlearnKitError as exc:
+        _fail(exc)
+    console.print(f"ledger created at {path} (model file {ledger.model_file.name})")
+    _print_certificate(ledger.certificate())
+
+
+@ledger_app.command("apply")
+def ledger_apply(
+    path: Path = typer.Argument(..., help="The ledger folder."),
+    changes: Path = typer.Option(..., "--changes", help="Change set (JSON, see Changes.to_json); row ids of the original data."),
+    reason: str = typer.Option("", "--reason", help="Why (recorded with the request)."),
+    exact_residual: bool = typer.Option(False, "--exact-residual", help="Also measure the residual (a pass over the data)."),
+) -> None:
+    """Unlearn a change set on top of every earlier request, and record it."""
+    from unlearnkit import Changes
+    from unlearnkit.ledger import Ledger
+
+    try:
+        ledger = Ledger(path)
+        ch = Changes.load(changes)
+        result = ledger.apply(ch, reason=reason, exact_residual=exact_residual)
+    except UnlearnKitError as exc:
+        _fail(exc)
+    what = "retrained (budget exhausted)" if result.certificate.retrained else "second-order update"
+    console.print(f"entry {ledger.seq}: {what}, {result.n_affected} affected rows, {result.seconds * 1000:.1f} ms; "
+                  f"model file {ledger.model_file.name}")
+    _print_certificate(result.certificate)
+
+
+@ledger_app.command("refine")
+def ledger_refine(
+    path: Path = typer.Argument(..., help="The ledger folder."),
+    target: Optional[float] = typer.Option(None, help="Residual to reach (default: what retraining reaches)."),
+    max_steps: int = typer.Option(50, help="Newton steps at most."),
+) -> None:
+    """Newton steps on the corrected data until the residual meets a target (frees budget)."""
+    from unlearnkit.ledger import Ledger
+
+    try:
+        ledger = Ledger(path)
+        info = ledger.refine(target, max_steps=max_steps)
+    except UnlearnKitError as exc:
+        _fail(exc)
+    console.print(f"entry {ledger.seq}: {info['steps']} Newton steps ({info['hessian_refreshes']} Hessian refreshes), "
+                  f"residual {info['residual']:.3g} (target {info['target']:.3g}{'' if info['reached'] else ', NOT reached'})")
+    _print_certificate(ledger.certificate())
+
+
+@ledger_app.command("history")
+def ledger_history(
+    path: Path = typer.Argument(..., help="The ledger folder."),
+    fmt: str = typer.Option("table", "--format", help="table or json."),
+) -> None:
+    """Every entry: training, requests, retrainings, refinements."""
+    from unlearnkit.ledger import Ledger
+
+    try:
+        entries = Ledger(path).history()
+    except UnlearnKitError as exc:
+        _fail(exc)
+    if fmt == "json":
+        typer.echo(json.dumps(entries, indent=1, default=str))
+        return
+    table = Table(title=f"ledger {path}", title_justify="left")
+    for col in ("#", "kind", "time (UTC)", "rows", "bound", "cumulative", "eps spent", "params after", "reason"):
+        table.add_column(col, justify="left" if col in ("kind", "reason", "time (UTC)", "params after") else "right")
+    for e in entries:
+        cert = e["certificate"]
+        table.add_row(str(e["seq"]), e["kind"], e["time"][:19], str(e["n_affected"]), _fmt(e["residual_bound"]),
+                      _fmt(e["cumulative_bound"]), _fmt(cert["epsilon_spent"]), e["params_after"][:12], e["reason"])
+    console.print(table)
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    path: Path = typer.Argument(..., help="The ledger folder."),
+    replay: bool = typer.Option(True, "--replay/--no-replay", help="Recompute every entry from the first training."),
+) -> None:
+    """Check hashes, the chain, the model file and the data; replay the history. Exit 1 on problems."""
+    from unlearnkit.ledger import Ledger
+
+    try:
+        ledger = Ledger(path)
+    except UnlearnKitError as exc:
+        _fail(exc)
+    with console.status("verifying"):
+        report = ledger.verify(replay=replay)
+    for check in report.checks:
+        console.print(f"checked: {check}")
+    for problem in report.problems:
+        err.print(f"[bold red]problem:[/] {problem}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(code=1)
+    console.print(f"ok: {report.entries} entries" + (", replayed" if report.replayed else ""))
+
+
+@ledger_app.command("export")
+def ledger_export(
+    path: Path = typer.Argument(..., help="The ledger folder."),
+    out: Path = typer.Option(..., "--out", help="JSON file to write."),
+) -> None:
+    """Write the ledger (metadata, every entry, the current certificate) as JSON."""
+    from unlearnkit.ledger import Ledger
+
+    try:
+        Ledger(path).export(out)
+    except UnlearnKitError as exc:
+        _fail(exc)
+    console.print(f"wrote {out}")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()

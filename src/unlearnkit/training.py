@@ -191,7 +191,7 @@ def retrain(
 # ---------------------------------------------------------------------------- optimisers
 def _fit_newton(net, data, config, progress) -> None:
     from unlearnkit.influence.functional import FlatModel
-    from unlearnkit.influence.gradients import objective_gradient
+    from unlearnkit.influence.gradients import objective_gradient, objective_value
     from unlearnkit.influence.hessian import HessianOperator
 
     n = len(data)
@@ -200,9 +200,7 @@ def _fit_newton(net, data, config, progress) -> None:
     block = max(config.batch_size, 4096)
 
     def value(t: torch.Tensor) -> float:
-        with torch.no_grad():
-            total = sum(float(flat.loss_sum(t, xb, yb)) for xb, yb in data.batches(block, device=flat.device, dtype=flat.dtype))
-        return (total + float(flat.reg_value(t))) / n
+        return objective_value(flat, data, t, batch_size=block) / n
 
     f = value(theta)
     for it in range(config.max_iter):

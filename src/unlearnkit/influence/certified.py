@@ -71,7 +71,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import CertificationError, SolverError
 from unlearnkit.influence.curvature import CachedCurvature
 from unlearnkit.influence.functional import FlatModel
-from unlearnkit.influence.gradients import gradient_residual, objective_gradient
+from unlearnkit.influence.gradients import gradient_residual, objective_gradient, objective_value
 from unlearnkit.influence.updates import UnlearnResult, gradient_difference
 from unlearnkit.models.linear import LogisticRegression
 
@@ -372,7 +372,7 @@ class CertifiedModel:
         Costs ``2k`` per-sample gradients, a rank ``<= 2kC`` update of a copy of the cached
         factor and one solve: ``O(k C p^2)``, independent of the number of training rows.
         """
-        model, st, spec = self.model, self.state, self.spec
+        model, st = self.model, self.state
         R = st.feature_bound
         Z, Zt = resolved.Z, resolved.Z_tilde
         if len(Zt):
@@ -500,31 +500,59 @@ class CertifiedModel:
         Hessian refreshes, and the residual reached, which becomes the cumulative bound.
         """
         data = self.rows.full()
-        target = len(data) * 1e-10 if target is None else float(target)
-        if not (math.isfinite(target) and target > 0):
-            raise CertificationError(f"target must be a positive number, got {target}.")
-        start = time.perf_counter()
+        target = len(data) * 1e-10 if target is None else target
         flat = FlatModel(self.model)
-        theta = flat.theta()
-        steps = refreshes = 0
-        previous = math.inf
-        while True:
-            g = objective_gradient(flat, data, theta, batch_size=self.batch_size)
-            r = float(torch.linalg.vector_norm(g))
-            if r <= target or steps >= max_steps:
-                break
-            if r > previous / 10.0:  # slow contraction: the anchor is stale, take a true Newton step
-                self.curvature = CachedCurvature.at(flat.model, data, theta, batch_size=self.batch_size)
-                refreshes += 1
-            theta = theta - self.curvature.solve(g)
-            previous = r
-            steps += 1
+        theta, self.curvature, info = newton_refine(flat, data, flat.theta(), self.curvature, target=target,
+                                                    max_steps=max_steps, batch_size=self.batch_size)
         self.model = flat.to_model(theta)
         st = self.state
-        st.cumulative_bound = r
+        st.cumulative_bound = info["residual"]
         st.drift = st.drift_worst = float(torch.linalg.vector_norm(theta - self.curvature.anchor))
-        return {"steps": steps, "hessian_refreshes": refreshes, "residual": r, "target": target,
-                "reached": r <= target, "seconds": time.perf_counter() - start}
+        return info
+
+
+def newton_refine(flat: FlatModel, data: Dataset, theta: torch.Tensor, curvature: CachedCurvature, *, target: float,
+                  max_steps: int = 50, batch_size: int = 8192) -> tuple[torch.Tensor, CachedCurvature, dict]:
+    """Newton steps ``theta <- theta - M^{-1} grad L(theta; data)`` until ``||grad L|| <= target``.
+
+    ``M`` starts as the cached ``curvature`` (a chord step: no Hessian pass) and is recomputed at
+    the current parameters whenever a step was damped or reduced the residual less than tenfold (then the
+    steps converge quadratically). A backtracking line search on the objective keeps far-away
+    starts (a large change) convergent. Each step needs one gradient and one or more objective
+    evaluations (passes over ``data``). Returns
+    the parameters, the curvature in use, and ``steps``, ``hessian_refreshes``, ``residual``,
+    ``target``, ``reached``, ``seconds``.
+    """
+    target = float(target)
+    if not (math.isfinite(target) and target > 0):
+        raise CertificationError(f"target must be a positive number, got {target}.")
+    if max_steps < 0:
+        raise CertificationError(f"max_steps must be >= 0, got {max_steps}.")
+    start = time.perf_counter()
+    steps = refreshes = 0
+    previous = math.inf
+    while True:
+        g = objective_gradient(flat, data, theta, batch_size=batch_size)
+        r = float(torch.linalg.vector_norm(g))
+        if not math.isfinite(r):
+            raise SolverError("Refinement met a non-finite gradient; the model was not changed.")
+        if r <= target or steps >= max_steps:
+            break
+        if r > previous / 10.0:  # slow contraction or a damped step: the anchor is stale, take a true Newton step
+            curvature = CachedCurvature.at(flat.model, data, theta, batch_size=batch_size, null_space=curvature.null_space)
+            refreshes += 1
+        direction = curvature.solve(g)  # a descent direction: the cached matrix is positive definite
+        # backtracking (Armijo) line search: full steps near the optimum, safe far from it
+        f0, slope, t = objective_value(flat, data, theta, batch_size=batch_size), float(g @ direction), 1.0
+        for _ in range(30):
+            if objective_value(flat, data, theta - t * direction, batch_size=batch_size) <= f0 - 1e-4 * t * slope:
+                break
+            t *= 0.5
+        theta = theta - t * direction
+        previous = r if t == 1.0 else 0.0  # after a damped step, refresh the curvature
+        steps += 1
+    return theta, curvature, {"steps": steps, "hessian_refreshes": refreshes, "residual": r, "target": target,
+                              "reached": r <= target, "seconds": time.perf_counter() - start}
 
 
 # ---------------------------------------------------------------------------- training
@@ -585,5 +613,5 @@ def certified_train(
 __all__ = [
     "BOUND_KINDS", "Certificate", "CertifiedModel", "CertifiedResult", "CertifiedSpec", "CertifiedState",
     "HESSIAN_LIPSCHITZ_BINARY", "HESSIAN_LIPSCHITZ_SOFTMAX", "MemoryRows", "Proposal", "augmented_norms",
-    "certified_train", "check_certifiable", "epsilon_for", "noise_multiplier",
+    "certified_train", "check_certifiable", "epsilon_for", "newton_refine", "noise_multiplier",
 ]

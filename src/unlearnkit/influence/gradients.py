@@ -55,3 +55,13 @@ def gradient_residual(
 ) -> float:
     """``||grad L(theta; data)||_2``: zero exactly at the optimum of ``data``'s objective."""
     return float(torch.linalg.vector_norm(objective_gradient(flat, data, theta, batch_size=batch_size)))
+
+
+def objective_value(
+    flat: FlatModel, data: Dataset, theta: torch.Tensor | None = None, *, batch_size: int = 4096
+) -> float:
+    """``L(theta; data) = sum_i l(z_i, theta) + regulariser`` (one pass, no gradients)."""
+    theta = flat.theta() if theta is None else theta
+    with torch.no_grad():
+        total = sum(float(flat.loss_sum(theta, xb, yb)) for xb, yb in data.batches(batch_size, device=flat.device, dtype=flat.dtype))
+        return total + float(flat.reg_value(theta))
