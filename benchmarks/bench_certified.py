@@ -41,7 +41,6 @@ import torch
 
 import unlearnkit as uk
 from unlearnkit.influence.certified import CertifiedSpec
-from unlearnkit.influence.functional import FlatModel
 from unlearnkit.ledger import Ledger
 from unlearnkit.metrics import relative_distance
 from unlearnkit.models import LogisticRegression

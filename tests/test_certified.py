@@ -272,6 +272,31 @@ def test_refine_after_random_requests_reaches_its_target(draw):
     assert info["steps"] <= 10, info
 
 
+def test_refine_converges_near_the_precision_floor():
+    """From a small residual, a Newton step reaches ~1e-14 in float64 (checked by hand in extended
+    precision for this case); refinement must not stall above the target."""
+    data, cm0 = fitted("binary")
+    cm = copy.deepcopy(cm0)
+    changes = uk.Changes.relabel([0, 1], [1 - int(data.y[0]), 1 - int(data.y[1])])
+    cm.unlearn(changes, on_exhausted="error")
+    info = cm.refine(1e-9)
+    assert info["reached"] and info["steps"] <= 5, info
+    assert residual_on(cm.model, changes.apply(data)) <= 1e-9
+
+
+def test_certified_training_reaches_the_optimiser_tolerance_with_large_noise():
+    """Training stops at ``max |grad L_b / n| <= tol`` (TrainConfig's default 1e-10); a large
+    ``b`` must not leave it short of that (this noise draw did, after 2000 Newton iterations)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(40, 1))
+    y = (rng.uniform(size=40) < 1 / (1 + np.exp(-3 * x[:, 0]))).astype(int)
+    data = uk.Dataset(x, y)
+    cm = certified_train(uk.models.LogisticRegression(n_features=1, l2=1.0), data,
+                         CertifiedSpec(epsilon=1e9, delta=1e-3, sigma=3.8), seed=1000021)
+    g = objective_gradient(FlatModel(cm.model), data) / len(data)
+    assert float(g.abs().max()) <= 1e-10, float(g.abs().max())
+
+
 # ---------------------------------------------------------------------------- budget exhaustion
 def test_exhausted_budget_retrains_with_fresh_noise():
     data = scaled_data(120, 3, 2, seed=4)

@@ -27,6 +27,44 @@ def test_readme_quickstart_runs():
     table = namespace["table"]
     assert table["relative_distance"].unlearned < table["relative_distance"].original
     assert "accuracy_test" in table and "mia_loss_test" in table
+    # the certified snippet
+    certified = (ROOT / "README.md").read_text().split("```python", 3)[3].split("```", 1)[0]
+    exec(compile(certified, "README certified", "exec"), namespace)
+    cert = namespace["result"].certificate
+    assert not cert.retrained and cert.remaining > 0
+    assert 0 < cert.exact_residual <= cert.cumulative_bound
+
+
+def test_cli_ledger_round_trip_and_tamper_detection(tmp_path):
+    ledger = tmp_path / "ledger"
+    r = runner.invoke(app, ["ledger", "init", str(ledger), "--data", "breast-cancer:train", "--sigma", "50"])
+    assert r.exit_code == 0, r.output
+    assert "budget" in r.output
+    data = uk.data.load("breast-cancer:train")
+    changes = tmp_path / "c.json"
+    uk.Changes.relabel(data.ids[:3], 1 - data.y[:3]).to_json(changes)
+    r = runner.invoke(app, ["ledger", "apply", str(ledger), "--changes", str(changes), "--reason", "ticket 17"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["ledger", "history", str(ledger), "--format", "json"])
+    entries = json.loads(r.output)
+    assert [e["kind"] for e in entries][0] == "train" and entries[1]["reason"] == "ticket 17"
+    r = runner.invoke(app, ["ledger", "verify", str(ledger)])
+    assert r.exit_code == 0 and "replayed" in r.output, r.output
+    out = tmp_path / "ledger.json"
+    assert runner.invoke(app, ["ledger", "export", str(ledger), "--out", str(out)]).exit_code == 0
+    assert len(json.loads(out.read_text())["entries"]) == 2
+    # edit the parameter file behind the ledger's back
+    model_file = next(ledger.glob("model-*.pt"))
+    model = uk.load_model(model_file)
+    with torch.no_grad():
+        model.linear.weight[0, 0] += 1e-3
+    uk.save_model(model, model_file)
+    r = runner.invoke(app, ["ledger", "verify", str(ledger), "--no-replay"])
+    assert r.exit_code == 1 and "was modified" in r.output
+    r = runner.invoke(app, ["ledger", "apply", str(ledger), "--changes", str(changes)])
+    assert r.exit_code == 2 and "modified outside the ledger" in r.output
+    r = runner.invoke(app, ["ledger", "history", str(tmp_path / "nowhere")])
+    assert r.exit_code == 2 and "No ledger" in r.output
 
 
 def test_cli_train_unlearn_round_trip(tmp_path):
