@@ -309,7 +309,7 @@ def ledger_init(
     budget: Optional[float] = typer.Option(None, help="Largest cumulative gradient residual to certify (sets sigma)."),
     feature_bound: Optional[float] = typer.Option(None, help="R with ||x|| <= R for every row (default: the largest row norm)."),
     bound: str = typer.Option("data", help="Which bound the budget spends: data (data-dependent) or worst (worst case)."),
-    seed: int = typer.Option(0, help="Seed of the noise b."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the noise b (default: a secret random seed)."),
     reason: str = typer.Option("initial training", help="Recorded with the first entry."),
 ) -> None:
     """Train a certified (loss-perturbed) logistic regression and start its ledger."""

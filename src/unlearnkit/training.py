@@ -215,6 +215,12 @@ def _fit_newton(net, data, config, progress) -> None:
         decrease = float(g @ step)
         if decrease <= 1e-28:  # Newton decrement at machine precision: nothing left to gain
             break
+        if decrease <= 1e-13 * abs(f):
+            # the objective cannot resolve this step in float64 (its decrease is at the rounding level of
+            # f), so a line search would reject it at random; near the optimum the full step is safe
+            theta = theta - step
+            f = value(theta)
+            continue
         t = 1.0
         for _ in range(40):
             f_new = value(theta - t * step)

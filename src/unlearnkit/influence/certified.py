@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import copy
 import math
+import secrets
 import time
 from dataclasses import asdict, dataclass
 
@@ -361,6 +362,15 @@ class CertifiedModel:
         return Certificate(s.epsilon, s.delta, s.sigma, s.budget, residual_bound, worst_case_bound,
                            self.state.cumulative_bound, s.bound, exact_residual, retrained, refine_steps)
 
+    def public_model(self) -> LogisticRegression:
+        """The current parameters without the noise ``b``: the model to publish or serve."""
+        cfg = dict(self.model.config)
+        cfg["loss_perturbation"] = False
+        public = LogisticRegression(**cfg).to(torch.float64)
+        out = FlatModel(public).to_model(FlatModel(self.model).theta())
+        out.train_config = getattr(self.model, "train_config", None)
+        return out
+
     def exact_residual(self) -> float:
         """``||grad L_b(theta; D~)||`` on the current corrected data (one pass over it)."""
         return gradient_residual(FlatModel(self.model), self.rows.full(), batch_size=self.batch_size)
@@ -480,8 +490,11 @@ class CertifiedModel:
 
     # ------------------------------------------------------------------ retraining and refinement
     def retrain(self, *, seed: int | None = None) -> None:
-        """Retrain on the current corrected data with fresh noise; resets the budget."""
-        seed = self.state.noise_seed + 1 if seed is None else int(seed)
+        """Retrain on the current corrected data with fresh noise; resets the budget.
+
+        ``seed`` draws the new ``b``; None draws a secret random one (see :func:`certified_train`).
+        """
+        seed = secrets.randbits(63) if seed is None else int(seed)
         fresh = _train_perturbed(self.model, self.rows.full(), self.spec, seed, device=self.device)
         data = self.rows.full()
         self.model = fresh
@@ -542,12 +555,14 @@ def newton_refine(flat: FlatModel, data: Dataset, theta: torch.Tensor, curvature
             curvature = CachedCurvature.at(flat.model, data, theta, batch_size=batch_size, null_space=curvature.null_space)
             refreshes += 1
         direction = curvature.solve(g)  # a descent direction: the cached matrix is positive definite
-        # backtracking (Armijo) line search: full steps near the optimum, safe far from it
+        # backtracking (Armijo) line search: safe far from the optimum; skipped when the predicted
+        # decrease is at the rounding level of the objective (it cannot judge the step; Newton can)
         f0, slope, t = objective_value(flat, data, theta, batch_size=batch_size), float(g @ direction), 1.0
-        for _ in range(30):
-            if objective_value(flat, data, theta - t * direction, batch_size=batch_size) <= f0 - 1e-4 * t * slope:
-                break
-            t *= 0.5
+        if slope > 1e-13 * abs(f0):
+            for _ in range(30):
+                if objective_value(flat, data, theta - t * direction, batch_size=batch_size) <= f0 - 1e-4 * t * slope:
+                    break
+                t *= 0.5
         theta = theta - t * direction
         previous = r if t == 1.0 else 0.0  # after a damped step, refresh the curvature
         steps += 1
@@ -578,7 +593,7 @@ def certified_train(
     data: Dataset,
     spec: CertifiedSpec | None = None,
     *,
-    seed: int = 0,
+    seed: int | None = None,
     config=None,
     batch_size: int = 8192,
     device=None,
@@ -587,9 +602,12 @@ def certified_train(
     :class:`CertifiedModel` ready to unlearn requests.
 
     ``spec`` sets ``(epsilon, delta)``, the noise ``sigma`` (or the residual ``budget``) and the
-    feature-norm bound ``R``; every row must satisfy ``||x|| <= R``. ``seed`` draws ``b``.
-    Costs one training and one Hessian (``O(n p^2)``).
+    feature-norm bound ``R``; every row must satisfy ``||x|| <= R``. ``seed`` draws ``b``; the
+    default None draws a secret random seed. The certificate holds only while ``b`` stays
+    private: it is stored in the model (buffer ``perturbation``), so publish
+    :meth:`CertifiedModel.public_model` instead. Costs one training and one Hessian (``O(n p^2)``).
     """
+    seed = secrets.randbits(63) if seed is None else int(seed)
     spec = spec or CertifiedSpec()
     if not isinstance(model, LogisticRegression):
         check_certifiable(model)
@@ -607,6 +625,11 @@ def certified_train(
     state = CertifiedState.of_data(fitted, data, feature_bound=R, cumulative_bound=0.0, noise_seed=int(seed))
     cm = CertifiedModel(fitted, MemoryRows(data), spec, state, curvature, batch_size=batch_size, device=device)
     state.cumulative_bound = cm.exact_residual()
+    if state.cumulative_bound > spec.budget:
+        raise CertificationError(
+            f"The trained model's own gradient residual {state.cumulative_bound:.3g} already exceeds the budget "
+            f"{spec.budget:.3g}: raise sigma (or the budget), or tighten the training tolerance."
+        )
     return cm
 
 

@@ -143,9 +143,14 @@ class Ledger:
     @classmethod
     def create(
         cls, path: str | Path, data: Dataset, *, model: LogisticRegression | None = None, spec: CertifiedSpec | None = None,
-        seed: int = 0, reason: str = "initial training", batch_size: int = 8192, device=None,
+        seed: int | None = None, reason: str = "initial training", batch_size: int = 8192, device=None,
     ) -> "Ledger":
-        """Train a certified model on ``data`` and start a ledger for it in the new folder ``path``."""
+        """Train a certified model on ``data`` and start a ledger for it in the new folder ``path``.
+
+        ``seed`` draws the noise ``b``; None (default) draws a secret random seed (recorded in the
+        database, which must stay private, like the model file: whoever knows ``b`` and the data
+        can tell an unlearned model from a retrained one).
+        """
         path = Path(path)
         if (path / DB_NAME).exists():
             raise LedgerError(f"A ledger already exists at {path}; open it with Ledger({str(path)!r}) instead.")
@@ -169,7 +174,9 @@ class Ledger:
             "batch_size": str(int(batch_size)),
         }
         cert = cm.certificate(exact_residual=cm.state.cumulative_bound)
-        entry = cls._entry(0, "train", reason, None, len(data), None, None, cm, None, cert, {"noise_seed": seed},
+        blob = cls._curvature_blob(cm)
+        entry = cls._entry(0, "train", reason, None, len(data), None, None, cm, None, cert,
+                           {"noise_seed": cm.state.noise_seed, "curvature_hash": hashlib.sha256(blob).hexdigest()},
                            model_file, prev_hash="")
         db = path / DB_NAME
         tmp = path / (DB_NAME + ".init")
@@ -177,7 +184,7 @@ class Ledger:
         with closing(sqlite3.connect(tmp)) as conn:
             conn.executescript(_SCHEMA)
             conn.executemany("INSERT INTO meta VALUES (?, ?)", list(meta.items()))
-            cls._insert(conn, entry, cm, curvature=True)
+            cls._insert(conn, entry, cm, curvature=blob)
             conn.commit()
         tmp.replace(db)  # the ledger exists only once it is complete
         return cls(path, device=device)
@@ -186,8 +193,7 @@ class Ledger:
     def _connect(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self.path / DB_NAME, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=DELETE")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA synchronous=FULL")  # per connection; nothing is written to the file
             return conn
         except sqlite3.DatabaseError as exc:
             raise self._corrupt(exc) from None
@@ -292,16 +298,19 @@ class Ledger:
         return entry
 
     @staticmethod
-    def _insert(conn, entry: dict, cm: CertifiedModel, *, curvature: bool, overlay=()) -> None:
+    def _curvature_blob(cm: CertifiedModel) -> bytes:
+        return _tensor_blob({**cm.curvature.state(), "gram": cm.state.gram})
+
+    @staticmethod
+    def _insert(conn, entry: dict, cm: CertifiedModel, *, curvature: bytes | None, overlay=()) -> None:
         cols = list(entry)
         conn.execute(f"INSERT INTO entries ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", [entry[c] for c in cols])
         theta, b = _param_arrays(cm.model)
         conn.execute("INSERT INTO params VALUES (?, ?, ?)", (entry["seq"], theta.tobytes(), b.tobytes()))
         for row_id, removed, label, x in overlay:
             conn.execute("INSERT OR REPLACE INTO overlay VALUES (?, ?, ?, ?, ?)", (row_id, removed, label, x, entry["seq"]))
-        if curvature:
-            blob = _tensor_blob({**cm.curvature.state(), "gram": cm.state.gram})
-            conn.execute("INSERT OR REPLACE INTO curvature VALUES (1, ?, ?)", (blob, entry["seq"]))
+        if curvature is not None:
+            conn.execute("INSERT OR REPLACE INTO curvature VALUES (1, ?, ?)", (curvature, entry["seq"]))
 
     def _record(self, kind: str, reason: str, changes: Changes | None, n_affected: int, cert, details: dict, *,
                 overlay=(), curvature: bool, residual_bound=None, worst_case_bound=None) -> dict:
@@ -309,6 +318,9 @@ class Ledger:
         seq = self.seq + 1
         model_file = f"model-{seq:06d}.pt"
         cm = self.certified
+        blob = self._curvature_blob(cm) if curvature else None
+        if blob is not None:
+            details = {**details, "curvature_hash": hashlib.sha256(blob).hexdigest()}
         entry = self._entry(seq, kind, reason, None if changes is None else changes.to_json(), n_affected,
                             residual_bound, worst_case_bound, cm, self.last["params_after"], cert, details, model_file,
                             prev_hash=self.last["entry_hash"])
@@ -319,7 +331,7 @@ class Ledger:
             top = conn.execute("SELECT MAX(seq) FROM entries").fetchone()[0]
             if top != self.seq:
                 raise LedgerError(f"The ledger was changed by another process (entry {top}, expected {self.seq}); reopen it.")
-            self._write_entry(conn, entry, overlay, curvature)
+            self._write_entry(conn, entry, overlay, blob)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -361,6 +373,10 @@ class Ledger:
         import copy
 
         return copy.deepcopy(self.certified.model)
+
+    def public_model(self) -> LogisticRegression:
+        """The current parameters without the noise ``b`` (the model to publish or serve)."""
+        return self.certified.public_model()
 
     @property
     def model_file(self) -> Path:
@@ -438,9 +454,16 @@ class Ledger:
         return entries
 
     def export(self, path: str | Path | None = None) -> dict:
-        """The whole ledger (metadata and entries, no binary blobs) as JSON-ready data."""
+        """The whole ledger (metadata and entries, no binary blobs) as JSON-ready data.
+
+        Noise seeds are left out: they determine ``b``, which must stay private.
+        """
         meta = {k: (json.loads(v) if k in ("spec", "model", "train_config", "data") else v) for k, v in self.meta.items()}
-        out = {"format": FORMAT, "meta": meta, "entries": self.history(), "current": {
+        entries = self.history()
+        for e in entries:  # the noise seed determines b, which must stay private for the certificate to hold
+            e["details"].pop("noise_seed", None)
+            e["state"].pop("noise_seed", None)
+        out = {"format": FORMAT, "meta": meta, "entries": entries, "current": {
             "entry": self.seq, "model_file": self.last["model_file"], "params_hash": self.last["params_after"],
             "certificate": self.certificate().to_dict()}}
         if path is not None:
@@ -459,6 +482,8 @@ class Ledger:
                 check = conn.execute("PRAGMA integrity_check").fetchall()
                 entries = self._entries(conn)
                 params = {seq: (t, b) for seq, t, b in conn.execute("SELECT seq, theta, perturbation FROM params")}
+                overlay = conn.execute("SELECT id, removed, label, x FROM overlay ORDER BY id").fetchall()
+                curv = conn.execute("SELECT blob FROM curvature WHERE id = 1").fetchone()
         except (sqlite3.DatabaseError, LedgerError) as exc:
             report.problems.append(f"database unreadable: {exc}")
             return report
@@ -506,9 +531,42 @@ class Ledger:
         except LedgerError as exc:
             report.problems.append(str(exc))
         report.checks.append("data files")
+        if not report.problems:
+            self._check_overlay(entries, overlay, report)
+            written = [json.loads(e["details"]).get("curvature_hash") for e in entries]
+            expected = next((h for h in reversed(written) if h), None)
+            if curv is None or hashlib.sha256(curv[0]).hexdigest() != expected:
+                report.problems.append("the cached curvature does not match the hash its entry recorded (it was edited)")
+            report.checks.append("cached curvature")
         if replay and not report.problems:
             self._replay(entries, params, report)
         return report
+
+    def _check_overlay(self, entries: list[dict], overlay: list, report: VerifyReport) -> None:
+        """Re-apply every entry's changes to the base data and compare with the stored overlay."""
+        rows = LedgerRows(self.path / "data", n_classes=self.data_meta["n_classes"],
+                          feature_shape=tuple(self.data_meta["feature_shape"]))
+        for e in entries:
+            if e["changes"]:
+                try:
+                    rows.commit(rows.resolve(Changes.from_json(e["changes"])))
+                except ChangesError as exc:
+                    report.problems.append(f"entry {e['seq']}: its changes no longer apply to the data ({exc})")
+                    return
+        stored = LedgerRows(self.path / "data", n_classes=self.data_meta["n_classes"],
+                            feature_shape=tuple(self.data_meta["feature_shape"]))
+        try:
+            stored.load_overlay(overlay)
+        except LedgerError as exc:
+            report.problems.append(str(exc))
+            return
+        same = rows.removed == stored.removed and rows.edited.keys() == stored.edited.keys() and all(
+            rows.edited[k][1] == stored.edited[k][1] and np.array_equal(rows.edited[k][0], stored.edited[k][0])
+            for k in rows.edited)
+        if not same:
+            report.problems.append("the stored data overlay (edited and removed rows) differs from what the entries' "
+                                   "changes produce: the overlay table was edited")
+        report.checks.append("data overlay against the entries' changes")
 
     def _replay(self, entries: list[dict], params: dict, report: VerifyReport) -> None:
         model_meta, train_cfg = json.loads(self.meta["model"]), json.loads(self.meta["train_config"])
