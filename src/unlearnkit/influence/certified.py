@@ -611,7 +611,7 @@ def certified_train(
     spec = spec or CertifiedSpec()
     if not isinstance(model, LogisticRegression):
         check_certifiable(model)
-    model = model.to(torch.float64)
+    model = copy.deepcopy(model).to(torch.float64)  # nn.Module.to works in place: leave the caller's model alone
     check_certifiable(model)
     model.check_data(data)
     if data.is_sparse:
