@@ -58,3 +58,12 @@ def memorising_digits_mlp(rows: int = 800):
     original = train(uk.models.for_data("mlp", parts.train, hidden=(64,), l2=0.0), parts.train, config=config)
     retrained = uk.retrain(original, parts.train, changes)
     return pool, parts.train, parts.test, original, changes, retrained
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module on one torch thread: on tiny matrices, two threads make each op far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

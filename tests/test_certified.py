@@ -46,12 +46,7 @@ from unlearnkit.influence.updates import first_order_update
 BIG = CertifiedSpec(epsilon=1e6, sigma=1.0)  # budget ~2e5: never exhausted, noise of unit size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: threading costs more than it saves
 
 
 # ---------------------------------------------------------------------------- data and models

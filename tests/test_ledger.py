@@ -31,12 +31,7 @@ from unlearnkit.ledger import Ledger, parameter_hash
 SPEC = CertifiedSpec(epsilon=1e6, sigma=1.0)  # a budget that never runs out, noise of unit size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: threading costs more than it saves
 
 
 def small_data(n: int = 50, d: int = 3, seed: int = 0) -> uk.Dataset:

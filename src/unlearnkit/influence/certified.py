@@ -371,9 +371,11 @@ class CertifiedModel:
         out.train_config = getattr(self.model, "train_config", None)
         return out
 
-    def exact_residual(self) -> float:
-        """``||grad L_b(theta; D~)||`` on the current corrected data (one pass over it)."""
-        return gradient_residual(FlatModel(self.model), self.rows.full(), batch_size=self.batch_size)
+    def exact_residual(self, data: Dataset | None = None) -> float:
+        """``||grad L_b(theta; D~)||`` on the current corrected data (one pass over it; pass ``data``
+        when it is already materialised)."""
+        data = self.rows.full() if data is None else data
+        return gradient_residual(FlatModel(self.model), data, batch_size=self.batch_size)
 
     # ------------------------------------------------------------------ the update
     def propose(self, resolved: Resolved) -> Proposal:
@@ -431,7 +433,7 @@ class CertifiedModel:
         worst = gamma * n_rows * Ra**3 * (st.drift_worst + D / 2.0) * D
         return Proposal(theta, curvature, step_norm, D, data_bound, worst, gram, gram_top, n_rows,
                         float(torch.linalg.vector_norm(G)), len(Z) + len(Zt),
-                        0 if add is None and remove is None else int((0 if add is None else add.shape[1]) + (0 if remove is None else remove.shape[1])))
+                        sum(F.shape[1] for F in (add, remove) if F is not None))
 
     def commit(self, resolved: Resolved, proposal: Proposal) -> None:
         """Make a proposal the current state (the caller checked the budget)."""
@@ -495,12 +497,12 @@ class CertifiedModel:
         ``seed`` draws the new ``b``; None draws a secret random one (see :func:`certified_train`).
         """
         seed = secrets.randbits(63) if seed is None else int(seed)
-        fresh = _train_perturbed(self.model, self.rows.full(), self.spec, seed, device=self.device)
-        data = self.rows.full()
+        data = self.rows.full()  # O(n d) for a ledger: materialise once
+        fresh = _train_perturbed(self.model, data, self.spec, seed, device=self.device)
         self.model = fresh
         self.curvature = CachedCurvature.at(fresh, data, batch_size=self.batch_size)
         self.state = CertifiedState.of_data(
-            fresh, data, feature_bound=self.state.feature_bound, cumulative_bound=self.exact_residual(),
+            fresh, data, feature_bound=self.state.feature_bound, cumulative_bound=self.exact_residual(data),
             noise_seed=seed, trainings=self.state.trainings + 1,
         )
 
@@ -616,15 +618,17 @@ def certified_train(
     model.check_data(data)
     if data.is_sparse:
         raise CertificationError("Certified unlearning works on dense features; convert with data.replace(X=data.X.toarray()).")
-    norms = augmented_norms(model, data.X)
-    raw_max = float(np.sqrt(max(float(np.max(norms**2)) - (1.0 if model.fit_intercept else 0.0), 0.0))) if len(data) else 0.0
-    R = spec.feature_bound if spec.feature_bound is not None else max(raw_max, 1e-12)
-    _check_rows(model, data, R, "Training data")
+    if spec.feature_bound is not None:
+        R = spec.feature_bound
+        _check_rows(model, data, R, "Training data")
+    else:  # the largest row norm of the data: holds by construction
+        norms = augmented_norms(model, data.X)
+        R = max(float(np.sqrt(max(float(np.max(norms**2)) - float(model.fit_intercept), 0.0))) if len(data) else 0.0, 1e-12)
     fitted = _train_perturbed(model, data, spec, seed, device=device, config=config)
     curvature = CachedCurvature.at(fitted, data, batch_size=batch_size)
     state = CertifiedState.of_data(fitted, data, feature_bound=R, cumulative_bound=0.0, noise_seed=int(seed))
     cm = CertifiedModel(fitted, MemoryRows(data), spec, state, curvature, batch_size=batch_size, device=device)
-    state.cumulative_bound = cm.exact_residual()
+    state.cumulative_bound = cm.exact_residual(data)
     if state.cumulative_bound > spec.budget:
         raise CertificationError(
             f"The trained model's own gradient residual {state.cumulative_bound:.3g} already exceeds the budget "

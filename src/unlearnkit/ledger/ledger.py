@@ -238,8 +238,7 @@ class Ledger:
         except (KeyError, ValueError, TypeError, RuntimeError, CertificationError) as exc:
             raise LedgerError(f"{self.path / DB_NAME} has malformed records ({type(exc).__name__}: {exc}).") from None
         self.data_meta = data_meta
-        rows = LedgerRows(self.path / "data", n_classes=data_meta["n_classes"],
-                          feature_shape=tuple(data_meta["feature_shape"]), name=data_meta.get("name", "ledger data"))
+        rows = self._base_rows()
         if len(rows.X) != data_meta["n"]:
             raise LedgerError(f"The ledger's data files hold {len(rows.X)} rows, the database says {data_meta['n']}.")
         rows.load_overlay(overlay)
@@ -256,6 +255,12 @@ class Ledger:
         self.seq = int(last["seq"])
         self.last = last
         self._cleanup_files()
+
+    def _base_rows(self) -> LedgerRows:
+        """The ledger's training data as given at init, with an empty overlay."""
+        meta = self.data_meta
+        return LedgerRows(self.path / "data", n_classes=meta["n_classes"], feature_shape=tuple(meta["feature_shape"]),
+                          name=meta.get("name", "ledger data"))
 
     def _model_from_blobs(self, model_meta: dict, train_config: dict, theta_blob: bytes, b_blob: bytes) -> LogisticRegression:
         from unlearnkit.training import TrainConfig
@@ -524,8 +529,7 @@ class Ledger:
                 report.problems.append(f"model file {f.name}: {exc}")
             report.checks.append("model file")
         try:
-            rows = LedgerRows(self.path / "data", n_classes=self.data_meta["n_classes"],
-                              feature_shape=tuple(self.data_meta["feature_shape"]))
+            rows = self._base_rows()
             if fingerprint(rows.X, np.asarray(rows.y), np.asarray(rows.ids)) != self.data_meta["fingerprint"]:
                 report.problems.append("the data files differ from the data the ledger was created with")
         except LedgerError as exc:
@@ -544,8 +548,7 @@ class Ledger:
 
     def _check_overlay(self, entries: list[dict], overlay: list, report: VerifyReport) -> None:
         """Re-apply every entry's changes to the base data and compare with the stored overlay."""
-        rows = LedgerRows(self.path / "data", n_classes=self.data_meta["n_classes"],
-                          feature_shape=tuple(self.data_meta["feature_shape"]))
+        rows = self._base_rows()
         for e in entries:
             if e["changes"]:
                 try:
@@ -553,8 +556,7 @@ class Ledger:
                 except ChangesError as exc:
                     report.problems.append(f"entry {e['seq']}: its changes no longer apply to the data ({exc})")
                     return
-        stored = LedgerRows(self.path / "data", n_classes=self.data_meta["n_classes"],
-                            feature_shape=tuple(self.data_meta["feature_shape"]))
+        stored = self._base_rows()
         try:
             stored.load_overlay(overlay)
         except LedgerError as exc:
@@ -570,8 +572,7 @@ class Ledger:
 
     def _replay(self, entries: list[dict], params: dict, report: VerifyReport) -> None:
         model_meta, train_cfg = json.loads(self.meta["model"]), json.loads(self.meta["train_config"])
-        rows = LedgerRows(self.path / "data", n_classes=self.data_meta["n_classes"],
-                          feature_shape=tuple(self.data_meta["feature_shape"]))
+        rows = self._base_rows()
         model = self._model_from_blobs(model_meta, train_cfg, *params[0])
         data = rows.full()
         first = json.loads(entries[0]["state"])
