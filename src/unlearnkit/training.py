@@ -140,7 +140,7 @@ def train(
     if len(data) == 0:
         raise ModelError(f"Cannot train on {data.name}: it has no rows.")
     model.check_data(data)
-    config = (config or getattr(model, "train_config", None) or TrainConfig()).resolved(model)
+    config = (config or getattr(model, "train_config", None) or TrainConfig()).resolved(getattr(model, "member_template", model))
     device = torch.device(device) if device is not None else torch.device("cpu")
     dtype = torch_dtype(config.dtype)
     net = copy.deepcopy(model).to(device=device, dtype=dtype)
@@ -152,7 +152,9 @@ def train(
         cpu_net.init_parameters(gen)
         net = cpu_net.to(device)
     start = time.perf_counter()
-    if config.optimizer is Optimizer.NEWTON:
+    if hasattr(net, "fit_members"):  # a sharded ensemble trains each member on its own shard
+        net.fit_members(data, config, device, progress)
+    elif config.optimizer is Optimizer.NEWTON:
         _fit_newton(net, data, config, progress)
     elif config.optimizer is Optimizer.LBFGS:
         _fit_lbfgs(net, data, config, device, dtype, progress)

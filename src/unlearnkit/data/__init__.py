@@ -25,7 +25,7 @@ from unlearnkit.data.readers import (
     save_npz,
 )
 from unlearnkit.data.sources import available, load
-from unlearnkit.data.splits import Splits, forget_set, retain_forget, train_test_split
+from unlearnkit.data.splits import Splits, UnlearningSplit, forget_set, retain_forget, train_test_split, unlearning_split
 from unlearnkit.data.synthetic import make_classification
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "Resolved",
     "Dataset",
     "Splits",
+    "UnlearningSplit",
     "available",
     "forget_set",
     "load",
@@ -55,4 +56,5 @@ __all__ = [
     "save_npz",
     "standardize",
     "train_test_split",
+    "unlearning_split",
 ]

@@ -17,7 +17,7 @@ from unlearnkit.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Splits", "train_test_split", "forget_set", "retain_forget"]
+__all__ = ["Splits", "UnlearningSplit", "train_test_split", "forget_set", "retain_forget", "unlearning_split"]
 
 
 @dataclass(frozen=True)
@@ -213,3 +213,79 @@ def retain_forget(ds: Dataset, forget_ids) -> tuple[Dataset, Dataset]:
     retain = ds.subset(np.flatnonzero(~mask), name=f"{ds.name}:retain")
     forget = ds.subset(np.flatnonzero(mask), name=f"{ds.name}:forget")
     return retain, forget
+
+
+@dataclass(frozen=True)
+class UnlearningSplit:
+    """DeepUnlearn's split of a data set for an unlearning benchmark.
+
+    Attributes
+    ----------
+    train:
+        Every training row (``retain + forget``): the original model trains on it.
+    retain, forget:
+        The rows kept and the rows to unlearn; the retrained reference trains on ``retain``.
+    val:
+        Held-out rows taken from the training part (15 % by default).
+    test:
+        The test rows (the official test set when one is given); no unlearning method sees them.
+    forget_ids:
+        Ids of the forget rows (``Changes.remove(forget_ids)`` is the change set).
+    """
+
+    train: Dataset
+    retain: Dataset
+    forget: Dataset
+    val: Dataset
+    test: Dataset
+    forget_ids: np.ndarray
+
+    def changes(self):
+        """The change set that removes the forget rows."""
+        from unlearnkit.data.changes import Changes
+
+        return Changes.remove(self.forget_ids.tolist())
+
+
+def unlearning_split(
+    ds: Dataset,
+    test: Dataset | None = None,
+    *,
+    val_fraction: float = 0.15,
+    forget_fraction: float | None = 0.10,
+    forget_classes=None,
+    test_fraction: float = 0.2,
+    seed: int = 123,
+) -> UnlearningSplit:
+    """DeepUnlearn's protocol: validation 15 % of the training set, then a random 10 % forget set.
+
+    One split per data set, fixed by ``seed`` (DeepUnlearn uses 123); model seeds vary on top of
+    it. ``ds`` is the official training set and ``test`` the official test set; without
+    ``test`` (the embedded sets have none) a stratified ``test_fraction`` of ``ds`` is held out
+    first. Then a stratified ``val_fraction`` of the training rows becomes the validation set,
+    and from the remaining rows the forget set is drawn: a uniformly random ``forget_fraction``
+    (not stratified, as in DeepUnlearn) or, with ``forget_classes``, every row of those classes
+    (class-wise forgetting; the validation and test rows of those classes stay where they are,
+    so the forgotten classes can be measured on held-out data).
+    """
+    if forget_classes is not None:
+        forget_fraction = None  # class-wise forgetting replaces the default random fraction
+    elif forget_fraction is None:
+        raise DataError("unlearning_split needs forget_fraction= (a random share) or forget_classes=.")
+    base = ds.name
+    if test is None:
+        parts = train_test_split(ds, test_fraction=test_fraction, seed=seed)
+        ds, test = parts.train, parts.test
+    elif tuple(test.feature_shape) != tuple(ds.feature_shape):
+        raise DataError(f"The test set has examples of shape {test.feature_shape}, the training set {ds.feature_shape}.")
+    rng_seed = np.random.default_rng(seed).integers(2**31)
+    parts = train_test_split(ds, test_fraction=val_fraction, seed=int(rng_seed))
+    train, val = parts.train, parts.test.replace(name=f"{base}:val")
+    if forget_classes is not None:
+        forget_ids = forget_set(train, classes=forget_classes)
+    else:
+        forget_ids = forget_set(train, fraction=forget_fraction, seed=seed)
+    retain, forget = retain_forget(train, forget_ids)
+    train = train.replace(name=f"{base}:train")
+    return UnlearningSplit(train=train, retain=retain.replace(name=f"{base}:retain"), forget=forget.replace(name=f"{base}:forget"),
+                           val=val, test=test.replace(name=f"{base}:test"), forget_ids=np.asarray(forget_ids, dtype=np.int64))

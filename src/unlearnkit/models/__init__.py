@@ -5,14 +5,19 @@ from __future__ import annotations
 from unlearnkit.errors import ModelError
 from unlearnkit.models.base import UnlearnableModel
 from unlearnkit.models.cnn import SmallCNN
+from unlearnkit.models.ensemble import ShardedEnsemble
 from unlearnkit.models.linear import LogisticRegression
 from unlearnkit.models.mlp import MLP
+from unlearnkit.models.resnet import ResNet18
 
-MODELS: dict[str, type[UnlearnableModel]] = {cls.kind: cls for cls in (LogisticRegression, MLP, SmallCNN)}
+IMAGE_KINDS = ("cnn", "resnet18")
+"""Kinds whose input is an image ``(C, H, W)``; :func:`for_data` reads the shape from the data."""
+
+MODELS: dict[str, type[UnlearnableModel]] = {cls.kind: cls for cls in (LogisticRegression, MLP, SmallCNN, ResNet18, ShardedEnsemble)}
 
 
 def build(kind: str, **config) -> UnlearnableModel:
-    """Build a model by kind (``logreg``, ``mlp``, ``cnn``) from its constructor arguments."""
+    """Build a model by kind (``logreg``, ``mlp``, ``cnn``, ``resnet18``) from its constructor arguments."""
     try:
         cls = MODELS[kind]
     except KeyError:
@@ -26,14 +31,14 @@ def build(kind: str, **config) -> UnlearnableModel:
 def for_data(kind: str, data, **config) -> UnlearnableModel:
     """Build a model of ``kind`` sized for ``data`` (input shape and number of classes)."""
     config.setdefault("n_classes", data.n_classes)
-    if kind == "cnn":
+    if kind in IMAGE_KINDS:
         shape = data.feature_shape
         if len(shape) != 3:
-            raise ModelError(f"The cnn model needs image data of shape (C, H, W); {data.name} has {shape}.")
+            raise ModelError(f"The {kind} model needs image data of shape (C, H, W); {data.name} has {shape}.")
         config.update(in_channels=shape[0], height=shape[1], width=shape[2])
     else:
         config.setdefault("n_features", data.n_features)
     return build(kind, **config)
 
 
-__all__ = ["MODELS", "MLP", "LogisticRegression", "SmallCNN", "UnlearnableModel", "build", "for_data"]
+__all__ = ["MODELS", "MLP", "LogisticRegression", "ResNet18", "ShardedEnsemble", "SmallCNN", "UnlearnableModel", "build", "for_data"]

@@ -57,20 +57,24 @@ class UnlearnableModel(nn.Module):
         return {k: getattr(self, k) for k in self.config_keys}
 
     def init_parameters(self, generator: torch.Generator) -> None:
-        """Re-initialise every parameter from ``generator`` (deterministic for a seed).
+        """Re-initialise every parameter from ``generator`` (deterministic for a seed); see :func:`reset_parameters`."""
+        reset_parameters(self, generator)
 
-        Weights of linear and convolutional layers follow PyTorch's default (Kaiming-uniform
-        with ``a = sqrt(5)``); biases are uniform in ``+-1/sqrt(fan_in)``.
-        """
-        with torch.no_grad():
-            for module in self.modules():
-                if isinstance(module, (nn.Linear, nn.Conv2d)):
-                    fan_in = module.weight[0].numel()
-                    bound = 1.0 / math.sqrt(fan_in)
-                    # kaiming_uniform(a=sqrt(5)) gives the same bound as 1/sqrt(fan_in)
-                    module.weight.uniform_(-bound, bound, generator=generator)
-                    if module.bias is not None:
-                        module.bias.uniform_(-bound, bound, generator=generator)
+    # ------------------------------------------------------------------ adapter
+    # Architecture-specific unlearning methods (MSG and CT act on convolutions, CF-k / EU-k on
+    # the last blocks, KDE / RNI / CFW on the stem and the head) reach the network only through
+    # these three views (first layer, blocks, classifier head), so that any model that defines them works with every method.
+    def first_layer(self) -> nn.Module:
+        """The input layer (the "stem"), the module CFW perturbs and KDE resets."""
+        raise ModelError(f"The {self.kind} model does not define first_layer(); methods that act on the stem cannot use it.")
+
+    def blocks(self) -> list[nn.Module]:
+        """The feature blocks, input to output (CF-k / EU-k train or reset the last ``k``); the head is not one."""
+        raise ModelError(f"The {self.kind} model does not define blocks(); block-wise methods (CF-k, EU-k) cannot use it.")
+
+    def head(self) -> nn.Module:
+        """The classifier: the output layer, the module KDE and RNI reset (EU-k / CF-k train it with the blocks)."""
+        raise ModelError(f"The {self.kind} model does not define head(); methods that reset the classifier cannot use it.")
 
     # ------------------------------------------------------------------ objective
     def regularizer_weights(self) -> torch.Tensor | None:
@@ -111,3 +115,31 @@ class UnlearnableModel(nn.Module):
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Reshape a batch of flattened or shaped inputs to ``(m, *input_shape)``."""
         return x.reshape(x.shape[0], *self.input_shape)
+
+
+def reset_parameters(module: nn.Module, generator: torch.Generator) -> None:
+    """Re-initialise every layer inside ``module`` in place, deterministically from ``generator``.
+
+    Weights of linear and convolutional layers follow PyTorch's default (Kaiming-uniform with
+    ``a = sqrt(5)``, i.e. uniform in ``+-1/sqrt(fan_in)``); their biases are uniform in
+    ``+-1/sqrt(fan_in)``. Batch-norm layers get weight 1, bias 0 and fresh running statistics.
+    Draws happen on the CPU and are copied, so a seed gives the same values on every device.
+    """
+    with torch.no_grad():
+        for sub in module.modules():
+            if isinstance(sub, (nn.Linear, nn.Conv2d)):
+                bound = 1.0 / math.sqrt(sub.weight[0].numel())
+                for p in (sub.weight, sub.bias):
+                    if p is not None:
+                        p.copy_(torch.empty(p.shape, dtype=p.dtype).uniform_(-bound, bound, generator=generator))
+            elif isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                if sub.affine:
+                    sub.weight.fill_(1.0)
+                    sub.bias.zero_()
+                if sub.track_running_stats:
+                    sub.reset_running_stats()
+
+
+def class_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Logits of shape ``(m, C)``; a binary model's single logit ``z`` becomes ``[0, z]`` (so softmax = sigmoid)."""
+    return torch.stack([torch.zeros_like(logits), logits], dim=1) if logits.ndim == 1 else logits

@@ -50,3 +50,13 @@ class SmallCNN(UnlearnableModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(self.prepare(x)))
+
+    # adapter: the stem conv, three blocks (conv, conv, hidden dense layer), the output layer as head
+    def first_layer(self) -> nn.Module:
+        return self.features[0]
+
+    def blocks(self) -> list[nn.Module]:
+        return [self.features[0:3], self.features[3:6], self.classifier[0:3]]
+
+    def head(self) -> nn.Module:
+        return self.classifier[-1]

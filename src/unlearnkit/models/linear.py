@@ -69,6 +69,16 @@ class LogisticRegression(UnlearnableModel):
     def input_shape(self) -> tuple[int, ...]:
         return (self.n_features,)
 
+    # adapter: one layer, which is both the stem and the head; no blocks
+    def first_layer(self) -> nn.Module:
+        return self.linear
+
+    def blocks(self) -> list[nn.Module]:
+        return []
+
+    def head(self) -> nn.Module:
+        return self.linear
+
     def init_parameters(self, generator: torch.Generator) -> None:
         """Convex model: start from zero (the optimum does not depend on the start)."""
         with torch.no_grad():

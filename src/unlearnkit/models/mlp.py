@@ -36,3 +36,13 @@ class MLP(UnlearnableModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.reshape(x.shape[0], -1))
+
+    # adapter: one block per hidden layer (Linear + tanh), the output layer as head
+    def first_layer(self) -> nn.Module:
+        return self.net[0]
+
+    def blocks(self) -> list[nn.Module]:
+        return [self.net[i:i + 2] for i in range(0, 2 * len(self.hidden), 2)]
+
+    def head(self) -> nn.Module:
+        return self.net[-1]
