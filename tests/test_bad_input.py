@@ -104,7 +104,7 @@ def test_unknown_hyperparameter_lists_valid_ones(binary_10k):
     with pytest.raises(MethodError, match=r"'second-order' has no hyperparameter\(s\) \['solvr'\]; valid: ") as exc:
         unlearnkit.unlearn(model, data, Changes.remove([0]), method="second-order", solvr="cg")
     msg = str(exc.value)
-    for hp in ("solver (default 'exact')", "damping (default 0.0)", "max_params (default 5000)", "batch_size"):
+    for hp in ("solver (default 'auto')", "damping (default 'auto')", "max_params (default 5000)", "batch_size"):
         assert hp in msg
     with pytest.raises(MethodError, match=r"'first-order' has no hyperparameter\(s\) \['lr'\]; valid: tau \(default 'auto'\)"):
         unlearnkit.unlearn(model, data, Changes.remove([0]), method="first-order", lr=0.1)
@@ -119,7 +119,7 @@ def test_unknown_hyperparameter_lists_valid_ones(binary_10k):
         ("second-order", {"batch_size": "big"}, r"'batch_size' must be int, got 'big'"),
         ("second-order", {"chunks": True}, r"'chunks' must be int, got True"),
         ("second-order", {"solver": 3}, r"'solver' must be str, got 3"),
-        ("second-order", {"damping": "lots"}, r"'damping' must be float"),
+        ("second-order", {"damping": "lots"}, r"damping must be a number >= 0 or 'auto'"),
         ("first-order", {"tau": [0.1]}, r"'tau' must be float/str"),
     ],
 )
@@ -219,8 +219,9 @@ def test_describe_second_order():
     assert text.startswith("second-order: ")
     assert "hyperparameters:" in text
     for line in (
-        "solver (str, default 'exact'",
-        "damping (float, default 0.0",
+        "solver (str, default 'auto'",
+        "damping (float/str, default 'auto'",
+        "relative_damping (float, default 0.001",
         "max_params (int, default 5000",
         "scale (float/NoneType, default None",
         "chunks (int, default 1",
@@ -317,7 +318,7 @@ def test_load_wrong_kind(tmp_path, binary_10k):
     for kind in ("transformer", None, ["logreg"]):
         payload["kind"] = kind
         torch.save(payload, path)
-        with pytest.raises(ModelError, match=r"unknown model kind .*; valid: \['cnn', 'logreg', 'mlp'\]"):
+        with pytest.raises(ModelError, match=r"unknown model kind .*; valid: \['cnn', 'logreg', 'mlp', 'resnet18', 'sisa'\]"):
             unlearnkit.load_model(path)
 
 

@@ -16,6 +16,7 @@ def unlearn(
     changes: Changes,
     *,
     method: str = "second-order",
+    val: Dataset | None = None,
     device=None,
     **hyperparameters,
 ) -> UnlearnResult:
@@ -23,11 +24,12 @@ def unlearn(
 
     ``method`` is any name in :func:`unlearnkit.methods.list` (``first-order``,
     ``second-order``, ``retrain``, ...); ``hyperparameters`` are that method's, validated
-    against the registry (unknown ones are rejected with the valid list). ``model`` is never
-    modified, also when the method fails.
+    against the registry (unknown ones are rejected with the valid list). ``val`` is optional
+    held-out data for the methods that use it (KDE distils on it, SCRUB picks its checkpoint with
+    it); no method is given the test set. ``model`` is never modified, also when the method fails.
     """
     if not isinstance(data, Dataset):
         raise DataError(f"data must be an unlearnkit Dataset, got {type(data).__name__}.")
     if not isinstance(changes, Changes):
         raise ChangesError(f"changes must be an unlearnkit Changes, got {type(changes).__name__}.")
-    return methods.make(method, **hyperparameters).unlearn(model, data, changes, device=device)
+    return methods.make(method, **hyperparameters).unlearn(model, data, changes, val=val, device=device)

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from unlearnkit.errors import MetricError, UnlearnKitError
@@ -161,10 +162,10 @@ def methods_cmd(name: Optional[str] = typer.Argument(None, help="Describe one me
 
     try:
         if name:
-            console.print(registry.describe(name))
+            console.print(registry.describe(name), markup=False, highlight=False)
             return
         for n in registry.names():
-            console.print(f"[bold]{n}[/]: {registry.info(n).summary}")
+            console.print(f"[bold]{escape(n)}[/]: {escape(registry.info(n).summary)}", highlight=False)
     except UnlearnKitError as exc:
         _fail(exc)
 

@@ -86,16 +86,21 @@ def first_order_update(
     changes: Changes,
     *,
     tau: float | str = "auto",
+    curvature: str = "hessian",
     batch_size: int = 1024,
     device=None,
 ) -> UnlearnResult:
-    """``theta* - tau G``; ``tau="auto"`` is the exact line minimiser ``G.G / G.H~G``."""
+    """``theta* - tau G``; ``tau="auto"`` is the exact line minimiser ``G.G / G.H~G``.
+
+    ``curvature="ggn"`` measures the curvature along ``G`` with the generalised Gauss-Newton
+    matrix instead of the Hessian (positive for deep models, where the Hessian may not be).
+    """
     start = time.perf_counter()
     flat, resolved = _prepare(model, data, changes, device)
     G = gradient_difference(flat, resolved, batch_size=batch_size)
     hvps = 0
     if tau == "auto":
-        H = HessianOperator(flat, resolved.corrected, batch_size=batch_size)
+        H = HessianOperator(flat, resolved.corrected, batch_size=batch_size, curvature=curvature)
         curvature = float(G @ H.matvec(G))
         hvps = 1
         gg = float(G @ G)

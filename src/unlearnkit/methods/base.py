@@ -1,8 +1,12 @@
 """The method registry: one interface for every unlearning method.
 
 A method is a class whose constructor takes its hyperparameters (keyword-only, nothing else
-happens there) and whose one verb is ``unlearn(model, data, changes, *, device=None)``,
-returning an :class:`~unlearnkit.influence.updates.UnlearnResult` with a *new* model. The
+happens there) and whose one verb is ``unlearn(model, data, changes, *, val=None, device=None)``,
+returning an :class:`~unlearnkit.influence.updates.UnlearnResult` with a *new* model. ``data`` is
+the training data the model saw, ``changes`` what to take back (``Changes.remove(forget_ids)``
+for a forget set), ``val`` optional held-out rows; the test set is never given to a method.
+``unlearn_sets(model, retain, forget, val=...)`` is the same call stated with retain and forget
+sets (see :mod:`unlearnkit.methods.task`). The
 registry records each method's hyperparameters (type, default, range and where the default
 comes from) and its reference, rejects unknown hyperparameters listing the valid ones, and
 ``describe(name)`` renders all of it.
@@ -41,6 +45,23 @@ class Hyperparameter:
 
 def _as_tuple(t) -> tuple:
     return t if isinstance(t, tuple) else (t,)
+
+
+class Method:
+    """Mixin of every registered method: ``unlearn_sets`` and ``get_params`` on top of ``unlearn``."""
+
+    name: str = ""
+
+    def get_params(self) -> dict:
+        """The hyperparameters this method was built with."""
+        return {h.name: getattr(self, h.name) for h in info(self.name).hyperparameters}
+
+    def unlearn_sets(self, model, retain, forget, *, val=None, device=None):
+        """Unlearn the rows of ``forget`` from a model trained on ``retain + forget``."""
+        from unlearnkit.methods.task import from_sets
+
+        task = from_sets(retain, forget, val)
+        return self.unlearn(model, task.data, task.changes, val=val, device=device)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
+from unlearnkit.errors import MethodError
+from unlearnkit.influence.functional import FlatModel
+from unlearnkit.influence.hessian import HessianOperator
 from unlearnkit.influence.solvers import make_solver
 from unlearnkit.influence.updates import first_order_update, iterative_update, second_order_update
-from unlearnkit.methods.base import Hyperparameter, register
+from unlearnkit.methods.base import Hyperparameter, Method, register
 
 WARNECKE = "Warnecke, Pirch, Wressnegger, Rieck. Machine Unlearning of Features and Labels. NDSS 2023."
 
@@ -16,57 +21,70 @@ _CHUNKS = Hyperparameter("chunks", int, 1, "apply the change in this many chunks
     "first-order",
     summary="theta - tau * (g(Z~) - g(Z)): one gradient step on the difference loss",
     hyperparameters=(
-        Hyperparameter("tau", (float, str), "auto", "unlearning rate; 'auto' = G.G / G.H~G (exact line minimiser along -G)",
+        Hyperparameter("tau", (float, str), "auto", "unlearning rate; 'auto' = G.G / G.H~G (exact line minimiser along -G; "
+                       "H~ is the generalised Gauss-Newton matrix for non-convex models, whose curvature is positive)",
                        "> 0 or 'auto'", "paper: tuned by hand; 'auto' is ours"),
         _CHUNKS,
         _BATCH,
     ),
     reference=WARNECKE,
 )
-class FirstOrder:
+class FirstOrder(Method):
     def __init__(self, *, tau="auto", chunks: int = 1, batch_size: int = 1024) -> None:
         self.tau = tau
         self.chunks = chunks
         self.batch_size = batch_size
 
-    def unlearn(self, model, data, changes, *, device=None):
-        kwargs = dict(tau=self.tau, batch_size=self.batch_size, device=device)
+    def unlearn(self, model, data, changes, *, val=None, device=None):
+        kwargs = dict(tau=self.tau, batch_size=self.batch_size, device=device, curvature="hessian" if model.convex else "ggn")
         if self.chunks > 1:
             return iterative_update(first_order_update, model, data, changes, chunks=self.chunks, **kwargs)
         return first_order_update(model, data, changes, **kwargs)
+
+
+DEEP_RELATIVE_DAMPING = 1e-3
+"""For non-convex models, ``damping="auto"`` adds ``1e-3 x`` the largest eigenvalue of the curvature (measured
+on the digits CNN: smaller values let the step blow up, larger ones make it vanish; see ``docs/methods.md``)."""
 
 
 @register(
     "second-order",
     summary="theta - H~^-1 (g(Z~) - g(Z)), H~ the Hessian of the objective on the corrected data",
     hyperparameters=(
-        Hyperparameter("solver", str, "exact", "inverse-HVP solver: exact (Cholesky), cg or lissa", "exact|cg|lissa", "ours"),
-        Hyperparameter("damping", float, 0.0, "added to the Hessian diagonal (LiSSA: in units of scale)", ">= 0",
-                       "0 for convex models; set > 0 for deep ones"),
+        Hyperparameter("solver", str, "auto", "inverse-HVP solver: exact (Cholesky), cg or lissa; auto = exact for convex models "
+                       "with at most max_params parameters, cg otherwise", "auto|exact|cg|lissa", "ours"),
+        Hyperparameter("damping", (float, str), "auto", "added to the curvature's diagonal (LiSSA: in units of scale); auto = 0 "
+                       "for convex models, relative_damping x the largest curvature eigenvalue (power iteration) otherwise",
+                       ">= 0 or 'auto'", "ours: a rule from the data, not tuned per run"),
+        Hyperparameter("relative_damping", float, DEEP_RELATIVE_DAMPING, "damping='auto' on non-convex models: this fraction of "
+                       "the largest eigenvalue", "> 0", "ours: measured on the digits CNN"),
         Hyperparameter("tol", float, 1e-8, "CG relative residual tolerance", "> 0", "engineering"),
-        Hyperparameter("max_iter", int, 200, "CG iteration cap", ">= 1", "engineering"),
+        Hyperparameter("max_iter", (int, str), "auto", "CG iteration cap; auto = 200 for convex models, 50 otherwise", ">= 1 or 'auto'",
+                       "engineering"),
         Hyperparameter("scale", (float, type(None)), None, "LiSSA scale; None = 1.1 x largest Hessian eigenvalue", "> 0", "ours"),
         Hyperparameter("depth", int, 1000, "LiSSA recursion depth", ">= 1", "paper code: up to 100 epochs"),
         Hyperparameter("lissa_batch_size", (int, type(None)), None, "LiSSA Hessian mini-batch; None = full data", ">= 1", "paper code: 500-1024"),
         Hyperparameter("hessian_rows", (int, type(None)), None, "estimate H~ from this many random rows of the corrected data (weighted n/m); None = all",
                        ">= 1", "paper code: mini-batch Hessian"),
-        Hyperparameter("curvature", str, "hessian", "hessian, or ggn (generalised Gauss-Newton: PSD, for deep models)",
-                       "hessian|ggn", "paper: Hessian; GGN is ours"),
-        Hyperparameter("seed", int, 0, "seed of the Hessian row sample and LiSSA", "", "engineering"),
+        Hyperparameter("curvature", str, "auto", "hessian, or ggn (generalised Gauss-Newton: PSD, for deep models); auto = hessian "
+                       "for convex models, ggn otherwise", "auto|hessian|ggn", "paper: Hessian; GGN is ours"),
+        Hyperparameter("seed", int, 0, "seed of the Hessian row sample, the power iteration and LiSSA", "", "engineering"),
         Hyperparameter("max_params", int, 5000, "exact solver refuses models larger than this", ">= 1", "engineering"),
         _CHUNKS,
         _BATCH,
     ),
     reference=WARNECKE,
 )
-class SecondOrder:
-    def __init__(self, *, solver="exact", damping=0.0, tol=1e-8, max_iter=200, scale=None, depth=1000,
-                 lissa_batch_size=None, hessian_rows=None, curvature="hessian", seed=0, max_params=5000, chunks=1, batch_size=1024) -> None:
+class SecondOrder(Method):
+    def __init__(self, *, solver="auto", damping="auto", relative_damping=DEEP_RELATIVE_DAMPING, tol=1e-8, max_iter="auto",
+                 scale=None, depth=1000, lissa_batch_size=None, hessian_rows=None, curvature="auto", seed=0, max_params=5000,
+                 chunks=1, batch_size=1024) -> None:
         self.hessian_rows = hessian_rows
         self.curvature = curvature
         self.seed = seed
         self.solver = solver
         self.damping = damping
+        self.relative_damping = relative_damping
         self.tol = tol
         self.max_iter = max_iter
         self.scale = scale
@@ -76,17 +94,54 @@ class SecondOrder:
         self.chunks = chunks
         self.batch_size = batch_size
 
-    def make_solver(self):
-        if self.solver == "exact":
-            return make_solver("exact", damping=self.damping, max_params=self.max_params)
-        if self.solver == "cg":
-            return make_solver("cg", damping=self.damping, tol=self.tol, max_iter=self.max_iter)
-        return make_solver("lissa", scale=self.scale, damping=self.damping, depth=self.depth,
+    def resolved(self, model, data, changes) -> dict:
+        """The concrete solver, curvature, damping and iteration cap the "auto" settings give for ``model``."""
+        for key, value, allowed in (("solver", self.solver, ("auto", "exact", "cg", "lissa")),
+                                    ("curvature", self.curvature, ("auto", "hessian", "ggn"))):
+            if value not in allowed:
+                raise MethodError(f"second-order: {key} must be one of {allowed}, got {value!r}.")
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        solver = self.solver if self.solver != "auto" else ("exact" if model.convex and n_params <= self.max_params else "cg")
+        curvature = self.curvature if self.curvature != "auto" else ("hessian" if model.convex else "ggn")
+        max_iter = self.max_iter if self.max_iter != "auto" else (200 if model.convex else 50)
+        if isinstance(max_iter, str) or max_iter < 1:
+            raise MethodError(f"second-order: max_iter must be an integer >= 1 or 'auto', got {self.max_iter!r}.")
+        out = {"solver": solver, "curvature": curvature, "max_iter": int(max_iter), "damping_hvps": 0}
+        if self.damping != "auto":
+            if isinstance(self.damping, str) or not self.damping >= 0:
+                raise MethodError(f"second-order: damping must be a number >= 0 or 'auto', got {self.damping!r}.")
+            out["damping"] = float(self.damping)
+        elif model.convex:
+            out["damping"] = 0.0
+        else:
+            if not self.relative_damping > 0:
+                raise MethodError(f"second-order: relative_damping must be > 0, got {self.relative_damping!r}.")
+            corrected = changes.apply(data)
+            H = HessianOperator(FlatModel(model), corrected, batch_size=self.batch_size, curvature=curvature)
+            lam = H.largest_eigenvalue(iterations=20, seed=self.seed)
+            out["damping"] = self.relative_damping * lam
+            out["largest_eigenvalue"] = lam
+            out["damping_hvps"] = H.n_hvp
+        return out
+
+    def make_solver(self, settings: dict):
+        if settings["solver"] == "exact":
+            return make_solver("exact", damping=settings["damping"], max_params=self.max_params)
+        if settings["solver"] == "cg":
+            return make_solver("cg", damping=settings["damping"], tol=self.tol, max_iter=settings["max_iter"])
+        return make_solver("lissa", scale=self.scale, damping=settings["damping"], depth=self.depth,
                            batch_size=self.lissa_batch_size, seed=self.seed)
 
-    def unlearn(self, model, data, changes, *, device=None):
-        kwargs = dict(solver=self.make_solver(), hessian_rows=self.hessian_rows, curvature=self.curvature, seed=self.seed,
-                      batch_size=self.batch_size, device=device)
+    def unlearn(self, model, data, changes, *, val=None, device=None):
+        start = time.perf_counter()  # the damping estimate is part of the method's cost
+        settings = self.resolved(model, data, changes)
+        kwargs = dict(solver=self.make_solver(settings), hessian_rows=self.hessian_rows, curvature=settings["curvature"],
+                      seed=self.seed, batch_size=self.batch_size, device=device)
         if self.chunks > 1:
-            return iterative_update(second_order_update, model, data, changes, chunks=self.chunks, **kwargs)
-        return second_order_update(model, data, changes, **kwargs)
+            result = iterative_update(second_order_update, model, data, changes, chunks=self.chunks, **kwargs)
+        else:
+            result = second_order_update(model, data, changes, **kwargs)
+        result.hvps += settings.pop("damping_hvps")
+        result.diagnostics["settings"] = settings
+        result.seconds = time.perf_counter() - start
+        return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from unlearnkit.influence.updates import UnlearnResult
-from unlearnkit.methods.base import register
+from unlearnkit.methods.base import Method, register
 from unlearnkit.training import retrain
 
 
@@ -14,10 +14,10 @@ from unlearnkit.training import retrain
     summary="train from scratch on the corrected data with the model's own training config (same seed)",
     reference="The reference every method is measured against (exact unlearning).",
 )
-class Retrain:
+class Retrain(Method):
     warm_start = False
 
-    def unlearn(self, model, data, changes, *, device=None):
+    def unlearn(self, model, data, changes, *, val=None, device=None):
         start = time.perf_counter()
         resolved = changes.resolve(data)
         new = retrain(model, resolved.corrected, device=device, warm_start=self.warm_start)
