@@ -202,3 +202,36 @@ def test_second_order_auto_settings_follow_the_model(classwise):
     convex = train(uk.models.for_data("logreg", data, l2=1.0), data)
     shallow = method.resolved(convex, data, uk.Changes.remove([0]))
     assert shallow["solver"] == "exact" and shallow["curvature"] == "hessian" and shallow["damping"] == 0.0
+
+
+# ---------------------------------------------------------------------------- shared loops (review findings)
+def test_schedules_follow_the_reference_code():
+    from unlearnkit.methods.loops import step_decay, triangle
+
+    assert [round(triangle(1.0, e, 5), 4) for e in range(5)] == [0.3333, 0.6667, 1.0, 0.6667, 0.3333]
+    assert [triangle(1.0, e, 2) for e in range(2)] == [1.0, 0.5]
+    # SCRUB counts epochs from 1: decays once past int(0.5*5)=2, int(0.8*5)=4 and int(0.9*5)=4
+    assert [round(step_decay(1.0, e, 5, 0.1, one_based=True), 6) for e in range(5)] == [1, 1, 0.1, 0.1, 0.001]
+    # CF-k / EU-k count from 0: six epochs at the full rate, three at 0.1, one at 0.01
+    assert [round(step_decay(1.0, e, 10, 0.1), 6) for e in range(10)] == [1] * 6 + [0.1] * 3 + [0.01]
+
+
+def test_a_trailing_single_row_joins_the_previous_batch_so_batch_norm_can_train():
+    from unlearnkit.training import batch_bounds
+
+    assert batch_bounds(129, 64) == [(0, 64), (64, 129)]
+    assert batch_bounds(128, 64) == [(0, 64), (64, 128)] and batch_bounds(1, 64) == [(0, 1)]
+    data = uk.data.load_digits().subset(np.arange(130))
+    net = uk.models.for_data("resnet18", data, base_width=2)  # 8x8 input: layer4 is 1x1, one value per channel
+    model = train(net, data, config=TrainConfig(optimizer="adam", epochs=1, batch_size=64))
+    changes = uk.Changes.remove(data.ids[:1].tolist())  # retain = 129 rows = 2 x 64 + 1
+    for name in ("ft", "cf-k"):
+        result = uk.methods.make(name, batch_size=64, epochs=1).unlearn(model, data, changes)
+        assert all(p.grad is None for p in result.model.parameters())
+
+
+def test_validation_sets_sharing_any_training_row_are_refused(classwise):
+    split, model = classwise
+    mixed = uk.methods.task.concat(split.val, split.train.subset([0]))  # one training row among held-out rows
+    with pytest.raises(MethodError, match="validation row"):
+        uk.methods.make("ft").unlearn(model, split.train, split.changes(), val=mixed)

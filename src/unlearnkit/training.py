@@ -277,6 +277,18 @@ def _fit_lbfgs(net, data, config, device, dtype, progress) -> None:
         progress(config.max_iter, config.max_iter, "L-BFGS done")
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive batches of ``batch_size`` rows; a trailing single row joins the batch before it.
+
+    Batch normalisation cannot train on a batch of one row (one value per channel), so a set of
+    ``k * batch_size + 1`` rows gives ``k`` batches, the last of ``batch_size + 1`` rows.
+    """
+    bounds = [(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def _fit_minibatch(net, data, config, device, dtype, progress) -> None:
     n = len(data)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -286,14 +298,14 @@ def _fit_minibatch(net, data, config, device, dtype, progress) -> None:
         opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
     gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)
     X_all, y_all = data.tensors(dtype=dtype) if not data.is_sparse else (None, None)
-    steps_per_epoch = -(-n // config.batch_size)
+    steps_per_epoch = len(batch_bounds(n, config.batch_size))
     total = config.epochs * steps_per_epoch
     step = 0
     net.train()
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=gen)
-        for start in range(0, n, config.batch_size):
-            idx = order[start:start + config.batch_size]
+        for start, stop in batch_bounds(n, config.batch_size):
+            idx = order[start:stop]
             if X_all is not None:
                 xb, yb = X_all[idx].to(device), y_all[idx].to(device)
             else:

@@ -135,9 +135,11 @@ class DeepMethod(Method):
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         net.eval()
+        net.zero_grad(set_to_none=True)
         for p in net.parameters():
             p.requires_grad_(True)
-        bad = [n for n, p in net.named_parameters() if not torch.all(torch.isfinite(p))]
+        bad = [n for n, p in (*net.named_parameters(), *net.named_buffers())
+               if p.is_floating_point() and not torch.all(torch.isfinite(p))]
         if bad:
             raise MethodError(f"{self.name} produced non-finite parameters ({bad[0]}, ...): it diverged. "
                               "Lower its learning rate or epochs; the input model is unchanged.")

@@ -78,7 +78,8 @@ def incompetent_teacher(net, generator: torch.Generator):
     evaluation mode with gradients off. The same generator state gives the same network.
     """
     ref = next(net.parameters())
-    bad = type(net)(**net.config)
+    with torch.random.fork_rng(devices=[]):  # the constructor's default initialisers must not move the global RNG
+        bad = type(net)(**net.config)
     reset_parameters(bad, generator)
     return frozen_copy(bad.to(device=ref.device, dtype=ref.dtype))
 
@@ -247,7 +248,7 @@ class Scrub(DeepMethod):
         max_steps = min_steps = 0
         trace = []
         for epoch in range(self.epochs):
-            set_lr(opt, step_decay(self.lr, epoch, self.epochs, self.decay_rate))
+            set_lr(opt, step_decay(self.lr, epoch, self.epochs, self.decay_rate, one_based=True))
             if epoch < self.msteps:
                 for xb, _ in forget.batches(self.forget_batch_size, ctx.generator):
                     with torch.no_grad():

@@ -28,7 +28,7 @@ from unlearnkit.methods.loops import (
     cross_entropy,
     cycle,
     fit,
-    kaiming_normal_fan_out,
+    kaiming_uniform_fan_out,
     rand_like,
     relabel_fit,
     sgd,
@@ -441,8 +441,9 @@ class ExactUnlearningK(_LastBlocks):
     augmentation is NOT implemented here, the retain rows are used as they are. Its
     ``training_epoch_factor``, ``sgda_learning_rate`` and ``momentum`` are searched but unused,
     so they are not hyperparameters here. The trained blocks run in training mode so their
-    re-initialised batch-norm statistics are re-estimated (the reference trains in eval mode,
-    which leaves them at mean 0 / variance 1).
+    re-initialised batch-norm statistics are re-estimated (the reference only resets the
+    batch-norm weight and bias and trains in eval mode, so it keeps the original running
+    statistics under re-initialised weights).
     """
 
     reinitialise = True
@@ -458,7 +459,7 @@ def _reinitialise(modules: list[nn.Module], generator: torch.Generator) -> list[
                     continue
                 seen.add(id(sub))
                 if isinstance(sub, nn.modules.conv._ConvNd):
-                    sub.weight.copy_(kaiming_normal_fan_out(sub.weight, generator))
+                    sub.weight.copy_(kaiming_uniform_fan_out(sub.weight, generator))
                     if sub.bias is not None:
                         sub.bias.zero_()
                 elif isinstance(sub, nn.Linear):

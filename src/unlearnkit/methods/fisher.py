@@ -27,6 +27,10 @@ def _params(net: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in net.named_parameters() if p.requires_grad]
 
 
+IU_MAX_ELEMENTS = 1 << 29
+"""IU keeps ``n_samples x n_params`` gradients in memory; above this many numbers (2 GiB in float32) it refuses."""
+
+
 def woodbury_solve(G: torch.Tensor, v: torch.Tensor, damping: float) -> torch.Tensor:
     """``(damping I + G^T G / k)^-1 v`` exactly, through a ``k x k`` system (Woodbury identity).
 
@@ -43,11 +47,10 @@ def woodbury_solve(G: torch.Tensor, v: torch.Tensor, damping: float) -> torch.Te
     if not damping > 0:
         raise MethodError(f"The Woodbury solve needs damping > 0, got {damping}.")
     k = G.shape[0]
-    Gd, vd = G.to(torch.float64), v.to(torch.float64)
-    kernel = Gd @ Gd.T
+    kernel = (G @ G.T).to(torch.float64)  # only the k x k system in float64; G stays in its own precision
     kernel.diagonal().add_(k * damping)
-    z = torch.cholesky_solve((Gd @ vd).unsqueeze(1), torch.linalg.cholesky(kernel)).squeeze(1)
-    return ((vd - Gd.T @ z) / damping).to(v.dtype)
+    z = torch.cholesky_solve((G @ v).to(torch.float64).unsqueeze(1), torch.linalg.cholesky(kernel)).squeeze(1)
+    return (v - G.T @ z.to(G.dtype)) / damping
 
 
 def _add_flat(net: nn.Module, delta: torch.Tensor) -> None:
@@ -124,6 +127,11 @@ class InfluenceUnlearning(DeepMethod):
         g_f = summed_gradient(flat, forget, batch_size=self.batch_size) / n_f
         g_r = summed_gradient(flat, retain, batch_size=self.batch_size) / n_r
         v = (n_f / (n_f + n_r)) * (g_f - g_r)
+        k = min(self.n_samples, n_r)
+        if k * flat.n_params > IU_MAX_ELEMENTS:
+            raise MethodError(f"iu: {k} per-sample gradients of {flat.n_params:,} parameters need "
+                              f"{4 * k * flat.n_params / 2**30:.1f} GiB; lower n_samples to at most "
+                              f"{max(1, IU_MAX_ELEMENTS // flat.n_params)}.")
         rows = torch.randperm(n_r, generator=ctx.generator)[:self.n_samples].numpy()
         G = per_sample_gradients(flat, retain.subset(rows), batch_size=self.batch_size)
         delta = self.alpha * woodbury_solve(G, v, self.damping)
@@ -207,7 +215,7 @@ class FisherForgetting(DeepMethod):
         with torch.no_grad():
             for (_, p), f in zip(named, fisher):
                 var = (1.0 / (f + 1e-8)).clamp(max=1e3)
-                if p.shape[0] == C:
+                if id(p) in head:  # the classifier's tighter clamp (the reference finds it by dim 0 == C)
                     var = var.clamp(max=1e2)
                 var = self.alpha * var
                 if p.ndim > 1:

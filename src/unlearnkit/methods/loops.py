@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import MethodError
 from unlearnkit.models.base import class_logits  # noqa: F401  (re-exported for the methods)
+from unlearnkit.training import batch_bounds as _training_batch_bounds
 
 
 class Tensors:
@@ -36,12 +37,12 @@ class Tensors:
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         order = order.to(self.y.device)
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
+        for start, stop in batch_bounds(n, batch_size):
+            idx = order[start:stop]
             yield self.X[idx], self.y[idx]
 
     def n_batches(self, batch_size: int) -> int:
-        return -(-len(self) // batch_size)
+        return len(batch_bounds(len(self), batch_size))
 
     def sample(self, k: int, generator: torch.Generator) -> "Tensors":
         """``k`` rows drawn without replacement (all rows if ``k >= n``)."""
@@ -50,6 +51,13 @@ class Tensors:
         idx = torch.randperm(len(self), generator=generator)[:k].to(self.y.device)
         out.X, out.y = self.X[idx], self.y[idx]
         return out
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """Batches as training makes them (:func:`unlearnkit.training.batch_bounds`); refuses ``batch_size < 1``."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise MethodError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+    return _training_batch_bounds(n, batch_size)
 
 
 def cycle(tensors: Tensors, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -111,18 +119,26 @@ def cosine(base_lr: float, step: int, total: int, eta_min: float = 0.0) -> float
     return eta_min + 0.5 * (base_lr - eta_min) * (1 + math.cos(math.pi * step / total))
 
 
-def step_decay(base_lr: float, epoch: int, epochs: int, rate: float) -> float:
-    """SCRUB's schedule: ``base_lr`` times ``rate`` once past each of 50 %, 80 % and 90 % of the epochs."""
-    passed = sum(epoch >= math.ceil(f * epochs) for f in (0.5, 0.8, 0.9)) if epochs > 1 else 0
-    return base_lr * rate ** passed
+def step_decay(base_lr: float, epoch: int, epochs: int, rate: float, *, one_based: bool = False) -> float:
+    """``base_lr`` times ``rate`` for each of 50 %, 80 % and 90 % of the epochs that has been passed.
+
+    As the reference code counts: epoch ``e`` (``e + 1`` with ``one_based``, SCRUB's counting)
+    is past fraction ``f`` when ``e > int(f * epochs)``. CF-k / EU-k count from 0.
+    """
+    e = epoch + 1 if one_based else epoch
+    return base_lr * rate ** sum(e > int(f * epochs) for f in (0.5, 0.8, 0.9))
 
 
 def triangle(base_lr: float, epoch: int, epochs: int) -> float:
-    """MSG's schedule: linear warm-up over the first half of the epochs, then linear decay (never 0 at epoch 0)."""
-    peak = max(1, epochs // 2)
+    """MSG's schedule (the reference's LinearAnnealingLR): up to the peak at epoch ``A = (E + 1) // 2``, then down.
+
+    Epoch ``e < A`` (0-based) gets ``base_lr (e + 1) / A``, later epochs ``base_lr (E - e) / (E + 1 - A)``;
+    for ``E = 5``: 1/3, 2/3, 1, 2/3, 1/3 of ``base_lr``.
+    """
+    peak = max(1, (epochs + 1) // 2)
     if epoch < peak:
         return base_lr * (epoch + 1) / peak
-    return base_lr * max(epochs - epoch, 1) / max(epochs - peak, 1)
+    return base_lr * (epochs - epoch) / (epochs + 1 - peak)
 
 
 def fit(
@@ -235,6 +251,13 @@ def kaiming_normal_fan_out(t: torch.Tensor, generator: torch.Generator) -> torch
     fan_out = t.shape[0] * (t[0][0].numel() if t.ndim > 2 else 1)
     std = math.sqrt(2.0 / max(fan_out, 1))
     return randn_like(t, generator) * std
+
+
+def kaiming_uniform_fan_out(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Kaiming-uniform draws (fan-out mode, ReLU gain): ``U(+-sqrt(6 / fan_out))``, EU-k's re-initialisation."""
+    fan_out = t.shape[0] * (t[0][0].numel() if t.ndim > 2 else 1)
+    bound = math.sqrt(6.0 / max(fan_out, 1))
+    return (2 * rand_like(t, generator) - 1) * bound
 
 
 def convolutions(model: nn.Module) -> list[nn.Conv2d]:

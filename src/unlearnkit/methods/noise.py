@@ -14,7 +14,7 @@ import torch
 
 from unlearnkit.methods.base import Hyperparameter, register
 from unlearnkit.methods.deep import SEED, DeepMethod
-from unlearnkit.methods.loops import class_logits, cross_entropy, randn_like, sgd, step, trainable
+from unlearnkit.methods.loops import batch_bounds, class_logits, cross_entropy, randn_like, sgd, step, trainable
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ BOUNDARY_REF = "Chen, Gao, Liu, Peng, Zhou. Boundary Unlearning: Rapid Forgettin
 def _batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[tuple]:
     """Shuffled mini-batches of ``(X, y)`` (the permutation is drawn on the CPU from ``generator``)."""
     order = torch.randperm(y.shape[0], generator=generator).to(y.device)
-    for start in range(0, y.shape[0], batch_size):
-        idx = order[start:start + batch_size]
+    for start, stop in batch_bounds(y.shape[0], batch_size):
+        idx = order[start:stop]
         yield X[idx], y[idx]
 
 

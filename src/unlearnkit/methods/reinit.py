@@ -392,7 +392,7 @@ class PruneReinitMatchQuantize(DeepMethod):
        with class weights ``w_c = n_c^-0.1`` (retain counts). This weighted mean is the one
        ``F.cross_entropy(weight=...)`` computes. ``H`` is the prediction entropy, and ``f_0``
        is the frozen original model.
-    3. Round-trip every parameter and floating-point buffer through float16.
+    3. Round-trip every parameter and batch-norm statistic through float16.
 
     Differences from the reference: pruning is written out (no ``torch.nn.utils.prune``) and
     breaks ties by position. The reference runs ``max_iters + 1`` steps, one too many; here the
@@ -424,8 +424,10 @@ class PruneReinitMatchQuantize(DeepMethod):
             loss = _weighted_mean(net.per_sample_loss(logits, yb), class_weights[yb]) \
                 + F.mse_loss(entropy(logits), target_entropy)
             step(opt, loss)
-        with torch.no_grad():
-            for t in (*net.parameters(), *net.buffers()):
+        with torch.no_grad():  # parameters and normalisation statistics; other buffers (e.g. a loss perturbation) are not weights
+            norm_stats = [t for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                          for t in (m.running_mean, m.running_var) if t is not None]
+            for t in (*net.parameters(), *norm_stats):
                 if t.is_floating_point():
                     t.copy_(t.to(torch.float16).to(t.dtype))
         return {"steps": iterations, **info}
