@@ -14,25 +14,40 @@ ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
+def _readme_block(marker: str) -> str:
+    """The README's python block that contains ``marker`` (exactly one must)."""
+    blocks = [b.split("```", 1)[0] for b in (ROOT / "README.md").read_text().split("```python")[1:]]
+    found = [b for b in blocks if marker in b]
+    assert len(found) == 1, f"{len(found)} README python blocks contain {marker!r}"
+    return found[0]
+
+
 def test_readme_quickstart_runs():
-    text = (ROOT / "README.md").read_text().split("```python", 1)[1].split("```", 1)[0]
+    text = _readme_block("reference = uk.retrain(")
     namespace: dict = {}
     exec(compile(text, "README quick start", "exec"), namespace)
     result, reference = namespace["result"], namespace["reference"]
     a, b = FlatModel(result.model).theta(), FlatModel(reference).theta()
     assert float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)) < 0.05
     # the evaluation snippet continues the quick start
-    evaluation = (ROOT / "README.md").read_text().split("```python", 2)[2].split("```", 1)[0]
-    exec(compile(evaluation, "README evaluation", "exec"), namespace)
+    exec(compile(_readme_block("uk.evaluate("), "README evaluation", "exec"), namespace)
     table = namespace["table"]
     assert table["relative_distance"].unlearned < table["relative_distance"].original
     assert "accuracy_test" in table and "mia_loss_test" in table
     # the certified snippet
-    certified = (ROOT / "README.md").read_text().split("```python", 3)[3].split("```", 1)[0]
-    exec(compile(certified, "README certified", "exec"), namespace)
+    exec(compile(_readme_block("certified"), "README certified", "exec"), namespace)
     cert = namespace["result"].certificate
     assert not cert.retrained and cert.remaining > 0
     assert 0 < cert.exact_residual <= cert.cumulative_bound
+
+
+def test_readme_deep_methods_snippet_runs(capsys):
+    namespace: dict = {}
+    exec(compile(_readme_block("unlearning_split"), "README deep methods", "exec"), namespace)
+    result, split = namespace["result"], namespace["split"]
+    assert result.method == "msg" and type(result.model) is type(namespace["model"])
+    assert uk.accuracy(result.model, split.test) > 0.9
+    assert len(capsys.readouterr().out.split()) == 3
 
 
 def test_cli_ledger_round_trip_and_tamper_detection(tmp_path):
