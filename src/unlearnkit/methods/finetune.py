@@ -36,6 +36,7 @@ from unlearnkit.methods.loops import (
     step_decay,
     trainable,
 )
+from unlearnkit.models.base import reset_normalisation
 
 JIA = ("Jia, Liu, Ram, Yao, Liu, Liu, Sharma, Liu. Model Sparsity Can Simplify Machine Unlearning. NeurIPS 2023 "
        "(arXiv:2304.04934); code github.com/OPTML-Group/Unlearn-Sparse.")
@@ -468,17 +469,8 @@ def _reinitialise(modules: list[nn.Module], generator: torch.Generator) -> list[
                     sub.weight.copy_((2 * rand_like(sub.weight, generator) - 1) * bound)
                     if sub.bias is not None:
                         sub.bias.zero_()
-                elif isinstance(sub, nn.modules.batchnorm._BatchNorm):
-                    if sub.affine:
-                        sub.weight.fill_(1.0)
-                        sub.bias.zero_()
-                    if sub.track_running_stats:
-                        sub.reset_running_stats()
-                elif isinstance(sub, (nn.LayerNorm, nn.GroupNorm)):
-                    if sub.weight is not None:
-                        sub.weight.fill_(1.0)
-                    if sub.bias is not None:
-                        sub.bias.zero_()
+                elif reset_normalisation(sub):
+                    pass
                 elif any(True for _ in sub.parameters(recurse=False)):
                     raise MethodError(f"eu-k cannot re-initialise a {type(sub).__name__} layer (it knows convolutions, "
                                       "linear and normalisation layers); use cf-k, or a model built from those layers.")

@@ -29,6 +29,13 @@ class Tensors:
         self.X, self.y = data.tensors(device=device, dtype=dtype)
         self.n_classes = data.n_classes
 
+    @classmethod
+    def of(cls, X: torch.Tensor, y: torch.Tensor, *, n_classes: int, name: str) -> "Tensors":
+        """Tensors already on their device (rows built by a method: noise, relabelled or sampled rows)."""
+        out = object.__new__(cls)
+        out.name, out.n_classes, out.X, out.y = name, n_classes, X, y
+        return out
+
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
@@ -46,11 +53,8 @@ class Tensors:
 
     def sample(self, k: int, generator: torch.Generator) -> "Tensors":
         """``k`` rows drawn without replacement (all rows if ``k >= n``)."""
-        out = object.__new__(Tensors)
-        out.name, out.n_classes = self.name, self.n_classes
         idx = torch.randperm(len(self), generator=generator)[:k].to(self.y.device)
-        out.X, out.y = self.X[idx], self.y[idx]
-        return out
+        return Tensors.of(self.X[idx], self.y[idx], n_classes=self.n_classes, name=self.name)
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -214,12 +218,11 @@ def relabel_fit(
     """Random-relabel training (SRL, SalUn): each epoch the forget rows get fresh :func:`other_labels`,
     then one shuffled pass of the model's mean loss over ``retain`` and the relabelled forget rows
     together. Returns the number of optimiser steps."""
-    union = object.__new__(Tensors)
-    union.name, union.n_classes = f"{retain.name}+relabelled {forget.name}", retain.n_classes
-    union.X = torch.cat([retain.X, forget.X])
+    X = torch.cat([retain.X, forget.X])
     steps = 0
     for _ in range(epochs):
-        union.y = torch.cat([retain.y, other_labels(forget.y, n_classes, generator)])
+        union = Tensors.of(X, torch.cat([retain.y, other_labels(forget.y, n_classes, generator)]),
+                           n_classes=retain.n_classes, name=f"{retain.name}+relabelled {forget.name}")
         steps += fit(model, union, epochs=1, batch_size=batch_size, optimizer=optimizer, generator=generator,
                      after_backward=after_backward)
     return steps

@@ -8,13 +8,11 @@ build their training data, then train a copy.
 from __future__ import annotations
 
 import logging
-from typing import Iterator
-
 import torch
 
 from unlearnkit.methods.base import Hyperparameter, register
 from unlearnkit.methods.deep import SEED, DeepMethod
-from unlearnkit.methods.loops import batch_bounds, class_logits, cross_entropy, randn_like, sgd, step, trainable
+from unlearnkit.methods.loops import Tensors, class_logits, cross_entropy, fit, randn_like, sgd, step, trainable
 
 logger = logging.getLogger(__name__)
 
@@ -23,25 +21,6 @@ UNSIR_REF = ("Tarun, Chundawat, Mandal, Kankanhalli. Fast Yet Effective Machine 
 UNSIR_CODE = "Tarun et al. 2023, authors' reference code"
 BOUNDARY_REF = "Chen, Gao, Liu, Peng, Zhou. Boundary Unlearning: Rapid Forgetting of Deep Networks via Shifting the " \
                "Decision Space. CVPR 2023"
-
-
-def _batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[tuple]:
-    """Shuffled mini-batches of ``(X, y)`` (the permutation is drawn on the CPU from ``generator``)."""
-    order = torch.randperm(y.shape[0], generator=generator).to(y.device)
-    for start, stop in batch_bounds(y.shape[0], batch_size):
-        idx = order[start:stop]
-        yield X[idx], y[idx]
-
-
-def _train(net, X, y, *, epochs: int, batch_size: int, optimizer, generator) -> int:
-    """``epochs`` shuffled passes of the model's mean loss over ``(X, y)``; returns the number of steps."""
-    steps = 0
-    net.train()
-    for _ in range(epochs):
-        for xb, yb in _batches(X, y, batch_size, generator):
-            step(optimizer, cross_entropy(net, net(xb), yb))
-            steps += 1
-    return steps
 
 
 # ============================================================================ UNSIR
@@ -107,11 +86,12 @@ class UNSIR(DeepMethod):
         logger.debug("unsir: the original model's loss on the noise rose from %.3g to %.3g", initial, final)
 
         keep = ctx.retain.sample(self.retain_samples, ctx.generator)
-        X, y = torch.cat([keep.X, noise]), torch.cat([keep.y, forget.y])
-        impair = _train(net, X, y, epochs=self.impair_epochs, batch_size=self.batch_size,
-                        optimizer=torch.optim.Adam(trainable(net), lr=self.impair_lr), generator=ctx.generator)
-        repair = _train(net, keep.X, keep.y, epochs=self.repair_epochs, batch_size=self.batch_size,
-                        optimizer=torch.optim.Adam(trainable(net), lr=self.repair_lr), generator=ctx.generator)
+        impaired = Tensors.of(torch.cat([keep.X, noise]), torch.cat([keep.y, forget.y]), n_classes=ctx.n_classes,
+                              name="retain sample + noise")
+        impair = fit(net, impaired, epochs=self.impair_epochs, batch_size=self.batch_size,
+                     optimizer=torch.optim.Adam(trainable(net), lr=self.impair_lr), generator=ctx.generator)
+        repair = fit(net, keep, epochs=self.repair_epochs, batch_size=self.batch_size,
+                     optimizer=torch.optim.Adam(trainable(net), lr=self.repair_lr), generator=ctx.generator)
         return {"noise_loss_initial": initial, "noise_loss_final": final, "noise_rows": int(noise.shape[0]),
                 "retain_rows": len(keep), "impair_steps": impair, "repair_steps": repair}
 
@@ -184,6 +164,6 @@ class BoundaryShrink(DeepMethod):
         forget = ctx.forget
         y_nbi, crossed = nearest_incorrect_labels(ctx.original, forget.X, forget.y, bound=self.bound)
         opt = sgd(trainable(net), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        steps = _train(net, forget.X, y_nbi, epochs=self.epochs, batch_size=self.batch_size, optimizer=opt,
-                       generator=ctx.generator)
+        relabelled = Tensors.of(forget.X, y_nbi, n_classes=ctx.n_classes, name="forget with nearest wrong labels")
+        steps = fit(net, relabelled, epochs=self.epochs, batch_size=self.batch_size, optimizer=opt, generator=ctx.generator)
         return {"steps": steps, "attack_crossed_fraction": float(crossed.float().mean()) if len(forget) else 0.0}

@@ -132,12 +132,25 @@ def reset_parameters(module: nn.Module, generator: torch.Generator) -> None:
                 for p in (sub.weight, sub.bias):
                     if p is not None:
                         p.copy_(torch.empty(p.shape, dtype=p.dtype).uniform_(-bound, bound, generator=generator))
-            elif isinstance(sub, nn.modules.batchnorm._BatchNorm):
-                if sub.affine:
-                    sub.weight.fill_(1.0)
-                    sub.bias.zero_()
-                if sub.track_running_stats:
-                    sub.reset_running_stats()
+            else:
+                reset_normalisation(sub)
+
+
+def reset_normalisation(module: nn.Module) -> bool:
+    """Reset a batch-, layer- or group-norm layer in place (weight 1, bias 0, fresh running statistics).
+
+    Returns whether ``module`` was a normalisation layer.
+    """
+    if not isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)):
+        return False
+    with torch.no_grad():
+        if getattr(module, "weight", None) is not None:
+            module.weight.fill_(1.0)
+        if getattr(module, "bias", None) is not None:
+            module.bias.zero_()
+    if getattr(module, "track_running_stats", False):
+        module.reset_running_stats()
+    return True
 
 
 def class_logits(logits: torch.Tensor) -> torch.Tensor:
