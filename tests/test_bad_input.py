@@ -318,7 +318,7 @@ def test_load_wrong_kind(tmp_path, binary_10k):
     for kind in ("transformer", None, ["logreg"]):
         payload["kind"] = kind
         torch.save(payload, path)
-        with pytest.raises(ModelError, match=r"unknown model kind .*; valid: \['cnn', 'logreg', 'mlp', 'resnet18', 'sisa'\]"):
+        with pytest.raises(ModelError, match=r"unknown model kind .*; valid: \['char-lstm', 'cnn', 'logreg', 'mlp', 'resnet18', 'sisa'\]"):
             unlearnkit.load_model(path)
 
 

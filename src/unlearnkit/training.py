@@ -251,11 +251,21 @@ def _fit_lbfgs(net, data, config, device, dtype, progress) -> None:
         history_size=20, line_search_fn="strong_wolfe",
     )
     evals = [0]
+    from unlearnkit.models.linear import SparseRows, sparse_path
+
+    sparse = SparseRows(data, dtype=dtype, device=device) if sparse_path(net, data) else None  # CSR: one sparse product
+    y_all = torch.as_tensor(data.y, device=device)
 
     def closure():
         opt.zero_grad(set_to_none=False)
         total = torch.zeros((), dtype=dtype, device=device)
-        for xb, yb in data.batches(config.batch_size if n > config.batch_size * 4 else n, device=device, dtype=dtype):
+        if sparse is not None:
+            logits = net.sparse_logits(sparse, net.linear.weight, net.linear.bias)
+            loss = net.per_sample_loss(logits.squeeze(-1) if net.n_classes == 2 else logits, y_all).sum() / n
+            loss.backward()
+            total = total + loss.detach()
+        for xb, yb in ([] if sparse is not None else
+                       data.batches(config.batch_size if n > config.batch_size * 4 else n, device=device, dtype=dtype)):
             loss = net.per_sample_loss(net(xb), yb).sum() / n
             loss.backward()
             total = total + loss.detach()

@@ -27,8 +27,10 @@ from unlearnkit.data.readers import (
 from unlearnkit.data.sources import available, load
 from unlearnkit.data.splits import Splits, UnlearningSplit, forget_set, retain_forget, train_test_split, unlearning_split
 from unlearnkit.data.synthetic import make_classification
+from unlearnkit.data.text import CharVocab, Quote, attribution_name, char_windows, load_fortunes, python_docs_excerpt
 
 __all__ = [
+    "CharVocab",
     "Changes",
     "FeatureEdit",
     "LabelEdit",
@@ -37,18 +39,23 @@ __all__ = [
     "Dataset",
     "Splits",
     "UnlearningSplit",
+    "Quote",
+    "attribution_name",
     "available",
+    "char_windows",
     "forget_set",
     "load",
     "load_breast_cancer",
     "load_digits",
     "load_fashion_mnist",
+    "load_fortunes",
     "load_idx_pair",
     "load_iris",
     "load_mnist",
     "load_wine",
     "make_classification",
     "normalize_rows",
+    "python_docs_excerpt",
     "read_csv",
     "read_idx",
     "read_npz",

@@ -18,13 +18,28 @@ from unlearnkit.models.base import UnlearnableModel
 class FlatModel:
     """``theta -> per-sample losses`` for an :class:`UnlearnableModel`, with ``theta`` flat.
 
-    The model itself is only read; :meth:`to_model` builds a new model from a vector.
+    ``names`` restricts ``theta`` to some parameters (e.g. the classifier head, as the reference
+    code's CIFAR experiment updates only its last layers); the others stay fixed at the model's
+    values, and the objective's regulariser counts only the selected ones. Default: every
+    trainable parameter. The model itself is only read; :meth:`to_model` builds a new model from
+    a vector.
     """
 
-    def __init__(self, model: UnlearnableModel) -> None:
+    def __init__(self, model: UnlearnableModel, names: list[str] | None = None) -> None:
         self.model = model
-        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
+        trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+        if names is not None:
+            unknown = sorted(set(names) - set(trainable))
+            if unknown or not names:
+                from unlearnkit.errors import ModelError
+
+                raise ModelError(f"Cannot restrict the update to parameters {unknown or names}: the {model.kind} model's "
+                                 f"trainable parameters are {trainable}.")
+            trainable = [n for n in trainable if n in set(names)]
+        self.names = trainable
         params = dict(model.named_parameters())
+        # parameters outside theta enter as constants (detached: no autograd graph through them)
+        self.fixed = {n: p.detach() for n, p in params.items() if n not in set(trainable)}
         self.shapes = [params[n].shape for n in self.names]
         self.numels = [params[n].numel() for n in self.names]
         self.buffers = dict(model.named_buffers())
@@ -32,6 +47,11 @@ class FlatModel:
         first = params[self.names[0]]
         self.dtype, self.device = first.dtype, first.device
         w, b = model.regularizer_weights(), model.linear_term()
+        if names is not None and (w is not None or b is not None) and len(self.names) < len(list(model.parameters())):
+            from unlearnkit.errors import ModelError
+
+            raise ModelError(f"The {model.kind} model has per-parameter regulariser weights or a loss perturbation; "
+                             "update all its parameters.")
         self.reg = (torch.full((self.n_params,), self.l2, dtype=self.dtype, device=self.device) if w is None
                     else w.detach().to(dtype=self.dtype, device=self.device))
         self.b = None if b is None else b.detach().to(dtype=self.dtype, device=self.device)
@@ -47,6 +67,11 @@ class FlatModel:
         return out if self.b is None else out + self.b @ theta
 
     @property
+    def sparse_rows_ok(self) -> bool:
+        """Whether closed forms over all parameters apply (theta covers every trainable parameter)."""
+        return not self.fixed
+
+    @property
     def n_params(self) -> int:
         return int(sum(self.numels))
 
@@ -56,17 +81,19 @@ class FlatModel:
         return torch.cat([params[n].detach().reshape(-1) for n in self.names]).clone()
 
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, start = {}, 0
-        for name, shape, k in zip(self.names, self.shapes, self.numels):
-            out[name] = theta[start:start + k].view(shape)
-            start += k
-        return out
+        # torch.split, not slicing: under vmap(grad) a slice's gradient is scattered into a full-size zero buffer per
+        # parameter, split's gradients are concatenated once (measured 2.1 s -> 1.7 s on a char-LSTM batch)
+        parts = torch.split(theta, self.numels)
+        return {name: part.view(shape) for name, shape, part in zip(self.names, self.shapes, parts)}
 
     def losses(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample losses ``l(z_i, theta)``, shape ``(m,)``."""
-        params = {**self.unflatten(theta), **self.buffers}
-        logits = functional_call(self.model, params, (X,))
+        logits = self.logits(theta, X)
         return self.model.per_sample_loss(logits, y)
+
+    def logits(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """The model's logits with the selected parameters set to ``theta`` (the others as they are)."""
+        return functional_call(self.model, {**self.fixed, **self.unflatten(theta), **self.buffers}, (X,))
 
     def loss_sum(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``sum_i l(z_i, theta)`` over the batch (no regulariser)."""

@@ -12,6 +12,7 @@ from torch.func import grad, vmap
 
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.influence.functional import FlatModel
+from unlearnkit.models.linear import SparseRows, sparse_path
 
 
 def per_sample_gradients(
@@ -34,6 +35,9 @@ def summed_gradient(
 ) -> torch.Tensor:
     """``g(S) = sum_{z in S} grad_theta l(z, theta)``, shape ``(p,)`` (no regulariser)."""
     theta = flat.theta() if theta is None else theta
+    if flat.sparse_rows_ok and sparse_path(flat.model, data) and len(data):  # closed form on the CSR matrix
+        rows = SparseRows(data, dtype=flat.dtype, device=flat.device)
+        return flat.model.sparse_loss_gradient(theta, rows, torch.as_tensor(data.y, device=flat.device))
     total = torch.zeros(flat.n_params, dtype=flat.dtype, device=flat.device)
     g = grad(flat.loss_sum)
     for xb, yb in data.batches(batch_size, device=flat.device, dtype=flat.dtype):

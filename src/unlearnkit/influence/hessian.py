@@ -23,10 +23,11 @@ import enum
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad, hessian, jvp, vjp
+from torch.func import grad, hessian, jvp, vjp
 
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.influence.functional import FlatModel
+from unlearnkit.models.linear import SparseRows, sparse_path
 
 
 class Curvature(str, enum.Enum):
@@ -49,6 +50,9 @@ class HessianOperator:
         self.batch_size = int(batch_size)
         self.n_hvp = 0  # full-data Hessian-vector products computed
         self._grad = grad(flat.loss_sum)
+        # logistic regression on CSR data: closed-form products on the sparse matrix (GGN = Hessian there)
+        self._sparse = SparseRows(data, dtype=flat.dtype, device=flat.device) if (
+            flat.sparse_rows_ok and sparse_path(flat.model, data) and len(data)) else None
 
     @property
     def n_params(self) -> int:
@@ -60,10 +64,8 @@ class HessianOperator:
         return jvp(lambda t: self._grad(t, xb, yb), (self.theta,), (v,))[1]
 
     def _batch_ggn(self, v: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
-        flat = self.flat
-
         def logits(t):
-            return functional_call(flat.model, {**flat.unflatten(t), **flat.buffers}, (xb,))
+            return self.flat.logits(t, xb)
 
         out, vjp_fn = vjp(logits, self.theta)
         _, jv = jvp(logits, (self.theta,), (v,))
@@ -78,8 +80,11 @@ class HessianOperator:
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``H v`` over the whole dataset (one pass)."""
         out = torch.zeros_like(v)
-        for xb, yb in self.data.batches(self.batch_size, device=self.flat.device, dtype=self.flat.dtype):
-            out = out + self._batch_hvp(v, xb, yb)
+        if self._sparse is not None:
+            out = self.flat.model.sparse_hvp(self.theta, self._sparse, v)
+        else:
+            for xb, yb in self.data.batches(self.batch_size, device=self.flat.device, dtype=self.flat.dtype):
+                out = out + self._batch_hvp(v, xb, yb)
         out = self.weight * out + self.flat.reg * v
         self.n_hvp += 1
         return out

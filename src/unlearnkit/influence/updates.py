@@ -23,6 +23,7 @@ before a model is returned.
 
 from __future__ import annotations
 
+import enum
 import math
 import time
 from dataclasses import dataclass, field
@@ -70,14 +71,47 @@ def gradient_difference(flat: FlatModel, resolved: Resolved, *, batch_size: int 
     return G
 
 
-def _prepare(model: UnlearnableModel, data: Dataset, changes: Changes, device):
+class Params(str, enum.Enum):
+    """Which parameters an update changes: all of them, or only the classifier head (the reference
+    code's CIFAR experiment updates only the last layers; cheaper, and convex in the head for a
+    cross-entropy output layer)."""
+
+    ALL = "all"
+    HEAD = "head"
+
+
+def parameter_names(model: UnlearnableModel, params: str | Params = Params.ALL) -> list[str] | None:
+    """Names of the parameters ``params`` selects (``None`` = all trainable ones)."""
+    try:
+        params = Params(params)
+    except ValueError:
+        raise SolverError(f"params must be one of {[p.value for p in Params]}, got {params!r}.") from None
+    if params is Params.ALL:
+        return None
+    head = {id(p) for p in model.head().parameters()}
+    return [name for name, p in model.named_parameters() if id(p) in head and p.requires_grad]
+
+
+def hessian_sample(corrected: Dataset, hessian_rows: int | None, seed: int) -> tuple[Dataset, float]:
+    """The rows the curvature is estimated on and their weight: ``m`` rows of ``D~`` drawn with
+    ``seed`` and weighted ``n/m`` (unbiased), or all rows with weight 1 when ``hessian_rows`` is
+    None or at least ``n``."""
+    if hessian_rows is None or hessian_rows >= len(corrected):
+        return corrected, 1.0
+    if hessian_rows < 1:
+        raise SolverError(f"hessian_rows must be >= 1 or None, got {hessian_rows}.")
+    rows = np.sort(np.random.default_rng(seed).choice(len(corrected), size=hessian_rows, replace=False))
+    return corrected.subset(rows), len(corrected) / hessian_rows
+
+
+def _prepare(model: UnlearnableModel, data: Dataset, changes: Changes, device, params=Params.ALL):
     model.check_data(data)
     resolved = changes.resolve(data)
     if device is not None:
         import copy
 
         model = copy.deepcopy(model).to(device)
-    return FlatModel(model), resolved
+    return FlatModel(model, parameter_names(model, params)), resolved
 
 
 def first_order_update(
@@ -87,6 +121,7 @@ def first_order_update(
     *,
     tau: float | str = "auto",
     curvature: str = "hessian",
+    params: str = "all",
     batch_size: int = 1024,
     device=None,
 ) -> UnlearnResult:
@@ -94,9 +129,10 @@ def first_order_update(
 
     ``curvature="ggn"`` measures the curvature along ``G`` with the generalised Gauss-Newton
     matrix instead of the Hessian (positive for deep models, where the Hessian may not be).
+    ``params="head"`` updates only the classifier head (see :class:`Params`).
     """
     start = time.perf_counter()
-    flat, resolved = _prepare(model, data, changes, device)
+    flat, resolved = _prepare(model, data, changes, device, params)
     G = gradient_difference(flat, resolved, batch_size=batch_size)
     hvps = 0
     if tau == "auto":
@@ -134,6 +170,7 @@ def second_order_update(
     solver=None,
     hessian_rows: int | None = None,
     curvature: str = "hessian",
+    params: str = "all",
     seed: int = 0,
     batch_size: int = 1024,
     device=None,
@@ -146,18 +183,14 @@ def second_order_update(
     reference code's mini-batch Hessian) — cheaper HVPs for large data, at the cost of
     exactness; ``None`` uses every row. ``curvature="ggn"`` uses the generalised
     Gauss-Newton matrix instead of the Hessian (PSD; the same for logistic regression).
+    ``params="head"`` updates only the classifier head: ``G`` and ``H`` are then the gradient and
+    Hessian with respect to the head's parameters, the rest of the network held fixed.
     """
     start = time.perf_counter()
     solver = solver if solver is not None else Exact()
-    flat, resolved = _prepare(model, data, changes, device)
+    flat, resolved = _prepare(model, data, changes, device, params)
     G = gradient_difference(flat, resolved, batch_size=batch_size)
-    corrected, weight = resolved.corrected, 1.0
-    if hessian_rows is not None and hessian_rows < len(corrected):
-        if hessian_rows < 1:
-            raise SolverError(f"hessian_rows must be >= 1 or None, got {hessian_rows}.")
-        rows = np.sort(np.random.default_rng(seed).choice(len(corrected), size=hessian_rows, replace=False))
-        weight = len(corrected) / hessian_rows
-        corrected = corrected.subset(rows)
+    corrected, weight = hessian_sample(resolved.corrected, hessian_rows, seed)
     H = HessianOperator(flat, corrected, batch_size=batch_size, weight=weight, curvature=curvature)
     step, report = solver.solve(H, G)
     theta = flat.theta() - step

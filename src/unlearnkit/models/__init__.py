@@ -7,17 +7,18 @@ from unlearnkit.models.base import UnlearnableModel
 from unlearnkit.models.cnn import SmallCNN
 from unlearnkit.models.ensemble import ShardedEnsemble
 from unlearnkit.models.linear import LogisticRegression
+from unlearnkit.models.lstm import CharLSTM, char_log_perplexity
 from unlearnkit.models.mlp import MLP
 from unlearnkit.models.resnet import ResNet18
 
 IMAGE_KINDS = ("cnn", "resnet18")
 """Kinds whose input is an image ``(C, H, W)``; :func:`for_data` reads the shape from the data."""
 
-MODELS: dict[str, type[UnlearnableModel]] = {cls.kind: cls for cls in (LogisticRegression, MLP, SmallCNN, ResNet18, ShardedEnsemble)}
+MODELS: dict[str, type[UnlearnableModel]] = {cls.kind: cls for cls in (LogisticRegression, MLP, SmallCNN, ResNet18, ShardedEnsemble, CharLSTM)}
 
 
 def build(kind: str, **config) -> UnlearnableModel:
-    """Build a model by kind (``logreg``, ``mlp``, ``cnn``, ``resnet18``) from its constructor arguments."""
+    """Build a model by kind (``logreg``, ``mlp``, ``cnn``, ``resnet18``, ``char-lstm``) from its constructor arguments."""
     try:
         cls = MODELS[kind]
     except KeyError:
@@ -29,7 +30,15 @@ def build(kind: str, **config) -> UnlearnableModel:
 
 
 def for_data(kind: str, data, **config) -> UnlearnableModel:
-    """Build a model of ``kind`` sized for ``data`` (input shape and number of classes)."""
+    """Build a model of ``kind`` sized for ``data`` (input shape and number of classes).
+
+    For ``char-lstm`` (data from :func:`unlearnkit.data.char_windows`) the vocabulary is
+    ``data.n_classes`` and the window ``data.n_features``.
+    """
+    if kind == CharLSTM.kind:
+        config.setdefault("vocab_size", data.n_classes)
+        config.setdefault("window", data.n_features)
+        return build(kind, **config)
     config.setdefault("n_classes", data.n_classes)
     if kind in IMAGE_KINDS:
         shape = data.feature_shape
@@ -41,4 +50,4 @@ def for_data(kind: str, data, **config) -> UnlearnableModel:
     return build(kind, **config)
 
 
-__all__ = ["MODELS", "MLP", "LogisticRegression", "ResNet18", "ShardedEnsemble", "SmallCNN", "UnlearnableModel", "build", "for_data"]
+__all__ = ["MODELS", "MLP", "CharLSTM", "LogisticRegression", "ResNet18", "ShardedEnsemble", "SmallCNN", "UnlearnableModel", "build", "char_log_perplexity", "for_data"]
