@@ -83,6 +83,53 @@ def demo(
                   "for the non-convex CNN, retraining from scratch lands elsewhere in parameter space, so compare accuracies).")
 
 
+@app.command("scenario")
+def scenario_cmd(
+    name: str = typer.Argument(..., help="sensitive-features, canary, label-poisoning or backdoor ('list' to list them)."),
+    size: str = typer.Option("full", help="tiny (seconds to a minute) or full (the committed report's sizes; minutes)."),
+    seeds: str = typer.Option("0", help="Comma-separated seeds; every method runs on the same seeds."),
+    out: Path = typer.Option(Path("scenario-reports"), help="Folder for <name>.md, <name>.png and <name>.json."),
+    device: Optional[str] = typer.Option(None, help="torch device for training and unlearning (default: CPU)."),
+) -> None:
+    """Run one of the paper's scenarios end to end and write its report (Markdown, PNG plot, JSON)."""
+    from unlearnkit import scenarios
+
+    if name == "list":
+        for spec in scenarios.SCENARIOS.values():
+            console.print(f"{spec.name:20s} {spec.summary}", markup=False)
+        return
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--seeds expects comma-separated integers, got {seeds!r}") from None
+    try:
+        with console.status("starting") as status:
+            def step(message: str) -> None:
+                status.update(message)
+                console.log(message, markup=False)
+
+            result = scenarios.run(name, size=size, seeds=seed_list, out=out, device=device, step=step)
+    except UnlearnKitError as exc:
+        _fail(exc)
+    summary = result.aggregate()
+    efficacy = list(dict.fromkeys([*(k for r in result.rows for k in r.efficacy), *result.derived_keys()]))
+    for problem in dict.fromkeys(e["problem"] for e in summary):
+        table = Table(title=problem, title_justify="left")
+        for col in ("method", "test acc", "distance", *efficacy, "seconds", "speed-up"):
+            table.add_column(col, justify="left" if col == "method" else "right")
+        for e in (e for e in summary if e["problem"] == problem):
+            if e.get("failed") == e["runs"]:
+                table.add_row(escape(e["method"]), "failed", *[""] * (3 + len(efficacy)))
+                continue
+            speed = "-" if e["method"] == "original" or e.get("speedup") is None else f"{e['speedup']:.1f}x"
+            table.add_row(escape(e["method"]), _fmt(e.get("test_accuracy")), _fmt(e.get("distance")), *[_fmt(e.get(k)) for k in efficacy],
+                          _fmt(e.get("seconds"), 3), speed)
+        console.print(table)
+    for goal in result.goals:
+        console.print(f"{'MET' if goal.met else 'MISSED'}: {goal.name}. {goal.detail}", markup=False)
+    console.print(f"report: {out / (name + '.md')} (+ .png, .json)", markup=False)
+
+
 @app.command("train")
 def train_cmd(
     data: str = typer.Option(..., "--data", help="Training data: an embedded name (digits:train, breast-cancer, "

@@ -1,0 +1,54 @@
+"""Full-size runs of the scenarios (issue 6): ``benchmarks/results/scenarios.json`` and ``docs/scenarios/``.
+
+    python benchmarks/bench_scenarios.py                       # all four, full size, seed 0
+    python benchmarks/bench_scenarios.py --only canary --seeds 0 1
+
+Each scenario writes its report (Markdown, PNG, JSON) under ``docs/scenarios/``; this script
+merges their JSON into ``benchmarks/results/scenarios.json`` (one entry per scenario, replaced
+when a scenario is re-run). Speed-ups are ratios to retraining measured in the same run, on the
+machine named in each entry's ``environment``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from unlearnkit import scenarios
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results" / "scenarios.json"
+DOCS = ROOT.parent / "docs" / "scenarios"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", default=list(scenarios.SCENARIOS), choices=list(scenarios.SCENARIOS))
+    parser.add_argument("--size", default="full", choices=scenarios.SIZES)
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: timings unaffected by a busy second core)")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for name in args.only:
+        start = time.perf_counter()
+        result = scenarios.run(name, size=args.size, seeds=args.seeds, out=DOCS, device=args.device,
+                               step=lambda m: print(f"[{time.perf_counter() - start:7.1f}s] {name}: {m}", file=sys.stderr, flush=True))
+        entry = result.to_dict()
+        entry["command"] = f"python benchmarks/bench_scenarios.py --only {name} --size {args.size} --seeds " + " ".join(map(str, args.seeds))
+        store = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # re-read: another run may have written
+        store[name] = entry
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(store, indent=1, default=str))
+        for goal in result.goals:
+            print(f"{name}: {'MET' if goal.met else 'MISSED'} {goal.name}: {goal.detail}", flush=True)
+        print(f"{name}: {time.perf_counter() - start:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
