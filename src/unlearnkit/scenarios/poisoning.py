@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unlearnkit.data.changes import Changes
+from unlearnkit.data.dataset import Dataset
 from unlearnkit.data.embedded import load_digits
 from unlearnkit.data.splits import train_test_split
 from unlearnkit.errors import DataError

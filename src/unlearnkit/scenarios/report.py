@@ -206,7 +206,7 @@ def plot(result: ScenarioResult, path: Path, *, y: str = "test_accuracy", y_labe
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(problems):]:
         ax.axis("off")
-    handles, labels = {}, []
+    handles = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
