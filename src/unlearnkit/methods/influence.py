@@ -136,10 +136,11 @@ class SecondOrder(Method):
         max_iter = self.max_iter if self.max_iter != "auto" else (200 if convex else 50)
         if isinstance(max_iter, str) or max_iter < 1:
             raise MethodError(f"second-order: max_iter must be an integer >= 1 or 'auto', got {self.max_iter!r}.")
-        corrected = changes.apply(data)
+        resolved = changes.resolve(data)
+        corrected = resolved.corrected
         rows = self.hessian_rows
         if rows == "auto":
-            rows = None if convex else min(len(corrected), max(DEEP_HESSIAN_ROWS, changes.resolve(data).n_affected))
+            rows = None if convex else min(len(corrected), max(DEEP_HESSIAN_ROWS, resolved.n_affected))
         elif rows is not None and (isinstance(rows, str) or rows < 1):
             raise MethodError(f"second-order: hessian_rows must be an integer >= 1, None or 'auto', got {rows!r}.")
         out = {"solver": solver, "curvature": curvature, "max_iter": int(max_iter), "params": Params(self.params).value,

@@ -116,9 +116,8 @@ def problems(size: Size, seed: int, device) -> list[Problem]:
     lead = vocab.encode(LEAD)
 
     def efficacy(m):
-        if isinstance(m, ShardedEnsemble):
-            return {"exposure": _exposure(m, canary, vocab, lead, seed, device), "bits_per_char": float("nan")}
-        bits = float(char_log_perplexity(m, [test_codes], device=device)[0]) / (len(test_codes) - size.window)
+        bits = (float("nan") if isinstance(m, ShardedEnsemble)
+                else float(char_log_perplexity(m, [test_codes], device=device)[0]) / (len(test_codes) - size.window))
         return {"exposure": _exposure(m, canary, vocab, lead, seed, device), "bits_per_char": bits}
 
     return [Problem(NAME, f"docs: secret x{len(starts)}", seed, model, train_data, test, changes, sisa=sisa, efficacy=efficacy,

@@ -19,7 +19,6 @@ The original model gets seconds 0 and no speed-up; retraining is the reference (
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -204,9 +203,3 @@ def _method_gradients(strategy: Strategy, res, rows: int) -> int | None:
         return int(strategy.hyperparameters.get("epochs", 1)) * rows
     return None if steps is None else int(steps)
 
-
-def timed(fn, *args, **kwargs):
-    """``(fn(*args, **kwargs), seconds)``."""
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start

@@ -82,7 +82,7 @@ def run(
                 problem.model, problem.train, problem.changes, seed=seed, device=device)
             rows += compare(problem, strategies, device=device, step=lambda m, s=seed: step(f"seed {s}: {m}"))
     result = ScenarioResult(name, size, seeds, rows, problems=problems_info, derive=getattr(module, "derive", None),
-                            rules=(rules.__doc__ or "") + "\n" + (getattr(module, "RULES", "") or ""))
+                            rules=rules.__doc__ or "")
     result.goals = module.goals(result.aggregate())
     result.seconds = time.perf_counter() - start
     if out is not None:
