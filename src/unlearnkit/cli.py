@@ -483,6 +483,110 @@ def ledger_export(
     console.print(f"wrote {out}")
 
 
+# ---------------------------------------------------------------------------- bench
+bench_app = typer.Typer(no_args_is_help=True, help="The benchmark runner: tuned, multi-seed, resumable, local or Ray "
+                        "(run, status, report).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("run")
+def bench_run(
+    config: str = typer.Argument(..., help="A TOML config file or a preset: quick, deepunlearn-fmnist, features-labels."),
+    out: Path = typer.Option(..., "--out", help="Run folder (results.sqlite, config, report); rerun it to resume."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set search.trials=4 --set seeds.eval=[0,1]."),
+    executor: str = typer.Option("local", help="local (worker processes) or ray."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes (local) or CPUs of a local Ray instance (default: every core, at most 8)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (auto, ray://host:10001); only with --executor ray."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run the cells that failed before again."),
+    report: bool = typer.Option(True, help="Write the report (Markdown, HTML, CSV) into the run folder at the end."),
+    quiet: bool = typer.Option(False, "--quiet", help="No per-job log lines (progress bars only)."),
+) -> None:
+    """Run a benchmark, or resume one in the same folder (Ctrl-C stops cleanly)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from unlearnkit import bench
+
+    try:
+        cfg = bench.load_config(config, set_)
+    except UnlearnKitError as exc:
+        _fail(exc)
+    console.print(f"{cfg.name}: {len(cfg.problems)} problem(s), {len(cfg.methods)} method(s), "
+                  f"{len(cfg.eval_seeds)} evaluation seed(s), {cfg.trials} trials per study -> {out}", markup=False)
+    with Progress(TextColumn("{task.description:12s}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as bars:
+        tasks: dict = {}
+
+        def progress(stage, done, total):
+            if stage not in tasks:
+                tasks[stage] = bars.add_task(stage, total=total)
+            bars.update(tasks[stage], completed=done, total=total)
+
+        def log(msg):
+            if not quiet:
+                bars.console.print(msg, markup=False, highlight=False)
+
+        try:
+            summary = bench.run(cfg, out, executor=executor, workers=workers, address=address,
+                                retry_failed=retry_failed, progress=progress, log=log)
+        except KeyboardInterrupt:
+            bars.stop()
+            err.print(f"stopped: finished jobs are stored in {out}; rerun the same command to resume.", markup=False)
+            raise typer.Exit(code=130)
+        except UnlearnKitError as exc:
+            bars.stop()
+            _fail(exc)
+    console.print(f"done in {summary.seconds:.0f}s: {summary.counts['cells']} cells "
+                  f"({summary.failed_cells} failed), {summary.counts['trials']} trials, {summary.counts['refs']} reference pairs",
+                  markup=False)
+    if report:
+        try:
+            paths = bench.write_report(out)
+        except UnlearnKitError as exc:
+            _fail(exc)
+        console.print("report: " + ", ".join(str(p) for p in paths if p.suffix in (".md", ".html", ".csv")), markup=False)
+
+
+@bench_app.command("status")
+def bench_status(out: Path = typer.Argument(..., help="A run folder.")) -> None:
+    """What a run folder holds: done against the grid, failures, the runs so far."""
+    from unlearnkit import bench
+
+    try:
+        st = bench.status(out)
+    except UnlearnKitError as exc:
+        _fail(exc)
+    table = Table(title=f"{st['name']} in {out}", title_justify="left")
+    table.add_column("stage")
+    table.add_column("done", justify="right")
+    table.add_row("references", f"{st['references'][0]} / {st['references'][1]}")
+    table.add_row("studies", f"{st['studies'][0]} / {st['studies'][1]}")
+    table.add_row("trials", f"{st['trials']} ({st['trials_per_study']} per searched study)")
+    table.add_row("cells", f"{st['cells'][0]} / {st['cells'][1]}")
+    console.print(table)
+    for problem, method, seed, error in st["failed_cells"]:
+        console.print(f"failed: {problem} {method} seed {seed}: {error}", markup=False)
+    for r in st["runs"]:
+        console.print(f"run {r['id']}: {r['status']} ({r['executor']})", markup=False)
+    console.print("complete" if st["complete"] else "incomplete: rerun `unlearnkit bench run` with the same config and --out")
+
+
+@bench_app.command("report")
+def bench_report(
+    out: Path = typer.Argument(..., help="A run folder."),
+    to: Optional[Path] = typer.Option(None, "--to", help="Write the report here instead of the run folder."),
+    formats: str = typer.Option("md,html,csv", "--format", help="Comma-separated: md, html, csv, json."),
+) -> None:
+    """Tables, ranks (Friedman test, critical-difference plot), Pareto front: Markdown, HTML, CSV."""
+    from unlearnkit import bench
+
+    try:
+        paths = bench.write_report(out, to, tuple(f.strip() for f in formats.split(",") if f.strip()))
+    except UnlearnKitError as exc:
+        _fail(exc)
+    for p in paths:
+        console.print(f"wrote {p}", markup=False)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()

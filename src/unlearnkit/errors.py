@@ -36,3 +36,8 @@ class CertificationError(UnlearnKitError, ValueError):
 
 class LedgerError(UnlearnKitError, RuntimeError):
     """A ledger cannot be used: missing, corrupted, tampered with, or out of step with its model."""
+
+
+class BenchError(UnlearnKitError, ValueError):
+    """A benchmark configuration, results store or run cannot be used as given: an invalid config,
+    a store made by another config, a corrupted or foreign results database."""

@@ -1,0 +1,382 @@
+"""Aggregate a run folder into tables, ranks, tests and plots: Markdown, self-contained HTML, CSV.
+
+* **Summary** per (problem, method): mean and standard deviation over the evaluation seeds of the
+  accuracies (retain, forget, validation, test), the loss attack forget vs test and its
+  indiscernibility, RetDev, RTE, seconds and distance to the retrained model; the original and
+  retrained models as reference rows.
+* **Ranks** per metric (RetDev, indiscernibility, RTE): methods ranked within each block (a
+  problem and seed where every method ran), mean rank per method, the Friedman test of "all
+  methods rank alike", and the Nemenyi critical difference (Demšar 2006) drawn as a CD plot.
+* **Pareto front** of mean RetDev (lower is better) against mean RTE (higher is better) per problem.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from unlearnkit.atomic import atomic_write
+from unlearnkit.bench.jobs import retdev
+from unlearnkit.bench.store import Store
+from unlearnkit.errors import BenchError
+
+METRICS = ("retdev", "indisc_test", "rte", "acc_retain", "acc_forget", "acc_val", "acc_test", "mia_test",
+           "indisc_val", "seconds", "distance")
+HIGHER = {"retdev": False, "indisc_test": True, "rte": True, "distance": False, "seconds": False}
+RANKED = ("retdev", "indisc_test", "rte")
+LABELS = {"retdev": "RetDev", "indisc_test": "Indisc (test)", "rte": "RTE", "acc_retain": "acc retain",
+          "acc_forget": "acc forget", "acc_val": "acc val", "acc_test": "acc test", "mia_test": "MIA test",
+          "indisc_val": "Indisc (val)", "seconds": "seconds", "distance": "distance"}
+
+
+# ---------------------------------------------------------------------------- aggregation
+def summarise(cells: list[dict], refs: list[dict], eval_seeds) -> list[dict]:
+    """Mean/std per (problem, method) over ok cells; original and retrained rows from the references."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["problem"], c["method"]), []).append(c)
+    out = []
+    for problem in sorted({c["problem"] for c in cells} | {r["problem"] for r in refs}):
+        own = [r for r in refs if r["problem"] == problem and r["seed"] in eval_seeds]
+        if own:
+            originals = [{**r["original"], "retdev": retdev(r["original"], r["retrained"])} for r in own]
+            retrained = [{**r["retrained"], "seconds": r["retrain_seconds"], "rte": 1.0, "retdev": 0.0} for r in own]
+            out.append(_entry(problem, "(original)", originals, len(own), 0))
+            out.append(_entry(problem, "(retrained)", retrained, len(own), 0))
+        for (p, method), rows in sorted(groups.items()):
+            if p != problem:
+                continue
+            ok = [c["metrics"] for c in rows if c["status"] == "ok"]
+            out.append(_entry(problem, method, ok, len(ok), len(rows) - len(ok)))
+    return out
+
+
+def _entry(problem, method, recs, n, failed) -> dict:
+    e = {"problem": problem, "method": method, "n": n, "failed": failed}
+    for k in METRICS:
+        vals = [r[k] for r in recs if k in r and r[k] is not None and math.isfinite(r[k])]
+        if vals:
+            e[k] = float(np.mean(vals))
+            e[f"{k}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return e
+
+
+def rank_blocks(cells: list[dict], metric: str) -> tuple[list[str], np.ndarray]:
+    """Methods and a (blocks x methods) matrix of ranks (1 = best, ties averaged).
+
+    A block is one (problem, seed) in which every method produced the metric.
+    """
+    from scipy.stats import rankdata
+
+    methods = sorted({c["method"] for c in cells})
+    table: dict[tuple, dict] = {}
+    for c in cells:
+        if c["status"] == "ok" and c["metrics"].get(metric) is not None and math.isfinite(c["metrics"][metric]):
+            table.setdefault((c["problem"], c["seed"]), {})[c["method"]] = c["metrics"][metric]
+    rows = []
+    for block in sorted(table):
+        vals = table[block]
+        if len(vals) == len(methods):
+            x = np.array([vals[m] for m in methods])
+            rows.append(rankdata(-x if HIGHER.get(metric, True) else x))
+    return methods, np.asarray(rows).reshape(len(rows), len(methods))
+
+
+def friedman(ranks: np.ndarray, alpha: float = 0.05) -> dict:
+    """Friedman test on a rank matrix and the Nemenyi critical difference of mean ranks."""
+    from scipy.stats import chi2, studentized_range
+
+    n, k = ranks.shape
+    out = {"blocks": int(n), "k": int(k), "alpha": alpha}
+    if k < 2 or n < 2:
+        out["note"] = "needs at least 2 methods and 2 blocks"
+        return out
+    mean = ranks.mean(axis=0)
+    stat = 12 * n / (k * (k + 1)) * float(np.sum((mean - (k + 1) / 2) ** 2))
+    out["statistic"] = stat
+    out["p_value"] = float(chi2.sf(stat, k - 1))
+    q = float(studentized_range.ppf(1 - alpha, k, np.inf)) / math.sqrt(2)
+    out["critical_difference"] = q * math.sqrt(k * (k + 1) / (6 * n))
+    return out
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names whose (RetDev, RTE) no other point beats on both (lower RetDev, higher RTE)."""
+    front = []
+    for name, (d, r) in points.items():
+        if not any((d2 <= d and r2 >= r) and (d2 < d or r2 > r) for n2, (d2, r2) in points.items() if n2 != name):
+            front.append(name)
+    return sorted(front, key=lambda n: points[n][0])
+
+
+# ---------------------------------------------------------------------------- plots
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def cd_plot(methods: list[str], mean_ranks: np.ndarray, cd: float | None, title: str) -> bytes:
+    """Demšar's critical-difference diagram: mean ranks on an axis, bars join methods within CD."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(methods)
+    order = np.argsort(mean_ranks)
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.28 * k))
+    ax.set_xlim(0.5, k + 0.5)
+    ax.set_ylim(-(math.ceil(k / 2) + 0.6), 2.2)
+    ax.axhline(0, color="black", lw=1)
+    for r in range(1, k + 1):
+        ax.plot([r, r], [0, 0.25], color="black", lw=1)
+        ax.text(r, 0.45, str(r), ha="center", fontsize=8)
+    half = math.ceil(k / 2)
+    for i, idx in enumerate(order):
+        x = mean_ranks[idx]
+        y = -(i % half) - 1.2
+        left = i < half
+        x_text = 0.6 if left else k + 0.4
+        ax.plot([x, x, x_text], [0, y, y], color="0.3", lw=0.8)
+        ax.text(x_text, y + 0.1, f"{methods[idx]} ({x:.2f})", ha="left" if left else "right", va="bottom", fontsize=8)
+    if cd is not None and math.isfinite(cd):
+        ax.plot([1, 1 + cd], [1.5, 1.5], color="tab:red", lw=2)
+        ax.text(1 + cd / 2, 1.65, f"CD = {cd:.2f}", ha="center", fontsize=8, color="tab:red")
+        level = 0
+        ranks_sorted = mean_ranks[order]
+        last_end = -1
+        for i in range(k):
+            j = i
+            while j + 1 < k and ranks_sorted[j + 1] - ranks_sorted[i] < cd:
+                j += 1
+            if j > i and j > last_end:  # a maximal group of methods not significantly different
+                ax.plot([ranks_sorted[i] - 0.03, ranks_sorted[j] + 0.03], [-0.35 - 0.25 * level] * 2, color="black", lw=3)
+                level += 1
+                last_end = j
+    ax.set_title(title, fontsize=10)
+    ax.axis("off")
+    return _png(fig)
+
+
+def pareto_plot(points: dict[str, tuple[float, float]], front: list[str], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, (d, r) in points.items():
+        on = name in front
+        ax.scatter([r], [d], color="tab:red" if on else "tab:blue", s=30 if on else 18, zorder=3)
+        ax.annotate(name, (r, d), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    pts = sorted((points[n][1], points[n][0]) for n in front)
+    if len(pts) > 1:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color="tab:red", lw=1, zorder=2)
+    ax.set_xscale("log")
+    ax.set_xlabel("RTE (retraining seconds / method seconds, log scale; higher is better)")
+    ax.set_ylabel("RetDev (lower is better)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------- report
+def build(out: str | Path) -> dict:
+    """Everything the report shows, as plain data plus PNG bytes."""
+    with Store(out) as store:
+        cfg = store.config()
+        cells, refs, studies, runs = store.cells(), store.ref_metrics(), store.studies(), store.runs()
+    if not cells:
+        raise BenchError(f"{out} has no evaluated cells yet: run (or resume) `unlearnkit bench run` first.")
+    eval_seeds = set(cfg["eval_seeds"])
+    summary = summarise(cells, refs, eval_seeds)
+    ranks, plots = {}, {}
+    for metric in RANKED:
+        methods, matrix = rank_blocks(cells, metric)
+        if matrix.shape[0] == 0:
+            continue
+        test = friedman(matrix)
+        mean = matrix.mean(axis=0)
+        ranks[metric] = {"methods": methods, "mean_ranks": [float(v) for v in mean], **test}
+        if len(methods) >= 2:
+            plots[f"cd-{metric}.png"] = cd_plot(methods, mean, test.get("critical_difference"),
+                                                f"Mean rank by {LABELS[metric]} over {matrix.shape[0]} blocks "
+                                                f"(Friedman p = {test.get('p_value', float('nan')):.3g})")
+    fronts = {}
+    for problem in sorted({c["problem"] for c in cells}):
+        points = {e["method"]: (e["retdev"], e["rte"]) for e in summary
+                  if e["problem"] == problem and not e["method"].startswith("(") and "retdev" in e and "rte" in e
+                  and e["rte"] > 0}
+        if points:
+            front = pareto_front(points)
+            fronts[problem] = front
+            plots[f"pareto-{_slug(problem)}.png"] = pareto_plot(points, front, f"{problem}: RetDev against RTE")
+    return {"config": cfg, "summary": summary, "ranks": ranks, "pareto": fronts, "studies": studies,
+            "runs": runs, "cells": cells, "refs": refs, "plots": plots}
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in text)
+
+
+def _fmt(e: dict, key: str) -> str:
+    if key not in e:
+        return "-"
+    v, s = e[key], e.get(f"{key}_std", 0.0)
+    if key in ("rte", "seconds"):
+        return f"{v:.3g} ± {s:.2g}"
+    return f"{v:.3f} ± {s:.3f}"
+
+
+def markdown(rep: dict, images: dict[str, str]) -> str:
+    cfg = rep["config"]
+    lines = [f"# Benchmark report: {cfg['name']}", ""]
+    if cfg.get("description"):
+        lines += [cfg["description"], ""]
+    rows = "all rows" if not cfg["rows"] else f"{cfg['rows']} rows"
+    lines += [f"Data {', '.join(cfg['datasets'])} ({rows}), "
+              f"models {', '.join(cfg['models'])}, protocols {', '.join(_protocol_label(p) for p in cfg['protocols'])}; "
+              f"evaluation seeds {cfg['eval_seeds']}, tuning seeds {cfg['tuning_seeds']} "
+              f"({cfg['trials']} {cfg['sampler']} trials per method and problem); device {cfg['device']}.", "",
+              "RetDev = Σ over retain, forget, test of |acc / acc_retrained − 1| (lower is better); Indisc = 1 − |2·MIA − 1| "
+              "of the loss attack forget vs test (1 is ideal); RTE = retraining seconds of the same seed / the method's "
+              "seconds. Mean ± standard deviation over the evaluation seeds.", ""]
+    cols = ("retdev", "indisc_test", "rte", "acc_retain", "acc_forget", "acc_val", "acc_test", "mia_test", "distance")
+    for problem in sorted({e["problem"] for e in rep["summary"]}):
+        lines += [f"## {problem}", "", "| method | n | " + " | ".join(LABELS[c] for c in cols) + " | failed |",
+                  "|---|---:|" + "---:|" * len(cols) + "---:|"]
+        rows = [e for e in rep["summary"] if e["problem"] == problem]
+        rows.sort(key=lambda e: (not e["method"].startswith("("), e.get("retdev", math.inf)))
+        for e in rows:
+            lines.append(f"| {e['method']} | {e['n']} | " + " | ".join(_fmt(e, c) for c in cols) + f" | {e['failed']} |")
+        if problem in rep["pareto"]:
+            lines += ["", f"Pareto front (RetDev against RTE): {', '.join(rep['pareto'][problem])}.", "",
+                      f"![Pareto front]({images[f'pareto-{_slug(problem)}.png']})"]
+        lines.append("")
+    lines += ["## Ranks", ""]
+    for metric, r in rep["ranks"].items():
+        order = np.argsort(r["mean_ranks"])
+        ranking = ", ".join(f"{r['methods'][i]} {r['mean_ranks'][i]:.2f}" for i in order)
+        test = (f"Friedman χ² = {r['statistic']:.2f}, p = {r['p_value']:.3g}; Nemenyi CD = {r['critical_difference']:.2f} "
+                f"at α = {r['alpha']}" if "p_value" in r else r.get("note", ""))
+        lines += [f"**{LABELS[metric]}** over {r['blocks']} blocks: {ranking}. {test}.", ""]
+        key = f"cd-{metric}.png"
+        if key in images:
+            lines += [f"![CD plot {metric}]({images[key]})", ""]
+    lines += ["## Chosen hyperparameters", "", "| problem | method | trials | chosen | objectives (retain, forget, val, MIA) |",
+              "|---|---|---:|---|---|"]
+    for s in rep["studies"]:
+        obj = s.get("objectives")
+        obj_text = ", ".join(f"{v:.3f}" for v in obj.values()) if isinstance(obj, dict) else "-"
+        chosen = ", ".join(f"{k}={_short(v)}" for k, v in sorted(s["chosen"].items())) or "defaults"
+        lines.append(f"| {s['problem']} | {s['method']} | {s['n_trials']} | {chosen} | {obj_text} |")
+    failed = [c for c in rep["cells"] if c["status"] != "ok"]
+    if failed:
+        lines += ["", "## Failed cells", ""]
+        lines += [f"- {c['problem']} {c['method']} seed {c['seed']}: {(c['error'] or '').splitlines()[0][:200]}" for c in failed]
+    lines += ["", "## Runs", ""]
+    lines += [f"- run {r['id']}: {r['status']}, {r['executor']} executor" for r in rep["runs"]]
+    return "\n".join(lines) + "\n"
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _protocol_label(p: dict) -> str:
+    return p.get("name") or (f"{p['kind']}-{p['fraction']:g}" if not p.get("classes") else f"{p['kind']}-classes")
+
+
+def write(out: str | Path, target: str | Path | None = None, formats=("md", "html", "csv")) -> list[Path]:
+    """Write ``report.md`` (+ PNGs), ``report.html`` (PNGs embedded) and CSVs; returns the paths."""
+    rep = build(out)
+    target = Path(target or out)
+    target.mkdir(parents=True, exist_ok=True)
+    unknown = set(formats) - {"md", "html", "csv", "json"}
+    if unknown:
+        raise BenchError(f"Unknown report format(s) {sorted(unknown)}; valid: md, html, csv, json.")
+    written = []
+    if "md" in formats:
+        for name, png in rep["plots"].items():
+            written.append(atomic_write(target / name, lambda tmp, b=png: Path(tmp).write_bytes(b)))
+        text = markdown(rep, {n: n for n in rep["plots"]})
+        written.append(atomic_write(target / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8")))
+    if "html" in formats:
+        images = {n: "data:image/png;base64," + base64.b64encode(b).decode() for n, b in rep["plots"].items()}
+        page = to_html(markdown(rep, images), rep["config"]["name"])
+        written.append(atomic_write(target / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8")))
+    if "csv" in formats:
+        written.append(_csv(target / "summary.csv", rep["summary"]))
+        long = [{"problem": c["problem"], "method": c["method"], "seed": c["seed"], "status": c["status"],
+                 **c["metrics"], "params": json.dumps(c["params"], sort_keys=True)} for c in rep["cells"]]
+        written.append(_csv(target / "cells.csv", long))
+    if "json" in formats:
+        data = {k: v for k, v in rep.items() if k not in ("plots",)}
+        written.append(atomic_write(target / "report.json",
+                                    lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1, default=str))))
+    return written
+
+
+def _csv(path: Path, records: list[dict]) -> Path:
+    fields = list(dict.fromkeys(k for r in records for k in r))
+
+    def write_rows(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields, lineterminator="\n")
+            w.writeheader()
+            w.writerows(records)
+
+    return atomic_write(path, write_rows)
+
+
+def to_html(md: str, title: str) -> str:
+    """A small Markdown-to-HTML rendering of the report (headings, paragraphs, tables, images, lists)."""
+    body, table = [], []
+
+    def flush_table():
+        if table:
+            rows = [r.strip().strip("|").split("|") for r in table if not set(r.replace("|", "").strip()) <= set("-:")]
+            head, *rest = rows
+            body.append("<table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead><tbody>"
+                        + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rest)
+                        + "</tbody></table>")
+            table.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("!["):
+            alt, src = line[2:].split("](", 1)
+            body.append(f'<p><img alt="{html.escape(alt)}" src="{src[:-1]}"></p>')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("- "):
+            body.append(f"<li>{_inline(line[2:])}</li>")
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    flush_table()
+    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    out = html.escape(text.strip())
+    parts = out.split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
