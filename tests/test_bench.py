@@ -104,11 +104,15 @@ def test_protocols_build_the_change_they_name():
     true = np.asarray(poisoned.changes.label_edits[0].labels)
     assert np.all(poisoned.train.y[pos] != true), "every poisoned label differs from the true one"
     assert len(poisoned.forget) == len(ids) and len(poisoned.retain) + len(ids) == len(poisoned.train)
+    truth = dict(zip(ids.tolist(), true.tolist()))
+    assert [truth[i] for i in poisoned.forget.ids.tolist()] == poisoned.forget.y.tolist(), \
+        "an edit's forgetting is measured on the corrected rows"
     cols = list(zeroed.changes.feature_edits[0].columns)
     assert len(cols) == 7  # ceil(10 % of 64 pixels)
     for part in (zeroed.val, zeroed.test):
         assert np.all(part.X.reshape(len(part), -1)[:, cols] == 0)
     assert np.any(zeroed.train.X.reshape(len(zeroed.train), -1)[:, cols] != 0)
+    assert len(zeroed.retain) == 0 and np.all(zeroed.forget.X.reshape(len(zeroed.forget), -1)[:, cols] == 0)
     removal = build_problem_data(tiny(), tiny().problems[0])
     assert len(removal.forget) == pytest.approx(0.1 * len(removal.train), abs=1)
 
@@ -192,9 +196,10 @@ def _check_complete(out: Path, cfg) -> list[dict]:
         assert len(set(keys)) == len(keys)
         assert all(c["status"] == "ok" for c in cells), [c["error"] for c in cells if c["status"] != "ok"]
         for s in store.studies():
-            assert s["n_trials"] == cfg.trials and s["chosen"], s
+            searched = cfg.trials if s["space"] else 0
+            assert s["n_trials"] == searched and (bool(s["chosen"]) or not searched), s
             trials = store.trials(s["problem"], s["method"])
-            assert [t["number"] for t in trials] == list(range(cfg.trials))
+            assert [t["number"] for t in trials] == list(range(searched))
         assert store.counts()["refs"] == len(cfg.problems) * len(cfg.all_seeds)
     return cells
 
@@ -330,3 +335,21 @@ def test_cli_status_and_report(tmp_path):
     res = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "bench", "status", str(tmp_path / "nothing")],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "No benchmark results" in res.stderr
+
+
+def test_features_labels_preset_second_order_closes_the_gap_on_a_convex_model(tmp_path):
+    cfg = load_config("features-labels", ['models.names=["logreg"]', "search.trials=0", "seeds.eval=[0]",
+                                          'methods.names=["first-order","second-order","ft"]'])
+    out = tmp_path / "fl"
+    uk.bench.run(cfg, out, workers=1)
+    _check_complete(out, cfg)
+    with Store(out) as store:
+        refs = {r["problem"]: r for r in store.ref_metrics()}
+        cells = {(c["problem"], c["method"]): c["metrics"] for c in store.cells()}
+    from unlearnkit.bench.jobs import retdev
+
+    for problem in (p.key for p in cfg.problems):
+        original = retdev(refs[problem]["original"], refs[problem]["retrained"])
+        second = cells[(problem, "second-order")]
+        assert second["retdev"] < 0.6 * original, (problem, second["retdev"], original)
+        assert second["distance"] < cells[(problem, "first-order")]["distance"]

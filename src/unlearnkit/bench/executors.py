@@ -98,9 +98,12 @@ class RayExecutor:
                 ray.init(num_cpus=workers or os.cpu_count() or 1, **kwargs)
         self.workers = int(ray.cluster_resources().get("CPU", 1))
         self._remote = ray.remote(num_cpus=1, num_gpus=gpus_per_job, max_retries=0)(run_job)
+        self._pending: set = set()
 
     def submit(self, kind: str, args: tuple) -> Any:
-        return self._remote.remote(kind, args)
+        ref = self._remote.remote(kind, args)
+        self._pending.add(ref)
+        return ref
 
     def wait(self, handles: Iterable[Any], timeout: float = 0.5) -> list[tuple[Any, dict]]:
         handles = list(handles)
@@ -109,6 +112,7 @@ class RayExecutor:
         ready, _ = self._ray.wait(handles, num_returns=1, timeout=timeout)
         out = []
         for ref in ready:
+            self._pending.discard(ref)
             try:
                 out.append((ref, self._ray.get(ref)))
             except self._ray.exceptions.RayError as exc:
@@ -116,6 +120,10 @@ class RayExecutor:
         return out
 
     def shutdown(self, *, cancel: bool = False) -> None:
+        if cancel:  # on a shared cluster, stop this run's tasks; a local instance goes down entirely below
+            for ref in self._pending:
+                self._ray.cancel(ref, force=True)
+            self._pending.clear()
         if self._owns:
             self._ray.shutdown()
 

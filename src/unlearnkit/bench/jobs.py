@@ -81,8 +81,10 @@ def _unlearn(config: BenchConfig, problem: Problem, method: str, params: dict, o
 
 
 def objectives(rec: dict, ref: dict) -> list[float]:
-    """DeepUnlearn's four objectives for one seed (see :data:`OBJECTIVES`)."""
-    return [abs(rec[f"acc_{p}"] - ref[f"acc_{p}"]) / 3 for p in ("retain", "forget", "val")] + [1 - rec["indisc_val"]]
+    """DeepUnlearn's four objectives for one seed (see :data:`OBJECTIVES`); an empty part (no
+    unaffected rows left by an edit of every row) contributes 0."""
+    gaps = [abs(rec[f"acc_{p}"] - ref[f"acc_{p}"]) / 3 for p in ("retain", "forget", "val")]
+    return [g if np.isfinite(g) else 0.0 for g in gaps] + [1 - rec["indisc_val"]]
 
 
 def trial(config: BenchConfig, problem: Problem, method: str, params: dict, refs: dict) -> dict:
@@ -109,10 +111,14 @@ def trial(config: BenchConfig, problem: Problem, method: str, params: dict, refs
 
 
 def retdev(rec: dict, ref: dict) -> float:
-    """DeepUnlearn's retention deviation: sum over retain, forget, test of |acc / acc_retrained - 1|."""
+    """DeepUnlearn's retention deviation: sum over retain, forget, test of |acc / acc_retrained - 1|
+    (parts with no rows are skipped)."""
     total = 0.0
     for p in ("retain", "forget", "test"):
-        total += abs(rec[f"acc_{p}"] / ref[f"acc_{p}"] - 1) if ref[f"acc_{p}"] > 0 else abs(rec[f"acc_{p}"])
+        acc, acc_ref = rec[f"acc_{p}"], ref[f"acc_{p}"]
+        if not (np.isfinite(acc) and np.isfinite(acc_ref)):
+            continue  # an empty part (an edit of every row leaves no unaffected rows)
+        total += abs(acc / acc_ref - 1) if acc_ref > 0 else abs(acc)
     return float(total)
 
 

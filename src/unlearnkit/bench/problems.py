@@ -29,7 +29,13 @@ TABULAR = ("breast-cancer", "wine", "iris")
 @dataclass(frozen=True)
 class ProblemData:
     """``train`` is what the original model trains on (poisoned labels included); ``changes`` what
-    to take back; ``retain``/``forget`` the unaffected rows and the affected rows as trained on."""
+    to take back; ``retain`` the unaffected training rows (empty when an edit touches every row).
+
+    ``forget`` is what forgetting is measured on: for a removal, the removed rows; for an edit
+    (``relabel``, ``zero-features``), the affected rows in their *corrected* form, which the
+    retrained model fits and the original may not (Warnecke et al.'s accuracy on the corrected
+    points). Methods never see these sets; they get ``train`` and ``changes``.
+    """
 
     train: Dataset
     changes: Changes
@@ -95,9 +101,10 @@ def _cached(key: str) -> ProblemData:
     resolved = changes.resolve(train)
     affected = np.isin(train.ids, resolved.affected_ids)
     retain = train.subset(np.flatnonzero(~affected), name=f"{train.name}:retain")
-    forget = train.subset(np.flatnonzero(affected), name=f"{train.name}:forget")
-    if len(retain) == 0:
-        retain = forget.subset(np.arange(0), name=f"{train.name}:retain")
+    if k["kind"] == "remove":
+        forget = train.subset(np.flatnonzero(affected), name=f"{train.name}:forget")
+    else:  # an edit is measured on the corrected rows: what the model should now fit (the "corrected points")
+        forget = resolved.Z_tilde.replace(name=f"{train.name}:corrected")
     return ProblemData(train, changes, retain, forget, val, test)
 
 
