@@ -151,17 +151,43 @@ def test_friedman_matches_scipy_and_demsar_critical_difference():
     assert ours["statistic"] == pytest.approx(ref.statistic) and ours["p_value"] == pytest.approx(ref.pvalue)
     # Demšar (2006), Table 5: q_0.05 = 2.728 for k = 5
     assert ours["critical_difference"] == pytest.approx(2.728 * np.sqrt(5 * 6 / (6 * 12)), rel=1e-3)
+    tied = np.round(scores)  # ties: the statistic needs the tie correction scipy applies
+    tied_ranks = np.vstack([rankdata(row) for row in tied])
+    assert friedman(tied_ranks)["statistic"] == pytest.approx(friedmanchisquare(*tied.T).statistic)
+    assert "note" in friedman(np.full((4, 3), 2.0))
 
 
 def test_rank_blocks_and_pareto_front():
     cells = [{"problem": "p", "seed": s, "method": m, "status": "ok", "metrics": {"retdev": v, "rte": 10 - v}}
              for s in (0, 1) for m, v in (("a", 0.1), ("b", 0.2), ("c", 0.2))]
-    cells.append({"problem": "p", "seed": 2, "method": "a", "status": "ok", "metrics": {"retdev": 0.0}})  # incomplete block
-    methods, ranks = rank_blocks(cells, "retdev")
-    assert methods == ["a", "b", "c"] and ranks.tolist() == [[1, 2.5, 2.5]] * 2
-    _, rte_ranks = rank_blocks(cells, "rte")
+    cells.append({"problem": "p", "seed": 2, "method": "a", "status": "ok", "metrics": {"retdev": 0.0}})
+    cells.append({"problem": "p", "seed": 0, "method": "broken", "status": "failed", "metrics": {}})
+    methods, ranks, info = rank_blocks(cells, "retdev")
+    assert methods == ["a", "b", "c"] and info["dropped"] == ["broken"], "a method that never ran does not hide the rest"
+    assert ranks.tolist() == [[1, 2.5, 2.5]] * 2 and info["blocks_are"].startswith("evaluation seeds")
+    _, rte_ranks, _ = rank_blocks(cells, "rte")
     assert rte_ranks[0].tolist() == [1, 2.5, 2.5], "higher RTE ranks first"
+    two = cells + [{**c, "problem": "q"} for c in cells]
+    _, per_problem, info = rank_blocks(two, "retdev")
+    assert per_problem.shape == (2, 3) and info["blocks_are"] == "problems", "seeds are not independent blocks"
     assert pareto_front({"a": (0.1, 2.0), "b": (0.3, 50.0), "c": (0.3, 10.0), "d": (0.05, 1.0)}) == ["d", "a", "b"]
+
+
+def test_a_resumed_search_continues_instead_of_repeating():
+    from unlearnkit.bench.runner import _Study
+
+    cfg = tiny(["search.trials=8"])
+    problem = cfg.problems[0]
+    first = _Study(cfg, problem, "ft", [], index=1)
+    for _ in range(4):
+        number, _params = first.ask()
+        first.tell(number, {"state": "complete", "objectives": [0.1, 0.2, 0.3, 0.4], "seconds": 1.0})
+    assert all("NSGAIIISampler:generation" in t["attrs"] for t in first.stored)
+    resumed = _Study(cfg, problem, "ft", first.stored, index=1)
+    assert resumed.wanted == 4 and resumed.next_number == 4
+    seen = [t["params"] for t in first.stored]
+    for _ in range(4):
+        assert resumed.ask()[1] not in seen, "a resumed study must not redraw the settings it already tried"
 
 
 # ---------------------------------------------------------------------------- the store
@@ -181,6 +207,9 @@ def test_store_refuses_corrupted_foreign_and_mismatched(tmp_path):
     with pytest.raises(BenchError, match="No benchmark results"):
         Store(tmp_path / "empty")
     with Store(tmp_path / "s", create=True) as store:
+        store.lock()
+        with Store(tmp_path / "s") as second, pytest.raises(BenchError, match="Another `unlearnkit bench run`"):
+            second.lock()
         store.bind_config({"a": 1}, "abc")
         store.bind_config({"a": 1}, "abc")
         with pytest.raises(BenchError, match="different configuration"):

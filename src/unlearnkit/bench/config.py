@@ -133,10 +133,15 @@ class BenchConfig:
         return json.loads(json.dumps(d))
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes results (not the device or thread count)."""
+        """Hash of everything that changes results, search spaces included (not the device or thread count)."""
+        from unlearnkit.bench.space import describe_space, search_space
+
         d = self.to_dict()
         for key in ("device", "threads_per_worker", "description"):
             d.pop(key, None)
+        # the search spaces come from the method registry: a changed range is a different benchmark
+        d["spaces"] = {f"{p.key}/{m}": describe_space(search_space(m, self.recipe(p.dataset).epoch_cap, self.fixed.get(m)))
+                       for p in self.problems for m in self.methods}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

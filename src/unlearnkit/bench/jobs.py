@@ -47,7 +47,9 @@ def environment(device) -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "sklearn": sklearn.__version__, "optuna": optuna_version, "unlearnkit": unlearnkit.__version__,
             "platform": platform.platform(), "host": socket.gethostname(), "pid": os.getpid(),
-            "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+            "device": str(dev),
+            "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda" and torch.cuda.is_available()
+                            else platform.processor() or "cpu"),
             "threads": torch.get_num_threads()}
 
 

@@ -5,8 +5,9 @@
   indiscernibility, RetDev, RTE, seconds and distance to the retrained model; the original and
   retrained models as reference rows.
 * **Ranks** per metric (RetDev, indiscernibility, RTE): methods ranked within each block (a
-  problem and seed where every method ran), mean rank per method, the Friedman test of "all
-  methods rank alike", and the Nemenyi critical difference (Demšar 2006) drawn as a CD plot.
+  problem, averaged over its seeds, when there are several problems; otherwise an evaluation
+  seed), mean rank per method, the tie-corrected Friedman test of "all methods rank alike", and
+  the Nemenyi critical difference (Demšar 2006) drawn as a CD plot.
 * **Pareto front** of mean RetDev (lower is better) against mean RTE (higher is better) per problem.
 """
 
@@ -68,29 +69,45 @@ def _entry(problem, method, recs, n, failed) -> dict:
     return e
 
 
-def rank_blocks(cells: list[dict], metric: str) -> tuple[list[str], np.ndarray]:
-    """Methods and a (blocks x methods) matrix of ranks (1 = best, ties averaged).
+def rank_blocks(cells: list[dict], metric: str) -> tuple[list[str], np.ndarray, dict]:
+    """Methods, a (blocks x methods) matrix of ranks (1 = best, ties averaged) and how blocks were made.
 
-    A block is one (problem, seed) in which every method produced the metric.
+    With two or more problems a block is one problem (the metric averaged over its evaluation
+    seeds): problems are the independent units Demšar's test assumes. With one problem a block is
+    one evaluation seed; the test then asks whether methods differ across initialisations of that
+    one problem. Methods with no value at all (every cell failed) are left out and named in
+    ``info``; blocks where some other method has no value are skipped.
     """
     from scipy.stats import rankdata
 
-    methods = sorted({c["method"] for c in cells})
-    table: dict[tuple, dict] = {}
+    values: dict[tuple, dict] = {}
     for c in cells:
-        if c["status"] == "ok" and c["metrics"].get(metric) is not None and math.isfinite(c["metrics"][metric]):
-            table.setdefault((c["problem"], c["seed"]), {})[c["method"]] = c["metrics"][metric]
+        v = c["metrics"].get(metric) if c["status"] == "ok" else None
+        if v is not None and math.isfinite(v):
+            values.setdefault((c["problem"], c["seed"]), {})[c["method"]] = v
+    problems = sorted({c["problem"] for c in cells})
+    if len(problems) >= 2:
+        per: dict[str, dict] = {}
+        for (problem, _), vals in values.items():
+            for method, v in vals.items():
+                per.setdefault(problem, {}).setdefault(method, []).append(v)
+        table = {p: {m: float(np.mean(v)) for m, v in ms.items()} for p, ms in per.items()}
+        kind = "problems"
+    else:
+        table, kind = values, "evaluation seeds of one problem"
+    everyone = sorted({c["method"] for c in cells})
+    methods = [m for m in everyone if any(m in vals for vals in table.values())]
+    dropped = [m for m in everyone if m not in methods]
     rows = []
     for block in sorted(table):
-        vals = table[block]
-        if len(vals) == len(methods):
-            x = np.array([vals[m] for m in methods])
+        if all(m in table[block] for m in methods):  # a block where a method failed is not comparable
+            x = np.array([table[block][m] for m in methods])
             rows.append(rankdata(-x if HIGHER.get(metric, True) else x))
-    return methods, np.asarray(rows).reshape(len(rows), len(methods))
+    return methods, np.asarray(rows).reshape(len(rows), len(methods)), {"blocks_are": kind, "dropped": dropped}
 
 
 def friedman(ranks: np.ndarray, alpha: float = 0.05) -> dict:
-    """Friedman test on a rank matrix and the Nemenyi critical difference of mean ranks."""
+    """Friedman test on a rank matrix (tie-corrected) and the Nemenyi critical difference of mean ranks."""
     from scipy.stats import chi2, studentized_range
 
     n, k = ranks.shape
@@ -100,8 +117,13 @@ def friedman(ranks: np.ndarray, alpha: float = 0.05) -> dict:
         return out
     mean = ranks.mean(axis=0)
     stat = 12 * n / (k * (k + 1)) * float(np.sum((mean - (k + 1) / 2) ** 2))
-    out["statistic"] = stat
-    out["p_value"] = float(chi2.sf(stat, k - 1))
+    ties = sum(float(np.sum(t ** 3 - t)) for t in (np.unique(row, return_counts=True)[1] for row in ranks))
+    correction = 1 - ties / (n * (k ** 3 - k))
+    if correction <= 0:  # every block a full tie: nothing to test
+        out["note"] = "every block ties all methods"
+        return out
+    out["statistic"] = stat / correction
+    out["p_value"] = float(chi2.sf(out["statistic"], k - 1))
     q = float(studentized_range.ppf(1 - alpha, k, np.inf)) / math.sqrt(2)
     out["critical_difference"] = q * math.sqrt(k * (k + 1) / (6 * n))
     return out
@@ -147,9 +169,10 @@ def cd_plot(methods: list[str], mean_ranks: np.ndarray, cd: float | None, title:
         x = mean_ranks[idx]
         y = -(i % half) - 1.2
         left = i < half
-        x_text = 0.6 if left else k + 0.4
+        x_text = 0.5 if left else k + 0.5
         ax.plot([x, x, x_text], [0, y, y], color="0.3", lw=0.8)
-        ax.text(x_text, y + 0.1, f"{methods[idx]} ({x:.2f})", ha="left" if left else "right", va="bottom", fontsize=8)
+        ax.text(x_text - 0.1 if left else x_text + 0.1, y, f"{methods[idx]} ({x:.2f})",
+                ha="right" if left else "left", va="center", fontsize=8)
     if cd is not None and math.isfinite(cd):
         ax.plot([1, 1 + cd], [1.5, 1.5], color="tab:red", lw=2)
         ax.text(1 + cd / 2, 1.65, f"CD = {cd:.2f}", ha="center", fontsize=8, color="tab:red")
@@ -203,12 +226,12 @@ def build(out: str | Path) -> dict:
     summary = summarise(cells, refs, eval_seeds)
     ranks, plots = {}, {}
     for metric in RANKED:
-        methods, matrix = rank_blocks(cells, metric)
-        if matrix.shape[0] == 0:
+        methods, matrix, info = rank_blocks(cells, metric)
+        if matrix.shape[0] == 0 or not methods:
             continue
         test = friedman(matrix)
         mean = matrix.mean(axis=0)
-        ranks[metric] = {"methods": methods, "mean_ranks": [float(v) for v in mean], **test}
+        ranks[metric] = {"methods": methods, "mean_ranks": [float(v) for v in mean], **info, **test}
         if len(methods) >= 2:
             plots[f"cd-{metric}.png"] = cd_plot(methods, mean, test.get("critical_difference"),
                                                 f"Mean rank by {LABELS[metric]} over {matrix.shape[0]} blocks "
@@ -270,7 +293,8 @@ def markdown(rep: dict, images: dict[str, str]) -> str:
         ranking = ", ".join(f"{r['methods'][i]} {r['mean_ranks'][i]:.2f}" for i in order)
         test = (f"Friedman χ² = {r['statistic']:.2f}, p = {r['p_value']:.3g}; Nemenyi CD = {r['critical_difference']:.2f} "
                 f"at α = {r['alpha']}" if "p_value" in r else r.get("note", ""))
-        lines += [f"**{LABELS[metric]}** over {r['blocks']} blocks: {ranking}. {test}.", ""]
+        dropped = f" Left out (every cell failed): {', '.join(r['dropped'])}." if r["dropped"] else ""
+        lines += [f"**{LABELS[metric]}** over {r['blocks']} blocks ({r['blocks_are']}): {ranking}. {test}.{dropped}", ""]
         key = f"cd-{metric}.png"
         if key in images:
             lines += [f"![CD plot {metric}]({images[key]})", ""]
@@ -322,10 +346,21 @@ def write(out: str | Path, target: str | Path | None = None, formats=("md", "htm
                  **c["metrics"], "params": json.dumps(c["params"], sort_keys=True)} for c in rep["cells"]]
         written.append(_csv(target / "cells.csv", long))
     if "json" in formats:
-        data = {k: v for k, v in rep.items() if k not in ("plots",)}
-        written.append(atomic_write(target / "report.json",
-                                    lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1, default=str))))
+        data = _finite({k: v for k, v in rep.items() if k not in ("plots",)})
+        written.append(atomic_write(target / "report.json", lambda tmp: Path(tmp).write_text(
+            json.dumps(data, indent=1, default=str, allow_nan=False))))
     return written
+
+
+def _finite(obj):
+    """JSON has no NaN or infinity: they become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _csv(path: Path, records: list[dict]) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +53,15 @@ def population_size(trials: int) -> int:
     return int(min(50, max(4, trials // 4)))
 
 
-def make_sampler(config: BenchConfig, seed_offset: int):
+def make_sampler(config: BenchConfig, study_index: int, resumed_trials: int = 0):
+    """The study's sampler, seeded by (search seed, study index, trials already stored): a resumed
+    study draws new settings instead of repeating the ones its first run drew."""
     import warnings
 
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    seed = config.search_seed + seed_offset
+    seed = int(np.random.SeedSequence([config.search_seed, study_index, resumed_trials]).generate_state(1)[0])
     if config.sampler == "nsga3":
         return optuna.samplers.NSGAIIISampler(population_size=population_size(config.trials), seed=seed)
     if config.sampler == "nsga2":
@@ -93,13 +96,13 @@ class _Study:
         self.space = search_space(method, config.recipe(problem.dataset).epoch_cap, self.fixed)
         self.budget = config.trials
         self.study = optuna.create_study(directions=["minimize"] * len(OBJECTIVES),
-                                         sampler=make_sampler(config, index))
+                                         sampler=make_sampler(config, index, len(stored)))
         self.stored = list(stored)
-        for t in stored:
+        for t in stored:  # with the sampler's attributes (an NSGA trial's generation), so the search goes on
             state = optuna.trial.TrialState.COMPLETE if t["state"] == "complete" else optuna.trial.TrialState.FAIL
             params = {k: v for k, v in t["params"].items() if k in self.space}
             self.study.add_trial(optuna.trial.create_trial(
-                params=params, distributions={k: self.space[k] for k in params},
+                params=params, distributions={k: self.space[k] for k in params}, system_attrs=t.get("attrs") or {},
                 values=t["objectives"] if state == optuna.trial.TrialState.COMPLETE else None, state=state))
         self.next_number = max((t["number"] for t in stored), default=-1) + 1
         self.in_flight: dict[int, object] = {}
@@ -127,9 +130,11 @@ class _Study:
             self.study.tell(trial, result["objectives"])
         else:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        attrs = self.study.get_trials(deepcopy=False)[trial.number].system_attrs
+        state = "complete" if result.get("state") == "complete" else "crash" if result.get("crash") else "fail"
         record = {"number": number, "params": {**trial.params, **self.fixed}, "objectives": result.get("objectives"),
-                  "state": "complete" if result.get("state") == "complete" else "fail",
-                  "seconds": result.get("seconds"), "error": result.get("error")}
+                  "state": state, "seconds": result.get("seconds"), "error": result.get("error"),
+                  "attrs": {k: v for k, v in attrs.items() if isinstance(v, (int, float, str, bool))}}
         self.stored.append(record)
         return record
 
@@ -141,10 +146,16 @@ def run(config: BenchConfig, out: str | Path, *, executor: str = "local", worker
     log = log or (lambda msg: None)
     progress = progress or (lambda stage, done, total: None)
     start = time.perf_counter()
+    if executor == "local":
+        check_device(config.device)
     store = Store(out, create=True)
     try:
+        store.lock()
         store.bind_config(config.to_dict(), config.fingerprint())
         (Path(out) / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        if retry_failed:
+            for problem, method in store.forget_crashes():
+                log(f"{problem} {method}: trials crashed before; searching it again")
         pool = make_executor(executor, workers, address, config.device)
         run_id = store.start_run(pool.name, {**environment(config.device), "workers": pool.workers})
         log(f"run {run_id} in {out}: {pool.name} executor, {pool.workers} worker(s)")
@@ -152,20 +163,34 @@ def run(config: BenchConfig, out: str | Path, *, executor: str = "local", worker
             _references(config, store, pool, run_id, progress, log)
             _search(config, store, pool, run_id, progress, log)
             _cells(config, store, pool, run_id, retry_failed, progress, log)
-        except KeyboardInterrupt:
+        except BaseException as exc:
             pool.shutdown(cancel=True)
-            store.finish_run(run_id, "interrupted")
-            raise
-        except BaseException:
-            pool.shutdown(cancel=True)
-            store.finish_run(run_id, "failed")
+            try:
+                store.finish_run(run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+            except sqlite3.Error:
+                pass  # the original error matters more
             raise
         pool.shutdown()
         failed = sum(1 for c in store.cells() if c["status"] != "ok")
         store.finish_run(run_id, "done")
         return RunSummary(Path(out), run_id, "done", store.counts(), failed, time.perf_counter() - start)
+    except sqlite3.Error as exc:
+        raise BenchError(f"The results store {store.path} could not be written ({exc}); finished jobs are kept. "
+                         "Check the disk, then rerun to resume.") from None
     finally:
         store.close()
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have (before any job)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise BenchError(f"run.device = {device!r}, but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                         "use run.device = 'cpu' or run where the GPU is.")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise BenchError("run.device = 'mps', but MPS is not available here.")
 
 
 def _drain(pool, handles: dict, on_result, limit: int, submit_more) -> None:
@@ -271,7 +296,7 @@ def _search(config, store, pool, run_id, progress, log) -> None:
         study, number = tag
         record = study.tell(number, result)
         store.put_trial(study.problem.key, study.method, number, record["params"], record["objectives"],
-                        record["state"], record["seconds"] or 0.0, record["error"], run_id)
+                        record["state"], record["seconds"] or 0.0, record["error"], run_id, record["attrs"])
         done += 1
         progress("search", done, total)
         if study.finished:
@@ -296,13 +321,14 @@ def _cells(config, store, pool, run_id, retry_failed, progress, log) -> None:
         study = store.study(problem.key, method)
         if study is None:
             raise BenchError(f"No chosen setting for {problem.key} {method}; the search stage did not finish.")
-        return pool.submit("cell", (config, problem, method, study["chosen"], seed, store.get_ref(problem.key, seed))), item
+        ref = store.get_ref(problem.key, seed)
+        return pool.submit("cell", (config, problem, method, study["chosen"], seed, ref)), (*item, study["chosen"])
 
     def on_result(item, result):
         nonlocal done
-        problem, method, seed = item
+        problem, method, seed, params = item
         if "crash" in result:
-            result = {"params": {}, "status": "failed", "error": result["error"]}
+            result = {"params": params, "status": "failed", "error": result["error"]}
         store.put_cell(problem.key, method, seed, result, run_id)
         done += 1
         if result["status"] == "ok":

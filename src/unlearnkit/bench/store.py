@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS refs (
     run_id INTEGER, finished REAL, PRIMARY KEY (problem, seed));
 CREATE TABLE IF NOT EXISTS trials (
     problem TEXT NOT NULL, method TEXT NOT NULL, number INTEGER NOT NULL, params TEXT NOT NULL,
-    objectives TEXT, state TEXT NOT NULL, seconds REAL, error TEXT, run_id INTEGER, finished REAL,
+    objectives TEXT, state TEXT NOT NULL, seconds REAL, error TEXT, run_id INTEGER, finished REAL, attrs TEXT,
     PRIMARY KEY (problem, method, number));
 CREATE TABLE IF NOT EXISTS studies (
     problem TEXT NOT NULL, method TEXT NOT NULL, chosen TEXT NOT NULL, objectives TEXT, n_trials INTEGER NOT NULL,
@@ -81,6 +81,9 @@ class Store:
                 raise BenchError(f"{self.path} is an SQLite file, but not an unlearnkit results store "
                                  f"(tables: {', '.join(sorted(names))}). Choose another --out folder.")
             conn.executescript(_SCHEMA)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(trials)")}
+            if "attrs" not in columns:  # stores written before trials kept the sampler's attributes
+                conn.execute("ALTER TABLE trials ADD COLUMN attrs TEXT")
         except sqlite3.DatabaseError as exc:
             raise BenchError(f"{self.path} is not a readable results database ({exc}): it is corrupted or not "
                              "SQLite. Nothing was changed; move it aside and rerun to start afresh.") from None
@@ -93,6 +96,9 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+        lock = getattr(self, "_lock_file", None)
+        if lock is not None:
+            lock.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -105,10 +111,25 @@ class Store:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+
+    def lock(self) -> None:
+        """Hold an exclusive lock on the folder for this process's lifetime: one driver per run folder."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no advisory locks; one driver is the user's promise
+            return
+        self._lock_file = open(self.folder / "results.lock", "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise BenchError(f"Another `unlearnkit bench run` is using {self.folder}; wait for it, or stop it "
+                             "(Ctrl-C) and rerun to resume.") from None
 
     # ------------------------------------------------------------------ configuration
     def bind_config(self, config_dict: dict, fingerprint: str) -> None:
@@ -177,22 +198,35 @@ class Store:
 
     # ------------------------------------------------------------------ search
     def trials(self, problem: str, method: str) -> list[dict]:
-        cols = ("number", "params", "objectives", "state", "seconds", "error")
+        cols = ("number", "params", "objectives", "state", "seconds", "error", "attrs")
         out = []
         for r in self.conn.execute(f"SELECT {', '.join(cols)} FROM trials WHERE problem=? AND method=? ORDER BY number",
                                    (problem, method)):
             d = dict(zip(cols, r))
             d["params"] = json.loads(d["params"])
             d["objectives"] = json.loads(d["objectives"]) if d["objectives"] else None
+            d["attrs"] = json.loads(d["attrs"]) if d["attrs"] else {}
             out.append(d)
         return out
 
     def put_trial(self, problem: str, method: str, number: int, params: dict, objectives, state: str,
-                  seconds: float, error: str | None, run_id: int) -> None:
+                  seconds: float, error: str | None, run_id: int, attrs: dict | None = None) -> None:
         with self.transaction() as c:
-            c.execute("INSERT INTO trials VALUES (?,?,?,?,?,?,?,?,?,?)",
+            c.execute("INSERT INTO trials (problem, method, number, params, objectives, state, seconds, error, run_id, "
+                      "finished, attrs) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                       (problem, method, number, json.dumps(params), json.dumps(objectives) if objectives else None,
-                       state, seconds, error, run_id, time.time()))
+                       state, seconds, error, run_id, time.time(), json.dumps(attrs or {})))
+
+    def forget_crashes(self) -> list[tuple[str, str]]:
+        """Delete crashed trials (a bug, out of memory, a lost node: not the method's verdict), the
+        studies they belong to and those studies' cells, so the next run searches them again."""
+        pairs = sorted(set(self.conn.execute("SELECT DISTINCT problem, method FROM trials WHERE state='crash'")))
+        with self.transaction() as c:
+            for problem, method in pairs:
+                c.execute("DELETE FROM trials WHERE problem=? AND method=? AND state='crash'", (problem, method))
+                c.execute("DELETE FROM studies WHERE problem=? AND method=?", (problem, method))
+                c.execute("DELETE FROM cells WHERE problem=? AND method=?", (problem, method))
+        return pairs
 
     def study(self, problem: str, method: str) -> dict | None:
         row = self.conn.execute("SELECT chosen, objectives, n_trials, pareto, space, sampler FROM studies "
