@@ -334,13 +334,17 @@ def test_kill_9_midway_then_resume_runs_every_cell_exactly_once(tmp_path):
     assert uk.bench.status(out)["complete"]
 
 
-def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_cleanly_and_resumes(tmp_path, how):
     out = tmp_path / "interrupted"
     proc = subprocess.Popen(_cli(out, "--workers", "2"), start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         _wait_for(out, "trials", 1, proc)
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+        else:
+            os.kill(proc.pid, signal.SIGTERM)  # `kill PID`: the driver only
         output, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -501,7 +502,7 @@ def bench_run(
     report: bool = typer.Option(True, help="Write the report (Markdown, HTML, CSV) into the run folder at the end."),
     quiet: bool = typer.Option(False, "--quiet", help="No per-job log lines (progress bars only)."),
 ) -> None:
-    """Run a benchmark, or resume one in the same folder (Ctrl-C stops cleanly)."""
+    """Run a benchmark, or resume one in the same folder (Ctrl-C or SIGTERM stops cleanly)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from unlearnkit import bench
@@ -525,6 +526,10 @@ def bench_run(
             if not quiet:
                 bars.console.print(msg, markup=False, highlight=False)
 
+        def terminate(signum, frame):  # `kill` (SIGTERM) stops as cleanly as Ctrl-C
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, terminate)
         try:
             summary = bench.run(cfg, out, executor=executor, workers=workers, address=address,
                                 retry_failed=retry_failed, progress=progress, log=log)
@@ -535,6 +540,8 @@ def bench_run(
         except UnlearnKitError as exc:
             bars.stop()
             _fail(exc)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     console.print(f"done in {summary.seconds:.0f}s: {summary.counts['cells']} cells "
                   f"({summary.failed_cells} failed), {summary.counts['trials']} trials, {summary.counts['refs']} reference pairs",
                   markup=False)

@@ -206,9 +206,15 @@ def pareto_plot(points: dict[str, tuple[float, float]], front: list[str], title:
     pts = sorted((points[n][1], points[n][0]) for n in front)
     if len(pts) > 1:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color="tab:red", lw=1, zorder=2)
+    from matplotlib.ticker import NullFormatter
+
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if all(d > 0 for d, _ in points.values()):
+        ax.set_yscale("log")  # outliers (a collapsed model) would squash the rest on a linear axis
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("RTE (retraining seconds / method seconds, log scale; higher is better)")
-    ax.set_ylabel("RetDev (lower is better)")
+    ax.set_ylabel("RetDev (log scale; lower is better)" if ax.get_yscale() == "log" else "RetDev (lower is better)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     return _png(fig)
