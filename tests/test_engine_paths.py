@@ -85,3 +85,39 @@ def test_hessian_rows_rule(digits_cnn):
         uk.methods.make("second-order", hessian_rows=0).resolved(model, data, changes)
     with pytest.raises(uk.errors.SolverError, match="params must be one of"):
         uk.methods.make("second-order", params="body").unlearn(model, data, changes)
+
+
+def test_exact_solver_pseudo_inverse_on_a_semidefinite_hessian():
+    """A softmax output layer's Hessian is singular along a shift of every logit; with
+    singular='pinv' the exact solver returns the minimum-norm solution instead of failing."""
+    import torch
+
+    from unlearnkit.errors import SolverError
+    from unlearnkit.influence.solvers import Exact
+
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    M = A @ A.T  # rank 4 of 6: positive semi-definite
+
+    class Dense:
+        n_params = 6
+
+        def dense(self):
+            return M
+
+    v = M @ torch.randn(6, generator=gen, dtype=torch.float64)  # in the range of M
+    with pytest.raises(SolverError, match="not positive definite"):
+        Exact().solve(Dense(), v)
+    x, report = Exact(singular="pinv").solve(Dense(), v)
+    assert torch.allclose(x, torch.linalg.pinv(M) @ v, atol=1e-10)
+    assert report.residual < 1e-10 and report.details["rank"] == 4 and report.details["pseudo_inverse"]
+    indefinite = torch.diag(torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64))
+
+    class Bad:
+        n_params = 3
+
+        def dense(self):
+            return indefinite
+
+    with pytest.raises(SolverError, match="negative eigenvalues"):
+        Exact(singular="pinv").solve(Bad(), torch.ones(3, dtype=torch.float64))

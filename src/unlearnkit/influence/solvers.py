@@ -73,13 +73,22 @@ class Exact:
     Costs one Hessian accumulation over the data (``O(n p^2)``) and ``O(p^3)`` for the factor.
     Refuses models with more than ``max_params`` parameters (the dense matrix alone needs
     ``8 p^2`` bytes in float64); use :class:`ConjugateGradient` for those.
+
+    A matrix that is only positive *semi*-definite (Cholesky fails) raises, unless
+    ``singular="pinv"``: then the minimum-norm solution on the matrix's range is returned,
+    dropping eigenvalues below ``max(p, 100) * eps * lambda_max`` (NumPy's rank tolerance). That
+    is the exact answer for a softmax output layer, whose Hessian is singular along a shift of
+    every logit by the same amount, a direction no prediction and no gradient difference has.
     """
 
     kind = SolverKind.EXACT
 
-    def __init__(self, *, damping: float = 0.0, max_params: int = 5000) -> None:
+    def __init__(self, *, damping: float = 0.0, max_params: int = 5000, singular: str = "raise") -> None:
         self.damping = float(damping)
         self.max_params = int(max_params)
+        if singular not in ("raise", "pinv"):
+            raise SolverError(f"singular must be 'raise' or 'pinv', got {singular!r}.")
+        self.singular = singular
 
     def solve(self, H: HessianOperator, v: torch.Tensor) -> tuple[torch.Tensor, SolverReport]:
         start = time.perf_counter()
@@ -94,16 +103,35 @@ class Exact:
         if self.damping:
             M = M + self.damping * torch.eye(p, dtype=M.dtype, device=M.device)
         L, info = torch.linalg.cholesky_ex(M)
-        if int(info) != 0:
+        details = {"damping": self.damping}
+        if int(info) == 0:
+            x = torch.cholesky_solve(v.unsqueeze(1), L).squeeze(1)
+        elif self.singular == "pinv":
+            x, details["rank"], details["dropped_eigenvalues"] = _pinv_solve(M, v)
+            details["pseudo_inverse"] = True
+        else:
             raise SolverError(
                 "The Hessian is not positive definite (Cholesky failed), so the exact solve is undefined: "
                 "the model is non-convex or not at a minimum. Add damping > 0 or use solver='cg' with damping."
             )
-        x = torch.cholesky_solve(v.unsqueeze(1), L).squeeze(1)
         residual = float(torch.linalg.vector_norm(M @ x - v)) / v_norm if v_norm else 0.0
         report = SolverReport("exact", iterations=1, residual=residual, converged=True, hvps=0,
-                              seconds=time.perf_counter() - start, details={"damping": self.damping})
+                              seconds=time.perf_counter() - start, details=details)
         return x, report
+
+
+def _pinv_solve(M: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """Minimum-norm solution of ``M x = v`` for a symmetric positive semi-definite ``M``."""
+    eps = torch.finfo(M.dtype).eps
+    evals, evecs = torch.linalg.eigh(M.double())
+    top = float(evals.abs().max()) if evals.numel() else 0.0
+    if evals.min() < -max(M.shape[0], 100) * eps * top * 10:
+        raise SolverError("The Hessian has clearly negative eigenvalues: it is not positive semi-definite, so no "
+                          "pseudo-inverse solve is meaningful. Add damping > 0 or use solver='cg' with damping.")
+    keep = evals > max(M.shape[0], 100) * eps * top
+    coeffs = (evecs[:, keep].T @ v.double()) / evals[keep]
+    x = (evecs[:, keep] @ coeffs).to(v.dtype)
+    return x, int(keep.sum()), int((~keep).sum())
 
 
 class ConjugateGradient:

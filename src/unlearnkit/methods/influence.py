@@ -164,7 +164,9 @@ class SecondOrder(Method):
 
     def make_solver(self, settings: dict):
         if settings["solver"] == "exact":
-            return make_solver("exact", damping=settings["damping"], max_params=self.max_params)
+            # an output layer alone is convex but only semi-definite (softmax shift): the min-norm solution is exact
+            singular = "pinv" if settings["params"] == Params.HEAD.value and settings["damping"] == 0 else "raise"
+            return make_solver("exact", damping=settings["damping"], max_params=self.max_params, singular=singular)
         if settings["solver"] == "cg":
             return make_solver("cg", damping=settings["damping"], tol=self.tol, max_iter=settings["max_iter"])
         return make_solver("lissa", scale=self.scale, damping=settings["damping"], depth=self.depth,
