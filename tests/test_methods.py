@@ -8,8 +8,6 @@ unless it is one of the documented exceptions — lower the accuracy on the forg
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
