@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 import unlearnkit as uk
-from unlearnkit.bench.report import _finite, build, write
+from unlearnkit.bench.report import build, write
+from unlearnkit.metrics.evaluate import _nan_to_none
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,7 @@ def main(argv=None) -> None:
               "summary": rep["summary"], "ranks": rep["ranks"], "pareto": rep["pareto"],
               "studies": rep["studies"]}
     path = ROOT / "benchmarks" / "results" / f"bench-{label}.json"
-    path.write_text(json.dumps(_finite(result), indent=1, default=str, allow_nan=False))
+    path.write_text(json.dumps(_nan_to_none(result), indent=1, default=str, allow_nan=False))
     print(f"wrote {path} and docs/benchmark/{label}/")
 
 

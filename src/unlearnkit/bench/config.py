@@ -262,9 +262,7 @@ def _set_dotted(raw: dict, key: str, value) -> None:
 
 
 def _typed(where: str, value, types: tuple, help_: str):
-    if isinstance(value, bool) and bool not in types:
-        raise BenchError(f"{where} must be {'/'.join(t.__name__ for t in types)} ({help_}), got {value!r}.")
-    if not isinstance(value, types):
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
         raise BenchError(f"{where} must be {'/'.join(t.__name__ for t in types)} ({help_}), got {value!r}.")
     return float(value) if float in types and isinstance(value, int) else value
 

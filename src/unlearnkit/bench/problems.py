@@ -146,24 +146,18 @@ def model_from_bytes(blob: bytes, device=None):
 
 
 # ---------------------------------------------------------------------------- measurements
-def losses(model, data: Dataset, device) -> np.ndarray:
-    out = []
-    with torch.no_grad():
-        for xb, yb in data.batches(2048, device=device, dtype=next(model.parameters()).dtype):
-            out.append(model.per_sample_loss(model(xb), yb).double().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
-
-
 def measure(model, data: ProblemData, device) -> dict:
-    """Accuracy on retain, forget, validation and test; the loss attack forget vs val and forget vs test."""
-    from unlearnkit.metrics.mia import loss_attack
-    from unlearnkit.training import accuracy
+    """Accuracy on retain, forget, validation and test; the loss attack forget vs val and forget vs test.
 
-    rec = {f"acc_{p}": (accuracy(model, getattr(data, p), device=device) if len(getattr(data, p)) else float("nan"))
-           for p in PARTS}
-    forget_losses = losses(model, data.forget, device)
+    One forward pass per part: accuracy and losses both come from its logits.
+    """
+    from unlearnkit.metrics.mia import loss_attack
+    from unlearnkit.metrics.outputs import model_outputs
+
+    outputs = {p: model_outputs(model, getattr(data, p), device=device) for p in PARTS if len(getattr(data, p))}
+    rec = {f"acc_{p}": float(outputs[p].correct.mean()) if p in outputs else float("nan") for p in PARTS}
     for held in ("val", "test"):
-        attack = loss_attack(forget_losses, losses(model, getattr(data, held), device), seed=123)
+        attack = loss_attack(outputs["forget"].losses, outputs[held].losses, seed=123)
         rec[f"mia_{held}"] = attack.accuracy
         rec[f"indisc_{held}"] = attack.indiscernibility
     return rec

@@ -27,6 +27,7 @@ from unlearnkit.atomic import atomic_write
 from unlearnkit.bench.jobs import retdev
 from unlearnkit.bench.store import Store
 from unlearnkit.errors import BenchError
+from unlearnkit.metrics.evaluate import _nan_to_none
 
 METRICS = ("retdev", "indisc_test", "rte", "acc_retain", "acc_forget", "acc_val", "acc_test", "mia_test",
            "indisc_val", "seconds", "distance")
@@ -352,21 +353,10 @@ def write(out: str | Path, target: str | Path | None = None, formats=("md", "htm
                  **c["metrics"], "params": json.dumps(c["params"], sort_keys=True)} for c in rep["cells"]]
         written.append(_csv(target / "cells.csv", long))
     if "json" in formats:
-        data = _finite({k: v for k, v in rep.items() if k not in ("plots",)})
+        data = _nan_to_none({k: v for k, v in rep.items() if k not in ("plots",)})
         written.append(atomic_write(target / "report.json", lambda tmp: Path(tmp).write_text(
             json.dumps(data, indent=1, default=str, allow_nan=False))))
     return written
-
-
-def _finite(obj):
-    """JSON has no NaN or infinity: they become null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _csv(path: Path, records: list[dict]) -> Path:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import re
 
-from unlearnkit.errors import BenchError
-
 _NUM = r"[-+0-9.eE]+"
 _LOG = re.compile(rf"log-uniform \[({_NUM}), ({_NUM})\]")
 _SET = re.compile(r"^\{([0-9, ]+)\}")
@@ -74,12 +72,3 @@ def describe_space(space: dict) -> dict:
             out[name] = {"low": dist.low, "high": dist.high, "log": getattr(dist, "log", False),
                          "type": "int" if isinstance(dist, D.IntDistribution) else "float"}
     return out
-
-
-def check_fixed(method: str, fixed: dict) -> None:
-    from unlearnkit.methods import info
-
-    valid = {h.name for h in info(method).hyperparameters}
-    unknown = sorted(set(fixed) - valid)
-    if unknown:
-        raise BenchError(f"methods.fixed.{method}: unknown hyperparameter(s) {unknown}; valid: {', '.join(sorted(valid))}.")
