@@ -228,7 +228,9 @@ def _check_complete(out: Path, cfg) -> list[dict]:
             searched = cfg.trials if s["space"] else 0
             assert s["n_trials"] == searched and (bool(s["chosen"]) or not searched), s
             trials = store.trials(s["problem"], s["method"])
-            assert [t["number"] for t in trials] == list(range(searched))
+            numbers = [t["number"] for t in trials]
+            # a trial in flight at an interrupt is lost and asked again under a new number: gaps, never repeats
+            assert len(numbers) == len(set(numbers)) == searched
         assert store.counts()["refs"] == len(cfg.problems) * len(cfg.all_seeds)
     return cells
 
@@ -305,9 +307,15 @@ def _wait_for(out: Path, table: str, n: int, proc, limit: float = 240) -> int:
 
 
 def _no_orphans(proc_pid: int) -> None:
-    time.sleep(2.5)  # workers notice their driver is gone within a second
-    alive = subprocess.run(["pgrep", "-s", str(proc_pid)], capture_output=True, text=True).stdout.split()
-    assert not alive, f"worker processes outlived their driver: {alive}"
+    # workers check for their driver every second; one still importing torch when the driver died
+    # starts checking once its imports finish, so allow a loaded machine some seconds
+    alive = []
+    for _ in range(40):
+        time.sleep(0.5)
+        alive = subprocess.run(["pgrep", "-s", str(proc_pid)], capture_output=True, text=True).stdout.split()
+        if not alive:
+            return
+    raise AssertionError(f"worker processes outlived their driver: {alive}")
 
 
 def test_kill_9_midway_then_resume_runs_every_cell_exactly_once(tmp_path):
