@@ -180,14 +180,40 @@ def retrain(
     Uses the model's own ``train_config`` (same seed, so the same initialisation), which makes
     it the reference every unlearning method is compared with. ``warm_start=True`` starts from
     ``model``'s parameters instead: the honest strong baseline for convex models.
+
+    The retrained model minimises the same objective as ``model``: besides the architecture
+    (and with it the per-parameter L2 weights), the linear term ``b . theta`` of a loss-perturbed
+    (certified) model is kept, so the reference of a certified model is the minimiser of
+    ``L_b(.; D~)`` with the *same* ``b`` — the point a second-order update approximates.
     """
     corrected = changes.apply(data) if changes is not None else data
     config = getattr(model, "train_config", None)
     if config is None:
         raise ModelError("The model carries no train_config: train it with unlearnkit.train(...) first.")
-    fresh = type(model)(**model.config)
+    fresh = type(model)(**model.config).to(dtype=model_dtype(model))  # b keeps its precision
+    _copy_linear_term(model, fresh)
     device = device if device is not None else model_device(model)
     return train(fresh, corrected, config=config, device=device, init_from=model if warm_start else None, progress=progress)
+
+
+def _copy_linear_term(source: UnlearnableModel, target: UnlearnableModel) -> None:
+    """Give ``target`` the objective's linear term ``b`` of ``source`` (a loss perturbation).
+
+    The architecture rebuilt from ``source.config`` has a zero ``b``; retraining with it would
+    minimise a different objective. Raises :class:`ModelError` when ``target`` cannot hold it.
+    """
+    b = source.linear_term()
+    if b is None:
+        return
+    slot = target.linear_term()
+    if slot is None or tuple(slot.shape) != tuple(b.shape):
+        raise ModelError(
+            f"The {source.kind} model's objective has a linear term b . theta (a loss perturbation) that the rebuilt "
+            "architecture cannot hold, so retraining would minimise a different objective; retrain it with "
+            "warm_start=True or rebuild the model with its perturbation."
+        )
+    with torch.no_grad():
+        slot.copy_(b.detach().to(dtype=slot.dtype, device=slot.device))
 
 
 # ---------------------------------------------------------------------------- optimisers
@@ -204,15 +230,24 @@ def _fit_newton(net, data, config, progress) -> None:
     def value(t: torch.Tensor) -> float:
         return objective_value(flat, data, t, batch_size=block) / n
 
+    # a declared flat direction (the common shift of a softmax model's unpenalised intercepts): the
+    # minimiser is unique only up to it, so fix the gauge: the steps are solved with H + s N N^T,
+    # which keeps them orthogonal to N (the gradients are), and training starts from zero, so the
+    # result is the minimum-norm minimiser (intercepts summing to zero)
+    null = net.null_space() if callable(getattr(net, "null_space", None)) else None
+    if null is not None and null.shape[0] != theta.numel():
+        null = None
     f = value(theta)
     for it in range(config.max_iter):
         g = objective_gradient(flat, data, theta, batch_size=block) / n
         if float(g.abs().max()) <= config.tol:
             break
         H = HessianOperator(flat, data, theta, batch_size=block).dense() / n
+        if null is not None:
+            H = H + (float(torch.diagonal(H).mean()) or 1.0) * (null @ null.T)
         L, info = torch.linalg.cholesky_ex(H)
         if int(info) != 0:
-            raise ModelError("Newton's method met a Hessian that is not positive definite; set l2 > 0 or use optimizer='lbfgs'.")
+            raise ModelError(_not_positive_definite(net))
         step = torch.cholesky_solve(g.unsqueeze(1), L).squeeze(1)
         decrease = float(g @ step)
         if decrease <= 1e-28:  # Newton decrement at machine precision: nothing left to gain
@@ -241,6 +276,21 @@ def _fit_newton(net, data, config, progress) -> None:
         params = dict(net.named_parameters())
         for name, value_ in flat.unflatten(theta).items():
             params[name].copy_(value_)
+
+
+def _not_positive_definite(net) -> str:
+    """Why Newton's Hessian was not positive definite, with the fix."""
+    l2 = getattr(net, "l2", 0.0)
+    if not l2 > 0:
+        return ("Newton's method met a Hessian that is not positive definite: with l2 = 0 the objective is not strongly "
+                "convex (flat along some direction). Set l2 > 0 or use optimizer='lbfgs'.")
+    unpenalised = getattr(net, "fit_intercept", False) and not getattr(net, "penalize_intercept", True)
+    return (f"Newton's method met a Hessian that is numerically singular although l2 = {l2:g} > 0"
+            + (": the unpenalised intercept is constrained by the data alone, and where the predicted probabilities "
+               "saturate (huge margins, e.g. separable data) its curvature underflows. Penalise the intercept "
+               "(penalize_intercept=True), rescale the features, raise l2, or use optimizer='lbfgs'." if unpenalised else
+               ": features on very different scales or huge margins make it singular in floating point. Rescale the "
+               "features, raise l2, or use optimizer='lbfgs'."))
 
 
 def _fit_lbfgs(net, data, config, device, dtype, progress) -> None:

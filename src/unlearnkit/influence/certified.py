@@ -9,12 +9,19 @@ dimension as ``theta`` — one convex objective, so one residual and one certifi
 class (Guo et al. instead train ``C`` one-vs-rest binary models, which certifies each separately
 and spends the budget ``C`` times).
 
-**The certificate** (Guo et al., Theorem 3, Gaussian form). If the unlearned parameters have
-gradient residual ``||grad L_b(theta_U; D~)|| <= e'`` on the corrected data ``D~`` and
-``b ~ N(0, (c e' / eps)^2 I)`` with ``c = sqrt(2 ln(1.5 / delta))``, then the unlearned model
-is (eps, delta)-indistinguishable from retraining on ``D~`` with fresh noise. So noise
-``sigma`` certifies residuals up to the **budget** ``e'_max = sigma eps / c``, and a residual
-``e'`` spends ``eps' = c e' / sigma``.
+**The certificate** (Guo et al., Theorem 3). If the unlearned parameters have gradient residual
+``||grad L_b(theta_U; D~)|| <= e'`` on the corrected data ``D~``, they are the exact minimiser of
+``L_{b'}(.; D~)`` with ``b' = b - grad L_b(theta_U; D~)``, ``||b - b'|| <= e'``: the unlearned
+and the retrained model are the same function of noise vectors that differ by at most ``e'``, a
+Gaussian mechanism with L2 sensitivity ``e'``. It is (eps, delta)-indistinguishable exactly when
+``Phi(e'/(2 sigma) - eps sigma/e') - e^eps Phi(-e'/(2 sigma) - eps sigma/e') <= delta`` (the
+analytic Gaussian mechanism, Balle & Wang, ICML 2018, Theorem 8). So noise ``sigma`` certifies
+residuals up to the **budget** ``e'_max = r sigma``, ``r`` the root of that profile
+(:func:`sensitivity_ratio`), and a residual ``e'`` spends the smallest ``eps'`` the profile
+allows (:func:`epsilon_for`). Guo et al. calibrate with the classical constant
+``sigma = c e' / eps``, ``c = sqrt(2 ln(1.5 / delta))``: more noise than needed for small eps,
+and too little for large eps (at ``delta = 1e-4`` the true delta exceeds the nominal one above
+eps ~ 8.4); the analytic calibration is exact for every eps.
 
 **The a-priori bound on the residual.** Let ``theta`` be the current parameters, ``r`` their
 residual on the current data, ``M`` the cached Hessian of the corrected data at the anchor
@@ -26,9 +33,21 @@ with an intercept), where
 
 * binary: ``gamma = max |sigma''| = 1 / (6 sqrt 3) ~= 0.0962`` (the row Hessian is
   ``sigma'(z) x~ x~^T`` and ``z = theta . x~``);
-* softmax: ``gamma = 3 / 2``: the row Hessian is ``A(z) (x) x~ x~^T`` with
-  ``A = diag(p) - p p^T``; ``||A|| <= 1/2``, so ``||dp|| <= ||dz|| / 2`` and
-  ``||dA|| <= ||dp||_inf + 2 ||dp|| ||p|| <= (3/2) ||dz||``, and ``||dz|| <= ||d theta|| ||x~||``.
+* softmax: ``gamma = 1 / sqrt 2 ~= 0.707``. The row Hessian is ``A(z) (x) x~ x~^T`` with
+  ``A = diag(p) - p p^T``, and ``||dz|| <= ||d theta|| ||x~||``. Write ``E`` for the mean under
+  ``p`` (``E[f] = sum_i p_i f_i``). Then ``w^T A w = Var_p(w)`` and, along a direction ``u``,
+  ``dp = A u = p * (u - E u)``, so for every ``w``
+
+      w^T dA[u] w = sum_i dp_i w_i^2 - 2 (dp . w)(p . w) = E[(u - E u) (w - E w)^2]
+
+  (expand the square; ``E[u - E u] = 0``). Hence ``|w^T dA[u] w| <= max_i |u_i - E u| Var_p(w)``.
+  By Cauchy-Schwarz ``|u_i - E u| = |(e_i - p) . u| <= ||e_i - p|| ||u||`` and
+  ``||e_i - p||^2 = (1 - p_i)^2 + sum_{j != i} p_j^2 <= 2 (1 - p_i)^2 <= 2``; by Popoviciu's
+  inequality ``Var_p(w) <= (max_i w_i - min_i w_i)^2 / 4 <= ||w||^2 / 2``. So
+  ``||dA[u]|| <= ||u|| / sqrt 2`` (``dA`` is symmetric, so its norm is the largest
+  ``|w^T dA w|``). A numerical search finds a supremum of about 0.272 (= ``sqrt 2 / (3 sqrt 3)``,
+  the binary value for a two-logit parametrisation), so the constant is within a factor 2.6 of
+  the best possible.
 
 Write ``X~`` for the ``n x d~`` matrix of augmented rows of ``D~`` and ``Delta_c`` for class
 ``c``'s block of ``Delta`` (weights and intercept). The row-wise Hessian differences are at most
@@ -69,6 +88,7 @@ certified noise, or for agreement with retraining to numerical precision.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import secrets
 import time
@@ -76,6 +96,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from scipy import optimize, special
 
 from unlearnkit.data.changes import Changes, Resolved
 from unlearnkit.data.dataset import Dataset
@@ -89,22 +110,115 @@ from unlearnkit.models.linear import LogisticRegression
 HESSIAN_LIPSCHITZ_BINARY = 1.0 / (6.0 * math.sqrt(3.0))
 """``max |sigma''(z)|``: the row Hessian of the logistic loss is Lipschitz with this times ``||x~||^3``."""
 
-HESSIAN_LIPSCHITZ_SOFTMAX = 1.5
-"""The same constant for the softmax loss (see the module docstring for the derivation)."""
+HESSIAN_LIPSCHITZ_SOFTMAX = 1.0 / math.sqrt(2.0)
+"""The same constant for the softmax loss (see the module docstring for the proof)."""
 
 BOUND_KINDS = ("data", "worst")
 
 
-def noise_multiplier(delta: float) -> float:
-    """``c = sqrt(2 ln(1.5 / delta))`` of Guo et al.'s Gaussian certificate."""
+def _check_privacy(epsilon: float, delta: float) -> None:
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise CertificationError(f"epsilon must be a positive number, got {epsilon}.")
     if not (0.0 < delta < 1.0):
         raise CertificationError(f"delta must be in (0, 1), got {delta}.")
-    return math.sqrt(2.0 * math.log(1.5 / delta))
+
+
+def _log_gaussian_delta(epsilon: float, ratio: float) -> float:
+    """``log delta(epsilon)`` of the Gaussian mechanism with sensitivity/noise ratio ``ratio = D / sigma``.
+
+    The exact privacy profile (Balle & Wang 2018, Theorem 8):
+    ``delta = Phi(r/2 - eps/r) - e^eps Phi(-r/2 - eps/r)``, evaluated in log space (``log_ndtr``,
+    ``expm1``) so that neither ``e^eps`` overflows nor the difference cancels. ``-inf`` where
+    ``delta`` is below double precision.
+    """
+    a = ratio / 2.0 - epsilon / ratio
+    b = -ratio / 2.0 - epsilon / ratio
+    la, lb = float(special.log_ndtr(a)), float(special.log_ndtr(b))
+    x = lb + epsilon - la  # log of e^eps Phi(b) / Phi(a); < 0 while delta > 0
+    if not x < 0.0:
+        return -math.inf
+    return la + math.log(-math.expm1(x))
+
+
+def gaussian_delta(epsilon: float, sensitivity: float, sigma: float) -> float:
+    """The smallest ``delta`` for which ``f + N(0, sigma^2 I)`` with L2 sensitivity ``sensitivity``
+    is (``epsilon``, delta)-private: ``Phi(D/(2s) - eps s/D) - e^eps Phi(-D/(2s) - eps s/D)``
+    (Balle & Wang 2018, Theorem 8; exact for every ``epsilon >= 0``)."""
+    if sensitivity == 0.0:
+        return 0.0
+    return math.exp(_log_gaussian_delta(float(epsilon), float(sensitivity) / float(sigma)))
+
+
+@functools.lru_cache(maxsize=256)
+def sensitivity_ratio(epsilon: float, delta: float) -> float:
+    """The largest ``r = D / sigma`` for which the Gaussian mechanism is (``epsilon``, ``delta``)-private.
+
+    The analytic Gaussian mechanism (Balle & Wang, "Improving the Gaussian Mechanism for
+    Differential Privacy: Analytical Calibration and Optimal Denoising", ICML 2018, Theorem 8 and
+    Algorithm 1): the profile ``delta(r)`` of :func:`gaussian_delta` increases in ``r``, so the
+    root of ``delta(r) = delta`` (Brent's method on ``log r``, to machine precision) is the
+    calibration, exact for every ``epsilon``. The root is then moved down by ``1e-12`` (relative)
+    so that rounding never lands on the unsafe side: ``delta(r) <= delta`` always, and equal to it
+    to about ``1e-10`` relative.
+    """
+    _check_privacy(epsilon, delta)
+    eps, target = float(epsilon), math.log(delta)
+
+    def f(log_r: float) -> float:
+        return _log_gaussian_delta(eps, math.exp(log_r)) - target
+
+    # bracket the root around the classical calibration r = eps / sqrt(2 ln(1.25 / delta))
+    lo = hi = math.log(eps / math.sqrt(2.0 * math.log(1.25 / delta)))
+    while f(lo) >= 0.0:
+        lo -= 1.0
+    while f(hi) <= 0.0:
+        hi += 1.0
+    log_r = optimize.brentq(f, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
+    r = math.exp(log_r) * (1.0 - 1e-12)
+    while _log_gaussian_delta(eps, r) > target:  # never on the unsafe side of delta
+        r *= 1.0 - 1e-12
+    return r
+
+
+def noise_multiplier(*, epsilon: float, delta: float) -> float:
+    """``c`` with ``sigma = c D / epsilon``: noise ``sigma`` certifies L2 sensitivity ``D`` at (epsilon, delta).
+
+    ``c = epsilon / r`` with ``r`` from :func:`sensitivity_ratio` (the analytic Gaussian
+    mechanism). Guo et al. use the classical constant ``sqrt(2 ln(1.5 / delta))`` instead, which is
+    larger (more noise) for small ``epsilon`` and does not give (epsilon, delta) for large
+    ``epsilon`` (above about 8.4 at ``delta = 1e-4``).
+    """
+    return float(epsilon) / sensitivity_ratio(epsilon, delta)
 
 
 def epsilon_for(residual: float, sigma: float, delta: float) -> float:
-    """The epsilon that noise ``sigma`` certifies for a gradient residual ``residual``."""
-    return noise_multiplier(delta) * residual / sigma
+    """The smallest epsilon that noise ``sigma`` certifies for a gradient residual ``residual`` at ``delta``.
+
+    The exact inverse of the calibration: the smallest ``epsilon`` with
+    ``gaussian_delta(epsilon, residual, sigma) <= delta`` (the profile decreases in ``epsilon``).
+    """
+    if not (0.0 < delta < 1.0):
+        raise CertificationError(f"delta must be in (0, 1), got {delta}.")
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise CertificationError(f"sigma must be a positive number, got {sigma}.")
+    if not (math.isfinite(residual) and residual >= 0):
+        raise CertificationError(f"residual must be a finite number >= 0, got {residual}.")
+    if residual == 0.0:
+        return 0.0
+    ratio, target = residual / sigma, math.log(delta)
+
+    def f(eps: float) -> float:
+        return _log_gaussian_delta(eps, ratio) - target
+
+    if f(0.0) <= 0.0:
+        return 0.0
+    hi = max(ratio * math.sqrt(2.0 * math.log(1.25 / delta)), 1e-300)
+    while f(hi) > 0.0:
+        hi *= 2.0
+    eps = optimize.brentq(f, 0.0, hi, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=500)
+    while f(eps) > 0.0:  # the certified epsilon is never understated
+        eps = eps * (1.0 + 1e-12) + 1e-300
+    return eps
 
 
 @dataclass(frozen=True)
@@ -112,7 +226,10 @@ class CertifiedSpec:
     """What is certified: ``(epsilon, delta)``, the noise ``sigma`` and the feature-norm bound.
 
     Give ``sigma`` (default 1, as in Guo et al.'s experiments) or ``budget``, the largest
-    cumulative residual to certify; the other follows from ``budget = sigma epsilon / c``.
+    cumulative residual to certify; the other follows from the analytic Gaussian mechanism
+    (:func:`sensitivity_ratio`): ``budget = r sigma`` with ``r`` the largest sensitivity-to-noise
+    ratio that is (epsilon, delta)-private, i.e. ``budget = sigma epsilon / c`` with
+    ``c = epsilon / r`` (:attr:`c`).
     ``feature_bound`` is ``R`` with ``||x|| <= R`` for every row (None: the largest row norm of
     the training data, recorded at training). ``bound`` is ``"data"`` or ``"worst"``.
     """
@@ -125,20 +242,20 @@ class CertifiedSpec:
     bound: str = "data"
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise CertificationError(f"epsilon must be a positive number, got {self.epsilon}.")
-        c = noise_multiplier(self.delta)
+        _check_privacy(self.epsilon, self.delta)
+        ratio = sensitivity_ratio(float(self.epsilon), float(self.delta))
         if self.sigma is not None and self.budget is not None:
-            raise CertificationError("Give sigma or budget, not both: budget = sigma * epsilon / sqrt(2 ln(1.5/delta)).")
+            raise CertificationError("Give sigma or budget, not both: one determines the other "
+                                     "(budget = the largest residual that noise sigma certifies at (epsilon, delta)).")
         sigma = 1.0 if self.sigma is None and self.budget is None else self.sigma
         if sigma is None:
             if not (math.isfinite(self.budget) and self.budget > 0):
                 raise CertificationError(f"budget must be a positive number, got {self.budget}.")
-            sigma = c * self.budget / self.epsilon
+            sigma = self.budget / ratio
         if not (math.isfinite(sigma) and sigma > 0):
             raise CertificationError(f"sigma must be a positive number, got {sigma}.")
         object.__setattr__(self, "sigma", float(sigma))
-        object.__setattr__(self, "budget", float(sigma) * self.epsilon / c)
+        object.__setattr__(self, "budget", float(sigma) * ratio)
         if self.feature_bound is not None and not (math.isfinite(self.feature_bound) and self.feature_bound > 0):
             raise CertificationError(f"feature_bound must be a positive number, got {self.feature_bound}.")
         if self.bound not in BOUND_KINDS:
@@ -146,7 +263,8 @@ class CertifiedSpec:
 
     @property
     def c(self) -> float:
-        return noise_multiplier(self.delta)
+        """The noise multiplier ``c = sigma epsilon / budget`` of this calibration (:func:`noise_multiplier`)."""
+        return noise_multiplier(epsilon=self.epsilon, delta=self.delta)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,7 +276,7 @@ class Certificate:
 
     ``residual_bound`` and ``worst_case_bound`` are this request's a-priori bounds;
     ``cumulative_bound`` the bound on the residual of the current model (training residual plus
-    every request since); ``epsilon_spent = c cumulative / sigma`` is the epsilon actually
+    every request since); ``epsilon_spent`` (:func:`epsilon_for` of it) is the epsilon actually
     certified, at most ``epsilon`` while ``remaining >= 0``. ``exact_residual`` is the measured
     ``||grad L_b(theta; D~)||`` when it was computed (a pass over the data).
     """
@@ -472,8 +590,14 @@ class CertifiedModel:
                     f"This request's residual bound {spend:.4g} would bring the cumulative bound to "
                     f"{self.state.cumulative_bound + spend:.4g}, over the budget {self.spec.budget:.4g}; nothing was changed."
                 )
+            previous = self.rows.data if isinstance(self.rows, MemoryRows) else None
             self.rows.commit(resolved)
-            self.retrain()
+            try:
+                self.retrain()
+            except BaseException:
+                if previous is not None:  # leave the model as it was (a ledger reloads its committed state)
+                    self.rows.data = previous
+                raise
             cert = self.certificate(residual_bound=proposal.residual_bound, worst_case_bound=proposal.worst_case_bound,
                                     exact_residual=self.state.cumulative_bound, retrained=True)
             method = "certified-retrain"
@@ -495,16 +619,21 @@ class CertifiedModel:
         """Retrain on the current corrected data with fresh noise; resets the budget.
 
         ``seed`` draws the new ``b``; None draws a secret random one (see :func:`certified_train`).
+        Like :func:`certified_train`, the new model's own gradient residual must be within the
+        budget (the certificate starts from it): otherwise :class:`CertificationError` is raised
+        and nothing is changed.
         """
         seed = secrets.randbits(63) if seed is None else int(seed)
         data = self.rows.full()  # O(n d) for a ledger: materialise once
         fresh = _train_perturbed(self.model, data, self.spec, seed, device=self.device)
-        self.model = fresh
-        self.curvature = CachedCurvature.at(fresh, data, batch_size=self.batch_size)
+        residual = gradient_residual(FlatModel(fresh), data, batch_size=self.batch_size)
+        _check_training_residual(residual, self.spec, "retrained")
+        curvature = CachedCurvature.at(fresh, data, batch_size=self.batch_size)
         self.state = CertifiedState.of_data(
-            fresh, data, feature_bound=self.state.feature_bound, cumulative_bound=self.exact_residual(data),
+            fresh, data, feature_bound=self.state.feature_bound, cumulative_bound=residual,
             noise_seed=seed, trainings=self.state.trainings + 1,
         )
+        self.model, self.curvature = fresh, curvature
 
     def refine(self, target: float | None = None, *, max_steps: int = 50) -> dict:
         """Newton steps on ``L_b(.; D~)`` until the exact residual is at most ``target``.
@@ -629,16 +758,23 @@ def certified_train(
     state = CertifiedState.of_data(fitted, data, feature_bound=R, cumulative_bound=0.0, noise_seed=int(seed))
     cm = CertifiedModel(fitted, MemoryRows(data), spec, state, curvature, batch_size=batch_size, device=device)
     state.cumulative_bound = cm.exact_residual(data)
-    if state.cumulative_bound > spec.budget:
-        raise CertificationError(
-            f"The trained model's own gradient residual {state.cumulative_bound:.3g} already exceeds the budget "
-            f"{spec.budget:.3g}: raise sigma (or the budget), or tighten the training tolerance."
-        )
+    _check_training_residual(state.cumulative_bound, spec, "trained")
     return cm
+
+
+def _check_training_residual(residual: float, spec: CertifiedSpec, what: str) -> None:
+    """Refuse a freshly trained model whose own residual ``||grad L_b(theta; D)||`` exceeds the budget."""
+    if not residual <= spec.budget:
+        raise CertificationError(
+            f"The {what} model's own gradient residual {residual:.3g} already exceeds the budget {spec.budget:.3g}, "
+            "so no certificate can start from it; nothing was changed. Raise sigma (or the budget), or tighten the "
+            "training tolerance (TrainConfig.tol, max_iter)."
+        )
 
 
 __all__ = [
     "BOUND_KINDS", "Certificate", "CertifiedModel", "CertifiedResult", "CertifiedSpec", "CertifiedState",
     "HESSIAN_LIPSCHITZ_BINARY", "HESSIAN_LIPSCHITZ_SOFTMAX", "MemoryRows", "Proposal", "augmented_norms",
-    "certified_train", "check_certifiable", "epsilon_for", "newton_refine", "noise_multiplier",
+    "certified_train", "check_certifiable", "epsilon_for", "gaussian_delta", "newton_refine", "noise_multiplier",
+    "sensitivity_ratio",
 ]

@@ -66,12 +66,20 @@ class CachedCurvature:
     @classmethod
     def at(cls, model, data, theta: torch.Tensor | None = None, *, batch_size: int = 8192,
            null_space: torch.Tensor | None = None) -> "CachedCurvature":
-        """The Hessian of ``L(.; data)`` for ``model`` at ``theta`` (one ``O(n p^2)`` pass)."""
+        """The Hessian of ``L(.; data)`` for ``model`` at ``theta`` (one ``O(n p^2)`` pass).
+
+        ``null_space`` defaults to the flat directions the model declares (``model.null_space()``,
+        e.g. the common intercept shift of a softmax model with unpenalised intercepts).
+        """
         from unlearnkit.influence.functional import FlatModel
         from unlearnkit.influence.hessian import HessianOperator
 
         flat = FlatModel(model)
         theta = flat.theta() if theta is None else theta
+        if null_space is None and callable(getattr(model, "null_space", None)):
+            null_space = model.null_space()
+            if null_space is not None and null_space.shape[0] != flat.n_params:
+                null_space = None
         H = HessianOperator(flat, data, theta, batch_size=batch_size).dense()
         return cls(H, theta, null_space=null_space)
 

@@ -70,8 +70,7 @@ class HessianOperator:
         out, vjp_fn = vjp(logits, self.theta)
         _, jv = jvp(logits, (self.theta,), (v,))
         if out.ndim == 1:  # binary logistic: d^2 l / dz^2 = p (1 - p)
-            p = torch.sigmoid(out)
-            hjv = p * (1 - p) * jv
+            hjv = torch.sigmoid(out) * torch.sigmoid(-out) * jv
         else:  # softmax cross-entropy: (diag(p) - p p^T) jv
             p = torch.softmax(out, dim=-1)
             hjv = p * jv - p * (p * jv).sum(-1, keepdim=True)

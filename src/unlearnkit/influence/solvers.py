@@ -74,11 +74,26 @@ class Exact:
     Refuses models with more than ``max_params`` parameters (the dense matrix alone needs
     ``8 p^2`` bytes in float64); use :class:`ConjugateGradient` for those.
 
-    A matrix that is only positive *semi*-definite (Cholesky fails) raises, unless
-    ``singular="pinv"``: then the minimum-norm solution on the matrix's range is returned,
-    dropping eigenvalues below ``max(p, 100) * eps * lambda_max`` (NumPy's rank tolerance). That
-    is the exact answer for a softmax output layer, whose Hessian is singular along a shift of
-    every logit by the same amount, a direction no prediction and no gradient difference has.
+    **Known flat directions.** A model that declares the directions ``N`` along which its
+    objective is flat (``model.null_space()``, e.g. a softmax logistic regression with
+    unpenalised intercepts, flat along a common shift of every intercept) is solved with
+    ``H + s N N^T`` (``s`` the mean diagonal of ``H``): for a right-hand side orthogonal to ``N``
+    (every gradient difference of such a model is) that gives the minimum-norm solution of
+    ``H x = v``, with ``x`` orthogonal to ``N``. The report's ``residual`` is always measured
+    against ``H`` itself, so a right-hand side with a component along ``N`` (no solution
+    exists) shows as a large residual.
+
+    **Singular matrices.** A Cholesky factorisation can succeed on a matrix that is singular up
+    to rounding: the solve then has an arbitrary, possibly huge, component along the null
+    direction while ``||H x - v||`` stays at rounding level. So the factor is also checked: a
+    smallest squared pivot below ``max(p, 100) * eps`` times the largest (the pivots bound the
+    smallest eigenvalue from above, so this means a condition number above ``1 / (max(p, 100)
+    eps)``) counts as singular, like a failed factorisation. A singular matrix raises
+    :class:`SolverError`, unless ``singular="pinv"``: then the minimum-norm solution on the
+    matrix's range is returned, dropping eigenvalues below ``max(p, 100) * eps * lambda_max``
+    (NumPy's rank tolerance). That is the exact answer for a softmax output layer, whose Hessian
+    is singular along a shift of every logit by the same amount, a direction no prediction and
+    no gradient difference has.
     """
 
     kind = SolverKind.EXACT
@@ -102,22 +117,57 @@ class Exact:
         M = H.dense()
         if self.damping:
             M = M + self.damping * torch.eye(p, dtype=M.dtype, device=M.device)
-        L, info = torch.linalg.cholesky_ex(M)
         details = {"damping": self.damping}
-        if int(info) == 0:
+        N = _declared_null_space(H) if not self.damping else None
+        A = M
+        if N is not None:
+            A = M + (float(torch.diagonal(M).mean()) or 1.0) * (N @ N.T)
+            details["null_space"] = int(N.shape[1])
+        L, info = torch.linalg.cholesky_ex(A)
+        pivot_ratio = _pivot_ratio(L) if int(info) == 0 else 0.0
+        details["pivot_ratio"] = pivot_ratio
+        if int(info) == 0 and pivot_ratio > max(p, 100) * torch.finfo(M.dtype).eps:
             x = torch.cholesky_solve(v.unsqueeze(1), L).squeeze(1)
         elif self.singular == "pinv":
-            x, details["rank"], details["dropped_eigenvalues"] = _pinv_solve(M, v)
+            x, details["rank"], details["dropped_eigenvalues"] = _pinv_solve(A, v)
             details["pseudo_inverse"] = True
-        else:
+        elif int(info) != 0:
             raise SolverError(
                 "The Hessian is not positive definite (Cholesky failed), so the exact solve is undefined: "
-                "the model is non-convex or not at a minimum. Add damping > 0 or use solver='cg' with damping."
+                "the model is non-convex, not at a minimum, or flat along some direction. Add damping > 0, use "
+                "solver='cg' with damping, or singular='pinv' for the minimum-norm solution."
+            )
+        else:
+            raise SolverError(
+                f"The Hessian is singular up to rounding (smallest Cholesky pivot {pivot_ratio:.2g} times the largest), "
+                "so the exact solve is not unique: its component along the flat direction would be rounding noise "
+                "although the residual looks tiny. The objective is flat along some direction (e.g. unpenalised "
+                "intercepts of a softmax model, or l2 = 0). Penalise the intercept or set l2 > 0, add damping > 0, or "
+                "pass singular='pinv' for the minimum-norm solution."
             )
         residual = float(torch.linalg.vector_norm(M @ x - v)) / v_norm if v_norm else 0.0
         report = SolverReport("exact", iterations=1, residual=residual, converged=True, hvps=0,
                               seconds=time.perf_counter() - start, details=details)
         return x, report
+
+
+def _declared_null_space(H) -> torch.Tensor | None:
+    """The flat directions the model declares (``model.null_space()``), or None."""
+    model = getattr(getattr(H, "flat", None), "model", None)
+    declare = getattr(model, "null_space", None)
+    N = declare() if callable(declare) else None
+    if N is None or N.ndim != 2 or N.shape[0] != H.n_params or N.shape[1] == 0:
+        return None
+    return N.to(dtype=H.flat.dtype, device=H.flat.device)
+
+
+def _pivot_ratio(L: torch.Tensor) -> float:
+    """``min_i L_ii^2 / max_i L_ii^2`` of a Cholesky factor (an upper bound on ``1 / cond``)."""
+    if not L.numel():
+        return 1.0
+    d = torch.diagonal(L) ** 2
+    top = float(d.max())
+    return float(d.min()) / top if top > 0 else 0.0
 
 
 def _pinv_solve(M: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, int, int]:

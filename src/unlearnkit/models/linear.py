@@ -9,11 +9,29 @@ from torch.nn import functional as F
 from unlearnkit.models.base import UnlearnableModel
 
 
+def logistic_loss(margin: torch.Tensor) -> torch.Tensor:
+    """``log(1 + exp(-m))`` of the margin ``m``, with derivatives exact to rounding at every margin.
+
+    Written as ``log1p(e)`` (``m >= 0``) or ``-m + log1p(e)`` (``m < 0``) with
+    ``e = exp(-|m|) <= 1``, so autograd gives ``-sigmoid(-m)`` and ``sigmoid(m) sigmoid(-m)`` to
+    full relative precision. (``softplus`` switches to the identity beyond margin 20, where its
+    second derivative is 0; ``-logsigmoid`` loses its second derivative beyond margin ~37.)
+    """
+    positive = margin >= 0
+    e = torch.exp(torch.where(positive, -margin, margin))
+    return torch.where(positive, torch.log1p(e), torch.log1p(e) - margin)
+
+
+def logistic_curvature(z: torch.Tensor) -> torch.Tensor:
+    """``d^2 l / dz^2 = sigmoid(z) sigmoid(-z)`` (= ``p (1 - p)`` without the cancellation in ``1 - p``)."""
+    return torch.sigmoid(z) * torch.sigmoid(-z)
+
+
 class LogisticRegression(UnlearnableModel):
     """Logistic regression ``f(x) = W x + b``.
 
     * ``n_classes == 2``: one logit ``z = w.x + b``; per-sample loss
-      ``l = log(1 + exp(-s z))`` with ``s = 2y - 1`` (labels 0/1).
+      ``l = log(1 + exp(-s z))`` with ``s = 2y - 1`` (labels 0/1), :func:`logistic_loss`.
     * ``n_classes > 2``: multinomial (softmax) with ``n_classes`` logits and cross-entropy.
 
     The objective is ``sum_i l_i + (l2 / 2)(||W||^2 + ||b||^2)``: the intercept is regularised
@@ -23,7 +41,8 @@ class LogisticRegression(UnlearnableModel):
 
     Options: ``fit_intercept=False`` drops the intercept; ``penalize_intercept=False`` leaves it
     out of the L2 term (scikit-learn's objective ``C sum_i l_i + ||W||^2 / 2``, i.e.
-    ``l2 = 1 / C``; no longer strongly convex in the intercept); ``loss_perturbation=True`` adds
+    ``l2 = 1 / C``; no longer strongly convex in the intercept, and a softmax model's intercepts
+    are then determined only up to a common shift, see :meth:`null_space`); ``loss_perturbation=True`` adds
     the buffer ``perturbation`` holding the vector ``b`` of Guo et al.'s objective
     ``L + b . theta`` (filled by :func:`unlearnkit.influence.certified.certified_train`).
     """
@@ -65,6 +84,25 @@ class LogisticRegression(UnlearnableModel):
     def linear_term(self) -> torch.Tensor | None:
         return self.perturbation if self.loss_perturbation else None
 
+    def null_space(self) -> torch.Tensor | None:
+        """Orthonormal directions ``N`` (shape ``(p, q)``) along which the objective is flat, or None.
+
+        A softmax model whose intercepts are not penalised predicts the same probabilities when
+        every intercept moves by the same amount, so its objective (and its Hessian, ``H N = 0``)
+        is flat along ``N = (0, ..., 0, 1, ..., 1) / sqrt(C)`` (zeros on the weights, in parameter
+        order). The minimiser is unique only up to that shift; unlearnkit fixes the gauge at the
+        minimum-norm solution (intercepts summing to zero), which training from zero and every
+        update orthogonal to ``N`` keep. Every gradient (and every gradient difference) is
+        orthogonal to ``N``. Binary models and penalised (or absent) intercepts have no such
+        direction (None); with ``l2 = 0`` the weights can be flat too, which this does not cover.
+        """
+        if not self.fit_intercept or self.penalize_intercept or self.n_outputs == 1:
+            return None
+        w = self.linear.weight
+        N = torch.zeros(self.n_params, 1, dtype=w.dtype, device=w.device)
+        N[w.numel():, 0] = 1.0 / self.n_outputs ** 0.5
+        return N
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         return (self.n_features,)
@@ -93,7 +131,7 @@ class LogisticRegression(UnlearnableModel):
     def per_sample_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.n_classes == 2:
             sign = 2.0 * y.to(logits.dtype) - 1.0
-            return F.softplus(-sign * logits)
+            return logistic_loss(sign * logits)
         return F.cross_entropy(logits, y, reduction="none")
 
     def _augmented(self, theta: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,8 +169,7 @@ class LogisticRegression(UnlearnableModel):
         """
         Xa, z = self._augmented(theta, X)
         if self.n_outputs == 1:
-            p = torch.sigmoid(z[:, 0])
-            return Xa.T @ (Xa * (p * (1 - p))[:, None])
+            return Xa.T @ (Xa * logistic_curvature(z[:, 0])[:, None])
         C, d1 = self.n_outputs, Xa.shape[1]
         p = torch.softmax(z, dim=1)
         H = torch.empty(C * d1, C * d1, dtype=X.dtype, device=X.device)
@@ -154,8 +191,7 @@ class LogisticRegression(UnlearnableModel):
         """
         Xa, z = self._augmented(theta, X)
         if self.n_outputs == 1:
-            p = torch.sigmoid(z[:, 0])
-            return (Xa * torch.sqrt(p * (1 - p))[:, None]).T
+            return (Xa * torch.sqrt(logistic_curvature(z[:, 0]))[:, None]).T
         p = torch.softmax(z, dim=1)  # (m, C)
         sq = torch.sqrt(p)
         S = torch.diag_embed(sq) - p[:, :, None] * sq[:, None, :]  # (m, C, C): S[i, c', c]
@@ -180,8 +216,8 @@ class LogisticRegression(UnlearnableModel):
 
     def _output_residual(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``d l_i / d z_i``: ``sigmoid(z) - y`` (binary) or ``softmax(z) - onehot(y)``."""
-        if self.n_outputs == 1:
-            return torch.sigmoid(z) - y.to(z.dtype)[:, None]
+        if self.n_outputs == 1:  # sigmoid(z) - y, without the cancellation of 1 - sigmoid(z) for y = 1
+            return torch.where(y[:, None] == 1, -torch.sigmoid(-z), torch.sigmoid(z))
         r = torch.softmax(z, dim=1)
         r[torch.arange(len(y), device=z.device), y] -= 1.0
         return r
@@ -207,8 +243,7 @@ class LogisticRegression(UnlearnableModel):
         z = self.sparse_logits(rows, W, b)
         dz = self.sparse_logits(rows, Vw, vb)
         if self.n_outputs == 1:
-            p = torch.sigmoid(z)
-            R = p * (1 - p) * dz
+            R = logistic_curvature(z) * dz
         else:
             p = torch.softmax(z, dim=1)
             R = p * dz - p * (p * dz).sum(1, keepdim=True)
