@@ -197,7 +197,7 @@ def test_failing_exact_solver_leaves_model_unchanged(binary_10k):
 def test_bad_first_order_step_leaves_model_unchanged(binary_10k):
     data, model = binary_10k
     snap = snapshot(model)
-    with pytest.raises(SolverError, match=r"tau must be a positive number or 'auto', got -0.5"):
+    with pytest.raises(MethodError, match=r"'tau' = -0.5 is outside its registered range"):
         unlearnkit.unlearn(model, data, Changes.remove([5]), method="first-order", tau=-0.5)
     assert_unchanged(model, snap)
 

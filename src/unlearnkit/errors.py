@@ -41,3 +41,8 @@ class LedgerError(UnlearnKitError, RuntimeError):
 class BenchError(UnlearnKitError, ValueError):
     """A benchmark configuration, results store or run cannot be used as given: an invalid config,
     a store made by another config, a corrupted or foreign results database."""
+
+
+class OutputError(UnlearnKitError, ValueError):
+    """An output path cannot be written safely: a folder, a symbolic link, a device or FIFO, or a
+    file inside a ledger folder that only the ledger may write."""

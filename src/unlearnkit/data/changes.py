@@ -25,6 +25,8 @@ Validation rules (each failure is a :class:`~unlearnkit.errors.ChangesError` nam
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,19 +39,50 @@ from unlearnkit.errors import ChangesError, DataError
 FORMAT = "unlearnkit.changes/1"
 
 
+#: Largest change-set file :meth:`Changes.load` reads (64 MiB, about eight million row ids). Parsing
+#: JSON takes many times the file's size in memory, so a larger file is refused before it is read;
+#: split a larger request into several change sets.
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+_INT64_MAX = np.iinfo(np.int64).max
+
+
 def _int_tuple(values, what: str) -> tuple[int, ...]:
+    if isinstance(values, (bool, np.bool_)) or (isinstance(values, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in values)):
+        raise ChangesError(f"{what} must be integers; got bool (true/false) values.")
+    if isinstance(values, (list, tuple)) and any(type(v) is int and not -_INT64_MAX - 1 <= v <= _INT64_MAX for v in values):
+        big = next(v for v in values if type(v) is int and not -_INT64_MAX - 1 <= v <= _INT64_MAX)
+        raise ChangesError(f"{what} must be below 2**63 (row ids are 64-bit integers); found {big}.")
     try:
         arr = np.asarray(values).reshape(-1)
-    except (ValueError, TypeError) as exc:
-        raise ChangesError(f"{what} must be a flat list of integers ({exc}).") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise ChangesError(f"{what} must be a flat list of integers ({type(exc).__name__}: {str(exc)[:100]}).") from None
     if arr.size == 0:
         return ()
+    if arr.dtype.kind == "b":
+        raise ChangesError(f"{what} must be integers; got bool (true/false) values.")
+    if arr.dtype.kind not in "iuf" or (arr.dtype.kind == "f" and not np.all(np.isfinite(arr))):
+        raise ChangesError(f"{what} must be integers (finite); got {arr.dtype} values such as {arr[:3].tolist()}.")
     if not (np.issubdtype(arr.dtype, np.integer) or (np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0))):
         raise ChangesError(f"{what} must be integers; got {arr.dtype} values such as {arr[:3].tolist()}.")
+    if arr.dtype.kind == "f" and np.any(np.abs(arr) >= 2.0**63):
+        raise ChangesError(f"{what} must be below 2**63; found {arr[np.abs(arr) >= 2.0**63][0]:.0f}.")
+    if arr.dtype.kind == "u" and np.any(arr > np.iinfo(np.int64).max):
+        raise ChangesError(f"{what} must be below 2**63; found {int(arr.max())}.")
     arr = arr.astype(np.int64)
     if np.any(arr < 0):
         raise ChangesError(f"{what} must be >= 0; found {int(arr.min())}.")
-    return tuple(int(v) for v in arr)
+    return tuple(arr.tolist())
+
+
+def _decode(raw: bytes, what: str) -> str:
+    """UTF-8 text (a UTF-8 byte-order mark is dropped); UTF-16 and other bytes are refused by name."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(raw) >= 2 and b"\x00" in raw[:2]):
+        raise ChangesError(f"{what} is UTF-16 (or another two-byte encoding); save it as UTF-8 JSON.")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ChangesError(f"{what} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 JSON.") from None
 
 
 @dataclass(frozen=True)
@@ -104,12 +137,14 @@ class LabelEdit:
             raise ChangesError("A label edit needs at least one row.")
         if len(labels) != len(rows):
             raise ChangesError(f"A label edit has {len(rows)} rows but {len(labels)} labels.")
-        seen: dict[int, int] = {}
-        for r, lab in zip(rows, labels):
-            if seen.setdefault(r, lab) != lab:
-                raise ChangesError(f"Row {r} is given two different labels ({seen[r]} and {lab}).")
-        object.__setattr__(self, "rows", tuple(seen))
-        object.__setattr__(self, "labels", tuple(seen.values()))
+        if len(set(rows)) != len(rows):  # only then is a per-row dictionary needed
+            seen: dict[int, int] = {}
+            for r, lab in zip(rows, labels):
+                if seen.setdefault(r, lab) != lab:
+                    raise ChangesError(f"Row {r} is given two different labels ({seen[r]} and {lab}).")
+            rows, labels = tuple(seen), tuple(seen.values())
+        object.__setattr__(self, "rows", rows)
+        object.__setattr__(self, "labels", labels)
 
 
 @dataclass(frozen=True)
@@ -241,18 +276,23 @@ class Changes:
         clash = sorted(removed.intersection(labels))
         if clash:
             raise ChangesError(f"Rows {clash[:5]} are both removed and relabelled; drop one of the two requests.")
-        # feature cells with explicit rows: the same cell must not get two values
-        cells: dict[tuple[int, int], float] = {}
-        for edit in self.feature_edits:
-            if edit.rows is None:
-                continue
+        # feature cells with explicit rows: the same cell must not get two values. Compared edit
+        # against edit (shared columns first), so the cost never grows with rows x columns.
+        explicit = [e for e in self.feature_edits if e.rows is not None]
+        for edit in explicit:
             clash = sorted(removed.intersection(edit.rows))
             if clash:
                 raise ChangesError(f"Rows {clash[:5]} are both removed and feature-edited; drop one of the two requests.")
-            for r in edit.rows:
-                for c, v in zip(edit.columns, edit.values):
-                    if cells.setdefault((r, c), v) != v:
-                        raise ChangesError(f"Cell (row {r}, column {c}) is set to two different values ({cells[(r, c)]} and {v}).")
+        for i, a in enumerate(explicit):
+            a_values = dict(zip(a.columns, a.values))
+            for b in explicit[i + 1:]:
+                differ = [(c, a_values[c], v) for c, v in zip(b.columns, b.values) if c in a_values and a_values[c] != v]
+                if not differ:
+                    continue
+                common = sorted(set(a.rows).intersection(b.rows))
+                if common:
+                    c, old, new = differ[0]
+                    raise ChangesError(f"Cell (row {common[0]}, column {c}) is set to two different values ({old} and {new}).")
 
     # ------------------------------------------------------------------ resolution
     def resolve(self, data: Dataset) -> Resolved:
@@ -263,6 +303,14 @@ class Changes:
         edits are expanded.
         """
         n_cols = data.n_features
+        n_rows = len(data)
+        for what, count in (("removes", len(self.removed_ids)),
+                            *(("relabels", len(e.rows)) for e in self.label_edits),
+                            *(("feature-edits", len(e.rows)) for e in self.feature_edits if e.rows is not None)):
+            if count > n_rows:
+                raise ChangesError(
+                    f"The change set {what} {count} rows but {data.name} has only {n_rows}; it names rows that do not exist."
+                )
         try:
             positions_of = data.positions
             removed_pos = positions_of(sorted(self.removed_ids)) if self.removals else np.zeros(0, np.int64)
@@ -285,11 +333,13 @@ class Changes:
             new_labels[pos] = labs
             label_pos.extend(pos.tolist())
 
-        # ---- features: expand to (row position, column) -> value, checking agreement
+        # ---- features: expand to (row position, column) -> value, checking agreement. Cells are
+        # kept as two flat arrays (key = position * n_cols + column, value), 16 bytes a cell.
         X = data.X
         flat = X if sp.issparse(X) else X.reshape(len(data), -1)
-        cell_pos: dict[tuple[int, int], float] = {}
-        removed_set = set(removed_pos.tolist())
+        removed_mask = np.zeros(len(data), dtype=bool)
+        removed_mask[removed_pos] = True
+        key_parts, value_parts = [], []
         for edit in self.feature_edits:
             bad = [c for c in edit.columns if c >= n_cols]
             if bad:
@@ -302,41 +352,49 @@ class Changes:
                     rows_pos = np.unique(nz.nonzero()[0])
                 else:
                     rows_pos = np.flatnonzero(nz.any(axis=1))
-                rows_pos = np.asarray([p for p in rows_pos.tolist() if p not in removed_set], dtype=np.int64)
+                rows_pos = rows_pos[~removed_mask[rows_pos]].astype(np.int64)
             else:
                 try:
                     rows_pos = positions_of(edit.rows)
                 except DataError as exc:
                     raise ChangesError(f"Feature edit: {exc}") from None
-            for p in rows_pos.tolist():
-                for c, v in zip(edit.columns, edit.values):
-                    old = cell_pos.setdefault((p, c), v)
-                    if old != v:
-                        raise ChangesError(
-                            f"Cell (row {int(data.ids[p])}, column {c}) is set to two different values ({old} and {v})."
-                        )
+            key_parts.append((rows_pos[:, None] * n_cols + cols[None, :]).reshape(-1))
+            value_parts.append(np.broadcast_to(np.asarray(edit.values, dtype=np.float64), (rows_pos.size, cols.size)).reshape(-1))
+        keys = np.concatenate(key_parts) if key_parts else np.zeros(0, np.int64)
+        values = np.concatenate(value_parts) if value_parts else np.zeros(0)
+        if keys.size:
+            order = np.argsort(keys, kind="stable")  # stable: the earlier edit's value comes first
+            keys, values = keys[order], values[order]
+            same = keys[1:] == keys[:-1]
+            clash = np.flatnonzero(same & (values[1:] != values[:-1]))
+            if clash.size:
+                i = int(clash[0])
+                p, c = divmod(int(keys[i]), n_cols)
+                raise ChangesError(
+                    f"Cell (row {int(data.ids[p])}, column {c}) is set to two different values ({values[i]} and {values[i + 1]})."
+                )
+            keep = np.ones(keys.size, dtype=bool)
+            keep[1:] = ~same
+            keys, values = keys[keep], values[keep]
+        ps, cs = np.divmod(keys, n_cols)
 
         # drop cells that do not actually change anything? No: a row named in an edit is
         # affected even if the value is already the target (its gradient term cancels).
-        feat_rows = sorted({p for p, _ in cell_pos})
+        feat_rows = np.unique(ps)
         new_X = flat.copy() if not sp.issparse(flat) else flat.tolil(copy=True)
-        if cell_pos:
+        if keys.size:
             if sp.issparse(flat):
-                for (p, c), v in cell_pos.items():
-                    new_X[p, c] = v
+                new_X[ps, cs] = values
                 new_X = new_X.tocsr()
                 new_X.eliminate_zeros()
             else:
-                ps = np.fromiter((p for p, _ in cell_pos), dtype=np.int64, count=len(cell_pos))
-                cs = np.fromiter((c for _, c in cell_pos), dtype=np.int64, count=len(cell_pos))
-                vs = np.fromiter(cell_pos.values(), dtype=np.float64, count=len(cell_pos))
-                new_X[ps, cs] = vs
+                new_X[ps, cs] = values
         elif sp.issparse(flat):
             new_X = flat.copy()
         if not sp.issparse(X):
             new_X = new_X.reshape(X.shape)
 
-        edited = np.asarray(sorted(set(feat_rows) | set(label_pos)), dtype=np.int64)
+        edited = np.union1d(feat_rows, np.asarray(label_pos, dtype=np.int64)).astype(np.int64)
         if edited.size == 0 and removed_pos.size == 0:
             raise ChangesError(
                 f"The change set affects no row of {data.name}: every feature it zeroes is already zero everywhere. Nothing to unlearn."
@@ -370,10 +428,13 @@ class Changes:
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
-        """Serialise; write to ``path`` if given. Returns the JSON text."""
+        """Serialise; write to ``path`` if given (atomically; a folder, link, device or a path
+        inside a ledger folder is refused). Returns the JSON text."""
         text = json.dumps(self.to_dict(), indent=1)
         if path is not None:
-            Path(path).write_text(text)
+            from unlearnkit.atomic import atomic_write
+
+            atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), user_path=True)
         return text
 
     @classmethod
@@ -402,19 +463,46 @@ class Changes:
             raise ChangesError(f"Malformed change set: missing or wrong field {exc}.") from None
 
     @classmethod
-    def from_json(cls, text: str) -> "Changes":
+    def from_json(cls, text: str | bytes) -> "Changes":
+        """Parse a change set from JSON text (UTF-8 bytes are accepted too)."""
+        if isinstance(text, (bytes, bytearray)):
+            text = _decode(bytes(text), "The change set")
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ChangesError(f"Change set is not valid JSON: {exc}.") from None
-        return cls.from_dict(obj)
+        except RecursionError:
+            raise ChangesError("Change set is nested too deeply to be a change set (lists inside lists without end); "
+                               "see Changes.to_json for the format.") from None
+        try:
+            return cls.from_dict(obj)
+        except RecursionError:
+            raise ChangesError("Change set is nested too deeply to be a change set; see Changes.to_json for the format.") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "Changes":
+        """Read a change set from a JSON file (UTF-8, at most :data:`MAX_FILE_BYTES`)."""
         path = Path(path)
-        if not path.is_file():
-            raise ChangesError(f"Change-set file not found: {path}.")
-        return cls.from_json(path.read_text())
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise ChangesError(f"Change-set file not found: {path}.") from None
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
+            raise ChangesError(f"Change-set file {path} is {kind}; give a JSON file.")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ChangesError(
+                f"Change-set file {path} has {st.st_size:,} bytes, beyond the limit of {MAX_FILE_BYTES:,} (64 MiB, about "
+                "eight million row ids); split the request into several change sets."
+            )
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ChangesError(f"Change-set file {path} cannot be read ({exc.strerror or exc}).") from None
+        if len(raw) > MAX_FILE_BYTES:
+            raise ChangesError(f"Change-set file {path} is larger than {MAX_FILE_BYTES:,} bytes; split the request.")
+        return cls.from_json(_decode(raw, f"Change-set file {path}"))
 
     def __repr__(self) -> str:
         parts = []

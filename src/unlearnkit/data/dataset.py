@@ -21,6 +21,13 @@ import torch
 
 from unlearnkit.errors import DataError
 
+#: Largest number of classes a data set may have. Labels are compact class codes
+#: ``0..n_classes-1``; a label far beyond the data (say 300000000 in a file of a few thousand rows)
+#: would make every model that many outputs wide, so it is refused before anything is built.
+MAX_CLASSES = 100_000
+
+_INT64_MAX = np.iinfo(np.int64).max
+
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
@@ -48,7 +55,7 @@ class Dataset:
     n_classes: int | None = None
     name: str = "data"
     feature_names: tuple[str, ...] | None = None
-    _id_index: dict = field(default=None, init=False, repr=False, compare=False)
+    _id_index: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         X = self.X
@@ -65,6 +72,11 @@ class Dataset:
                     f"{self.name}: X must have shape (n, *feature_shape); got shape {X.shape}. "
                     "Reshape a single feature vector to (1, d)."
                 )
+            if X.dtype.kind not in "biuf":
+                raise DataError(
+                    f"{self.name}: X must hold numbers (integers or floats); got dtype {X.dtype}. "
+                    "Convert text or object columns to numbers first."
+                )
             if not np.issubdtype(X.dtype, np.floating):
                 X = X.astype(np.float32)
             values = X
@@ -74,23 +86,27 @@ class Dataset:
         y = np.asarray(self.y)
         if y.ndim != 1 or y.shape[0] != X.shape[0]:
             raise DataError(f"{self.name}: y must have shape ({X.shape[0]},) to match X; got {y.shape}.")
+        if y.size and y.dtype.kind not in "biuf":
+            raise DataError(f"{self.name}: labels must be integers (class indices); got dtype {y.dtype}.")
         if y.size and not np.issubdtype(y.dtype, np.integer):
             if not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)):
                 raise DataError(f"{self.name}: labels must be integers (class indices); got {y.dtype} values.")
-        y = y.astype(np.int64)
         if y.size and y.min() < 0:
-            raise DataError(f"{self.name}: labels must be >= 0; found {int(y.min())}.")
+            raise DataError(f"{self.name}: labels must be >= 0; found {_show(y.min())}.")
+        if y.size and y.max() >= MAX_CLASSES:
+            raise DataError(
+                f"{self.name}: label {_show(y.max())} is beyond the limit of {MAX_CLASSES} classes. Labels must be "
+                "compact class codes 0..n_classes-1; map them with numpy.unique(y, return_inverse=True)."
+            )
+        y = y.astype(np.int64)
         n_classes = self.n_classes
         if n_classes is None:
             n_classes = max(2, int(y.max()) + 1 if y.size else 2)
+        if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or not 2 <= n_classes <= MAX_CLASSES:
+            raise DataError(f"{self.name}: n_classes must be an integer in [2, {MAX_CLASSES}]; got {n_classes!r}.")
         if y.size and y.max() >= n_classes:
             raise DataError(f"{self.name}: label {int(y.max())} is out of range for n_classes={n_classes}.")
-        ids = np.arange(X.shape[0], dtype=np.int64) if self.ids is None else np.asarray(self.ids)
-        if ids.shape != (X.shape[0],) or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-            raise DataError(f"{self.name}: ids must be {X.shape[0]} integers; got shape {ids.shape}, dtype {ids.dtype}.")
-        ids = ids.astype(np.int64)
-        if np.unique(ids).size != ids.size:
-            raise DataError(f"{self.name}: row ids must be unique.")
+        ids = np.arange(X.shape[0], dtype=np.int64) if self.ids is None else _check_ids(self.ids, X.shape[0], self.name)
         if self.feature_names is not None and len(self.feature_names) != _n_columns(X):
             raise DataError(
                 f"{self.name}: {len(self.feature_names)} feature names for {_n_columns(X)} feature columns."
@@ -123,15 +139,22 @@ class Dataset:
     # ------------------------------------------------------------------ ids
     def positions(self, ids) -> np.ndarray:
         """Positions of the given row ids; raises :class:`DataError` naming unknown ids."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if self._id_index is None:
-            object.__setattr__(self, "_id_index", {int(i): k for k, i in enumerate(self.ids)})
-        index = self._id_index
-        missing = [int(i) for i in ids if int(i) not in index]
-        if missing:
-            shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
-            raise DataError(f"{self.name}: {len(missing)} row id(s) not in the dataset: {shown}.")
-        return np.fromiter((index[int(i)] for i in ids), dtype=np.int64, count=ids.size)
+        try:
+            ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        except (OverflowError, ValueError, TypeError) as exc:
+            raise DataError(f"{self.name}: row ids must be integers below 2**63 ({exc}).") from None
+        if self._id_index is None:  # ids sorted, and the position of each: a lookup is a binary search
+            order = np.argsort(self.ids, kind="stable")
+            object.__setattr__(self, "_id_index", (self.ids[order], order.astype(np.int64)))
+        sorted_ids, order = self._id_index
+        where = np.searchsorted(sorted_ids, ids)
+        found = where < sorted_ids.size
+        found[found] = sorted_ids[where[found]] == ids[found]
+        if not found.all():
+            missing = ids[~found]
+            shown = ", ".join(map(str, missing[:5].tolist())) + (" ..." if missing.size > 5 else "")
+            raise DataError(f"{self.name}: {missing.size} row id(s) not in the dataset: {shown}.")
+        return order[where]
 
     # ------------------------------------------------------------------ views
     def subset(self, positions, name: str | None = None) -> "Dataset":
@@ -204,3 +227,44 @@ class Dataset:
 
 def _n_columns(X) -> int:
     return int(np.prod(X.shape[1:])) if X.ndim > 1 else 1
+
+
+def _show(value) -> str:
+    """A label or id as text for messages (never wrapped to another integer type)."""
+    value = value.item() if hasattr(value, "item") else value
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def _check_ids(ids, n: int, name: str) -> np.ndarray:
+    """Row ids as int64: ``n`` unique integers in ``[0, 2**63)``, refused by name otherwise."""
+    if isinstance(ids, (list, tuple)) and ids and all(type(v) is int for v in ids):
+        big = max(ids)
+        if big > _INT64_MAX:  # numpy would turn such a list into floats or objects
+            raise DataError(f"{name}: row id {big} is beyond the largest supported id {_INT64_MAX} (2**63 - 1).")
+    try:
+        arr = np.asarray(ids)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise DataError(f"{name}: ids must be {n} integers ({exc}).") from None
+    if arr.shape != (n,):
+        raise DataError(f"{name}: ids must be {n} integers; got shape {arr.shape}, dtype {arr.dtype}.")
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "b":
+        raise DataError(f"{name}: ids must be integers, not booleans (got dtype {arr.dtype}).")
+    if arr.dtype.kind == "O" and all(isinstance(v, int) and not isinstance(v, bool) for v in arr.tolist()):
+        big = max(arr.tolist())
+        raise DataError(f"{name}: row id {big} is beyond the largest supported id {_INT64_MAX} (2**63 - 1).")
+    if arr.dtype.kind not in "iu":
+        raise DataError(
+            f"{name}: ids must be {n} integers; got dtype {arr.dtype}"
+            + (" (float ids are refused: they can silently round; store ids as integers)." if arr.dtype.kind == "f" else ".")
+        )
+    if arr.dtype.kind == "u" and arr.max() > _INT64_MAX:
+        raise DataError(f"{name}: row id {int(arr.max())} is beyond the largest supported id {_INT64_MAX} (2**63 - 1).")
+    arr = arr.astype(np.int64)
+    if arr.min() < 0:
+        raise DataError(f"{name}: row ids must be >= 0; found {int(arr.min())}.")
+    if np.unique(arr).size != arr.size:
+        values, counts = np.unique(arr, return_counts=True)
+        raise DataError(f"{name}: row ids must be unique; id {int(values[counts > 1][0])} appears {int(counts[counts > 1][0])} times.")
+    return arr

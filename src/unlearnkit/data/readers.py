@@ -26,12 +26,15 @@ import gzip
 import logging
 import math
 import os
+import stat
+import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
+from unlearnkit.atomic import atomic_write
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import DataError
 
@@ -126,14 +129,31 @@ def read_idx(path) -> np.ndarray:
     return data.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
 
 
+def _check_regular_file(path: Path) -> int:
+    """The size of ``path`` if it is a regular file; a named :class:`DataError` otherwise.
+
+    A FIFO or a device would block or never end when read, so only regular files are read.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file. Check the path.") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{path}: is a folder, expected a file.")
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{path}: is not a regular file (a device, FIFO or socket); give a data file.")
+    return st.st_size
+
+
 def _read_bytes(path: Path) -> bytes:
+    _check_regular_file(path)
     try:
         with open(path, "rb") as f:
             raw = f.read()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file. Check the path.") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, expected a file.") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
@@ -311,13 +331,28 @@ def read_csv(
     """
     path = Path(path)
     name = name or path.name
+    _check_regular_file(path)
     try:
-        with open(path, newline="") as f:
+        with open(path, "rb") as f:
+            start = f.read(4)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+    if start[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(start) >= 2 and b"\x00" in start[:2]):
+        raise DataError(f"{path}: the file is UTF-16 (or another two-byte encoding); save the CSV as UTF-8 and try again.")
+    try:
+        # utf-8-sig: a UTF-8 byte-order mark (as spreadsheet programs write) is accepted and dropped
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f, delimiter=delimiter)]
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file. Check the path.") from None
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not a text CSV file ({e}).") from None
+        raise DataError(
+            f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason}); save the CSV as UTF-8 and try again."
+        ) from None
+    except csv.Error as e:
+        raise DataError(
+            f"{path}: not a readable CSV file ({e}); fields must be numbers separated by {delimiter!r}."
+        ) from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
     # Keep 1-based line numbers; drop blank lines.
     numbered = [(i + 1, r) for i, r in enumerate(rows) if any(cell.strip() for cell in r)]
     if not numbered:
@@ -356,6 +391,7 @@ def read_csv(
     ids = None if id_idx is None else _integer_column(path, table[:, id_idx], numbered, columns[id_idx], "id")
     feature_names = tuple(columns[j] for j in feature_cols) if names is not None else tuple(f"x{k}" for k in range(len(feature_cols)))
     X = table[:, feature_cols].astype(dtype)
+    _check_compact_labels(path, y, n_classes)
     logger.debug("read %s: %s", path, X.shape)
     return Dataset(X, y, ids, n_classes=n_classes, name=name, feature_names=feature_names)
 
@@ -414,12 +450,41 @@ def _integer_column(path, values, numbered, column, what) -> np.ndarray:
             f"{path}: line {line}, column {column!r}: {what} {values[bad[0]]!r} is not an integer; "
             f"{what}s must be integers (class labels 0..n_classes-1)."
         )
+    # Integers beyond 2**53 are not exact in the float64 table, and beyond 2**63 would wrap.
+    big = np.flatnonzero(np.abs(values) >= 2.0**53)
+    if big.size:
+        line = numbered[int(big[0])][0]
+        raise DataError(
+            f"{path}: line {line}, column {column!r}: {what} {values[big[0]]:.0f} "
+            f"is too large; {what}s must be below 2**53 to be read exactly from a CSV file."
+        )
     return values.astype(np.int64)
+
+
+def _check_compact_labels(path, y: np.ndarray, n_classes) -> None:
+    """Labels read from a file must be compact class codes: without ``n_classes``, the largest
+    label may not exceed the number of rows (a 300000000 in the label column would otherwise
+    make every model 300 million classes wide)."""
+    if n_classes is not None or y.size == 0:
+        return
+    top = int(y.max())
+    if top >= max(2, y.size):
+        raise DataError(
+            f"{path}: label {top} in a file of {y.size} rows: labels must be compact class codes 0..n_classes-1 "
+            "(at most one class per row). Map them with numpy.unique(y, return_inverse=True), or pass n_classes= "
+            "if the classes really outnumber the rows."
+        )
 
 
 # --------------------------------------------------------------------------------------- NPZ
 def read_npz(path, *, name: str | None = None) -> Dataset:
     """Read a data set from an ``.npz`` file (layout in the module docstring).
+
+    Every array's header is read and checked before its data: its declared size must fit in
+    the bytes the archive holds for it, object arrays are refused, and the arrays together
+    may not inflate beyond :data:`NPZ_MAX_INFLATE` times the file's size once they exceed
+    :data:`NPZ_INFLATE_FLOOR` bytes (a compressed archive of zeros could otherwise claim any
+    amount of memory).
 
     Parameters
     ----------
@@ -434,10 +499,9 @@ def read_npz(path, *, name: str | None = None) -> Dataset:
         Dense if the file has an ``X`` key, CSR if it has ``data/indices/indptr/shape``.
     """
     path = Path(path)
+    size = _check_regular_file(path)
     try:
         archive = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file. Check the path.") from None
     except (ValueError, OSError, EOFError) as e:
         raise DataError(f"{path}: not a readable .npz file ({e}).") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -445,18 +509,22 @@ def read_npz(path, *, name: str | None = None) -> Dataset:
     try:
         with archive:
             keys = set(archive.files)
+            _check_npz_sizes(path, archive, size)
+            get = lambda key, kinds: _npz_array(path, archive, key, kinds)  # noqa: E731
             sparse_keys = {"data", "indices", "indptr", "shape"}
             if "X" in keys:
-                X = archive["X"]
+                X = get("X", "biuf")
             elif sparse_keys <= keys:
-                fmt = archive["format"].item() if "format" in keys else "csr"
-                fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+                fmt = _npz_text(path, get("format", "US"), "format") if "format" in keys else "csr"
                 if fmt != "csr":
                     raise DataError(f"{path}: sparse format {fmt!r} is not supported; save X as CSR.")
-                shape = tuple(int(s) for s in archive["shape"])
+                shape = get("shape", "iu")
+                if shape.shape != (2,):
+                    raise DataError(f"{path}: 'shape' must hold the two integers (n, d); got an array of shape {shape.shape}.")
+                shape = tuple(int(v) for v in shape)
                 try:
-                    X = sp.csr_matrix((archive["data"], archive["indices"], archive["indptr"]), shape=shape)
-                except ValueError as e:
+                    X = sp.csr_matrix((get("data", "biuf"), get("indices", "iu"), get("indptr", "iu")), shape=shape)
+                except (ValueError, TypeError, OverflowError) as e:
                     raise DataError(f"{path}: inconsistent sparse arrays ({e}).") from None
             else:
                 raise DataError(
@@ -468,18 +536,91 @@ def read_npz(path, *, name: str | None = None) -> Dataset:
                     f"{path}: no labels: expected key 'y'; found {sorted(keys)}. Save with "
                     "unlearnkit.data.save_npz or numpy.savez(path, X=..., y=...)."
                 )
-            y = archive["y"]
-            ids = archive["ids"] if "ids" in keys else None
-            n_classes = int(archive["n_classes"]) if "n_classes" in keys else None
-            feature_names = tuple(str(s) for s in archive["feature_names"]) if "feature_names" in keys else None
+            y = get("y", "biuf")
+            ids = get("ids", "biuf") if "ids" in keys else None
+            n_classes = None
+            if "n_classes" in keys:
+                raw = get("n_classes", "iu")
+                if raw.shape != ():
+                    raise DataError(f"{path}: 'n_classes' must be a single integer; got an array of shape {raw.shape}.")
+                n_classes = int(raw)
+            feature_names = None
+            if "feature_names" in keys:
+                raw = get("feature_names", "US")
+                if raw.ndim != 1:
+                    raise DataError(f"{path}: 'feature_names' must be a 1-D array of strings; got shape {raw.shape}.")
+                feature_names = tuple(str(v) for v in raw)
             if name is None:
-                name = str(archive["name"]) if "name" in keys else path.name
+                name = _npz_text(path, get("name", "US"), "name") if "name" in keys else path.name
     except DataError:
         raise
-    except ValueError as e:  # e.g. an object array that would need pickle
-        raise DataError(f"{path}: cannot read ({e}); object arrays are not supported.") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # e.g. a corrupt member
+        raise DataError(f"{path}: cannot read ({e}).") from None
+    if not sp.issparse(X) and X.ndim < 2:
+        raise DataError(
+            f"{path}: 'X' must have shape (n, *feature_shape); got shape {X.shape}. Save a single column as shape (n, 1)."
+        )
+    if X.shape[0] == 0:
+        raise DataError(f"{path}: the data set has no rows.")
+    if y.ndim == 1 and y.size and y.dtype.kind in "iu":
+        _check_compact_labels(path, y, n_classes)
     logger.debug("read %s: %s", path, X.shape)
     return Dataset(X, y, ids, n_classes=n_classes, name=name, feature_names=feature_names)
+
+
+#: An NPZ file's arrays may take at most this many times the file's size in memory ...
+NPZ_MAX_INFLATE = 100
+#: ... once they are larger than this many bytes together (small compressed files are fine).
+NPZ_INFLATE_FLOOR = 1 << 30
+
+
+def _check_npz_sizes(path: Path, archive, size: int) -> None:
+    infos = archive.zip.infolist()
+    total = sum(i.file_size for i in infos)
+    if total > NPZ_INFLATE_FLOOR and total > NPZ_MAX_INFLATE * max(size, 1):
+        raise DataError(
+            f"{path}: its arrays inflate to {total} bytes from a {size}-byte file, beyond the limit of "
+            f"{NPZ_MAX_INFLATE} times the file's size; save the data uncompressed (numpy.savez) if it is real."
+        )
+
+
+def _npz_array(path: Path, archive, key: str, kinds: str) -> np.ndarray:
+    """Read member ``key`` after checking its header: dtype kind in ``kinds``, size within the member."""
+    member = key + ".npy"
+    if member not in archive.zip.namelist():
+        member = key
+    info = archive.zip.getinfo(member)
+    with archive.zip.open(member) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                shape, _, dtype = np.lib.format._read_array_header(f, version)
+        except (ValueError, EOFError, SyntaxError) as e:
+            raise DataError(f"{path}: key {key!r} is not a readable array ({e}).") from None
+        header = f.tell()
+    if dtype.hasobject:
+        raise DataError(f"{path}: key {key!r} is an object array, which would need pickle; object arrays are not supported.")
+    if dtype.kind not in kinds:
+        want = {"biuf": "numbers", "iu": "integers", "US": "text"}.get(kinds, kinds)
+        raise DataError(f"{path}: key {key!r} must hold {want}; got dtype {dtype} (shape {shape}).")
+    need = math.prod(shape) * dtype.itemsize
+    if need > info.file_size - header:
+        raise DataError(
+            f"{path}: key {key!r} declares shape {shape} ({need} bytes) but the archive holds "
+            f"{info.file_size - header} bytes for it; the file is truncated or crafted."
+        )
+    return archive[key]
+
+
+def _npz_text(path: Path, value: np.ndarray, key: str) -> str:
+    if value.shape != ():
+        raise DataError(f"{path}: {key!r} must be a single string; got an array of shape {value.shape}.")
+    item = value.item()
+    return item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
 
 
 def save_npz(ds: Dataset, path, *, compress: bool = False) -> Path:
@@ -490,7 +631,9 @@ def save_npz(ds: Dataset, path, *, compress: bool = False) -> Path:
     ds:
         The data set (dense or CSR).
     path:
-        Destination; written exactly there (no ``.npz`` is appended).
+        Destination; written exactly there (no ``.npz`` is appended), atomically. A folder,
+        a symbolic link, a device, a FIFO or a path inside a ledger folder is refused
+        (:class:`~unlearnkit.errors.OutputError`).
     compress:
         Use zip compression (smaller, slower).
 
@@ -512,8 +655,9 @@ def save_npz(ds: Dataset, path, *, compress: bool = False) -> Path:
     if ds.feature_names is not None:
         arrays["feature_names"] = np.asarray(ds.feature_names, dtype=str)
     writer = np.savez_compressed if compress else np.savez
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        writer(f, **arrays)
-    os.replace(tmp, path)
-    return path
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            writer(f, **arrays)
+
+    return atomic_write(path, write, user_path=True)

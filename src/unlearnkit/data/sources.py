@@ -20,6 +20,7 @@ Grammar
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 from unlearnkit.data import embedded, readers, synthetic
@@ -121,18 +122,34 @@ def _synthetic_args(params: str) -> dict:
             )
         kind = _SYNTHETIC_TYPES[key]
         try:
-            value = kind(float(raw)) if kind is int else kind(raw)
-            if kind is int and float(raw) != value:
-                raise ValueError
+            values[key] = _parse_int(raw) if kind is int else _parse_float(raw)
         except (ValueError, OverflowError):
-            raise DataError(f"synthetic parameter {key}={raw!r} must be {'an integer' if kind is int else 'a number'}.") from None
-        values[key] = value
+            raise DataError(f"synthetic parameter {key}={raw!r} must be {'an integer' if kind is int else 'a finite number'}.") from None
     if values["sparse"] not in (0, 1):
         raise DataError(f"synthetic parameter sparse must be 0 or 1; got {values['sparse']}.")
     return dict(
         n=values["n"], d=values["d"], n_classes=values["classes"], sparse=bool(values["sparse"]),
         density=values["density"], noise=values["noise"], seed=values["seed"],
     )
+
+
+def _parse_int(raw: str) -> int:
+    """An integer written as digits (exact, any size) or in float notation such as ``1e6``."""
+    raw = raw.strip()
+    try:
+        return int(raw)
+    except ValueError:
+        value = float(raw)
+        if not math.isfinite(value) or value != int(value):
+            raise ValueError(raw) from None
+        return int(value)
+
+
+def _parse_float(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(raw)
+    return value
 
 
 def _valid() -> str:

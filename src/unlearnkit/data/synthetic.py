@@ -29,6 +29,13 @@ __all__ = ["make_classification"]
 # same data, whatever the size of the request.
 _BLOCK_ROWS = 65536
 
+#: Largest request :func:`make_classification` accepts, checked before anything is allocated:
+#: rows, stored feature values (``n * d`` dense, about ``n * d * density`` sparse) and entries
+#: of the planted weight matrix (``d * n_classes``).
+MAX_ROWS = 100_000_000
+MAX_VALUES = 1_000_000_000
+MAX_WEIGHTS = 100_000_000
+
 
 def make_classification(
     n: int,
@@ -82,6 +89,20 @@ def make_classification(
         raise DataError(f"dtype must be float32 or float64; got {dtype}.")
     if sparse and not (isinstance(density, (int, float)) and 0 < density <= 1):
         raise DataError(f"density must be in (0, 1] (probability that an entry is 1); got {density!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise DataError(f"seed must be an integer in [0, 2**64); got {seed!r}.")
+    from unlearnkit.data.dataset import MAX_CLASSES
+
+    values = n * d * (float(density) if sparse else 1.0)
+    for what, amount, limit in (
+        ("rows", n, MAX_ROWS), ("stored feature values", values, MAX_VALUES),
+        ("planted weights (d * n_classes)", d * n_classes, MAX_WEIGHTS), ("classes", n_classes, MAX_CLASSES),
+    ):
+        if amount > limit:
+            raise DataError(
+                f"synthetic data of n={n}, d={d}, n_classes={n_classes}{f', density={density:g}' if sparse else ''} "
+                f"needs {amount:.3g} {what}, beyond the limit of {limit:,}; ask for a smaller data set."
+            )
 
     rng = np.random.default_rng(seed)
     W = rng.standard_normal((d, n_classes))
