@@ -15,8 +15,6 @@ from unlearnkit.methods.distill import incompetent_teacher
 from unlearnkit.methods.noise import nearest_incorrect_labels
 from unlearnkit.training import TrainConfig, accuracy, train
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 METHODS = ["bad-teacher", "scrub", "kde", "fcs", "unsir", "boundary-shrink"]
 # SCRUB is the stated exception to "forgets the class at its defaults": on this CNN (no batch
 # norm, no dropout) the student starts at a stationary point of both its steps, and at the
@@ -27,7 +25,6 @@ FORGETTING = [m for m in METHODS if m != "scrub"]
 
 @pytest.fixture(scope="module")
 def digits():
-    torch.set_num_threads(1)
     digits = uk.data.load_digits()
     random = uk.data.unlearning_split(digits)
     classwise = uk.data.unlearning_split(digits, forget_classes=[3])

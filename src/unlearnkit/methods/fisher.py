@@ -1,4 +1,4 @@
-"""Curvature family: IU (influence / WoodFisher), FF (Fisher forgetting) and SSD (Selective Synaptic Dampening).
+"""Curvature family: IU (influence / WoodFisher), FF (Fisher forgetting, faithful and class-wise) and SSD.
 
 Each method edits the weights once, without training. IU takes one Newton-like step with an
 empirical-Fisher curvature. FF adds Gaussian noise shaped by the inverse diagonal Fisher of the
@@ -226,6 +226,79 @@ class FisherForgetting(DeepMethod):
                 largest = max(largest, float(std.max()))
                 p.add_(std * randn_like(p, ctx.generator))
         return {"max_noise_std": largest}
+
+
+def fully_forgotten_classes(retain_labels: torch.Tensor, forget_labels: torch.Tensor) -> list[int]:
+    """Labels of the forget set that no retain row carries: the classes a removal forgets entirely."""
+    kept = set(torch.unique(retain_labels).tolist())
+    return sorted(int(c) for c in torch.unique(forget_labels).tolist() if int(c) not in kept)
+
+
+@register(
+    "fisher-classwise",
+    summary="FF for class-wise forgetting: Fisher-forgetting noise, and the classifier rows of every class the forget "
+            "set removes entirely set to zero (small noise); no training",
+    hyperparameters=(
+        Hyperparameter("alpha", float, 1e-5, "noise scale: var = alpha * clamp(1 / F, max 1e3), as in fisher",
+                       "[0, 1] (DeepUnlearn search)",
+                       "ours: the fisher default (the largest power of ten that keeps the digits CNN's retain "
+                       "accuracy); torchunlearn searches {1e-9, 1e-8, 1e-7, 1e-6}"),
+        Hyperparameter("forget_class_var", float, 1e-3,
+                       "variance of the noise drawn around zero for each forgotten class's classifier row", "> 0",
+                       "torchunlearn (fisherforget.py: var[omit_label] = 1e-4, then x10 like every head tensor); "
+                       "Golatkar et al.'s code for class forgetting"),
+        Hyperparameter("batch_size", int, 64, "rows per batch of the Fisher estimate", _BATCH_RANGE,
+                       DU + " (fisher.py)"),
+        SEED,
+    ),
+    reference="Golatkar, Achille, Soatto, Eternal Sunshine of the Spotless Net, CVPR 2020 (class forgetting); "
+              "torchunlearn, Harry24k/machine-unlearning-pytorch, torchunlearn/unlearn/nontrainers/fisherforget.py "
+              "(FisherForget with omit_label).",
+)
+class ClasswiseFisherForgetting(FisherForgetting):
+    """FF for class-wise forgetting: :class:`FisherForgetting` plus the forget-class label.
+
+    The forgotten classes are the labels of the forget set that no retain row carries (a
+    removal of every training row of a class); the method refuses a forget set that removes no
+    class entirely. Every parameter gets FF's noise (same ``alpha``, Fisher and clamps), except
+    the classifier rows of the forgotten classes ``c`` (weight row and bias entry of the head):
+
+        theta[c] <- sqrt(forget_class_var) * N(0, I)      (mean 0 instead of theta[c])
+
+    so the forgotten classes' logits collapse to about zero and their rows are classified as
+    another class. This is the ``omit_label`` branch of torchunlearn's ``FisherForget``, after
+    the class-forgetting experiments of Golatkar et al. Unlike torchunlearn, ``alpha`` is a
+    hyperparameter, not picked from a grid by retain-minus-forget accuracy. The faithful method
+    without the label is ``fisher``: its noise comes from the retain set's Fisher alone and at
+    settings that keep retain accuracy it barely changes a forgotten class (digits CNN forgetting
+    class 3, seeds 0-2: forget-class accuracy 0.98 / 1.0 / 0.87 for ``fisher``, 0.00 / 0.16 / 0.01
+    here, retain accuracy 0.99 for both).
+    """
+
+    uses_forget = True
+
+    def check(self, model):
+        super().check(model)
+        if not self.forget_class_var > 0:
+            raise MethodError(f"fisher-classwise: forget_class_var must be > 0, got {self.forget_class_var}.")
+
+    def run(self, net, task, ctx):
+        C = ctx.n_classes
+        classes = fully_forgotten_classes(ctx.retain.y, ctx.forget.y)
+        if not classes:
+            raise MethodError("fisher-classwise forgets whole classes, but every class of the forget set still has "
+                              "retain rows; use 'fisher' to forget individual rows.")
+        head = [p for p in net.head().parameters() if p.requires_grad]
+        if not head or any(p.shape[0] != C for p in head):
+            raise MethodError(f"fisher-classwise needs a classifier head with one output row per class ({C}); "
+                              f"this model's head has shapes {[tuple(p.shape) for p in head]}.")
+        diagnostics = super().run(net, task, ctx)
+        index = torch.tensor(classes, dtype=torch.long, device=head[0].device)
+        with torch.no_grad():
+            for p in head:
+                noise = randn_like(p, ctx.generator)[index]
+                p[index] = noise * float(self.forget_class_var) ** 0.5
+        return {**diagnostics, "forgotten_classes": classes}
 
 
 # ================================================================================= SSD

@@ -1,7 +1,7 @@
 """Noise and adversarial methods: UNSIR (error-maximising noise) and Boundary Shrink (nearest-but-incorrect labels).
 
-Neither is among DeepUnlearn's 18 methods (its digest lists both as missing); they are written
-from their papers. Both use the frozen original model (``ctx.original``, evaluation mode) to
+Neither is among DeepUnlearn's 18 methods (Cadet et al. 2024 do not evaluate them); they are
+written from their papers. Both use the frozen original model (``ctx.original``, evaluation mode) to
 build their training data, then train a copy.
 """
 

@@ -16,13 +16,13 @@ from unlearnkit.metrics.closeness import agreement, kl_divergence, parameter_dis
 from unlearnkit.metrics.context import Context, Costs, EvalSplits
 from unlearnkit.metrics.efficiency import run_time_efficiency
 from unlearnkit.metrics.exposure import Canary, ExposureResult, canary_exposure, exact_exposure, extrapolated_exposure
-from unlearnkit.metrics.lira import AttackScores, ShadowSetup, ULiRAResult, lira, ulira
+from unlearnkit.metrics.lira import AttackScores, ShadowSetup, ULiRAResult, lira, ulira, ulira_from_statistics
 from unlearnkit.metrics.evaluate import MetricRow, MetricTable, evaluate
 from unlearnkit.metrics.mia import AttackResult, indiscernibility, loss_attack, svc_attack
 from unlearnkit.metrics.outputs import ModelOutputs, model_outputs
 
 __all__ = [
-    "AttackResult", "Canary", "ExposureResult", "canary_exposure", "exact_exposure", "extrapolated_exposure", "AttackScores", "ShadowSetup", "ULiRAResult", "lira", "ulira", "Context", "Costs", "EvalSplits", "Family", "MetricInfo", "MetricRow", "MetricTable",
+    "AttackResult", "Canary", "ExposureResult", "canary_exposure", "exact_exposure", "extrapolated_exposure", "AttackScores", "ShadowSetup", "ULiRAResult", "lira", "ulira", "ulira_from_statistics", "Context", "Costs", "EvalSplits", "Family", "MetricInfo", "MetricRow", "MetricTable",
     "MetricValue", "ModelOutputs", "agreement", "describe", "evaluate", "indiscernibility", "info", "kl_divergence",
     "loss_attack", "markdown", "model_outputs", "names", "parameter_distance", "register", "relative_distance",
     "run_time_efficiency", "svc_attack",

@@ -86,6 +86,8 @@ class MetricInfo:
     needs: tuple[Need, ...]
     reference: str
     cost: str
+    note: str = ""
+    """What the direction alone does not say (for example the value of a model that never saw the data)."""
 
     @property
     def summary(self) -> str:
@@ -98,8 +100,10 @@ class MetricInfo:
     @property
     def direction(self) -> str:
         if self.higher_is_better is None:
-            return f"closer to {self.ideal} is better"
-        return "higher is better" if self.higher_is_better else "lower is better"
+            text = f"closer to {self.ideal} is better"
+        else:
+            text = "higher is better" if self.higher_is_better else "lower is better"
+        return f"{text}, {self.note}" if self.note else text
 
 
 _REGISTRY: dict[str, MetricInfo] = {}
@@ -114,6 +118,7 @@ def register(
     needs: tuple[Need, ...] = (),
     reference: str = "",
     cost: str = "cheap",
+    note: str = "",
 ):
     """Decorator adding ``fn`` to the registry under ``name``.
 
@@ -121,6 +126,7 @@ def register(
     (``ideal``: ``"0.5"`` for an attack's accuracy, ``"retrained"`` for forget-set accuracy,
     where matching the retrained model is the goal). ``cost`` is ``"cheap"`` (one pass over the
     data) or ``"expensive"`` (trains models); expensive metrics run only when asked for.
+    ``note`` completes the direction where it alone would mislead (it is printed after it).
     """
     if higher_is_better is None and not ideal:
         raise MetricError(f"Metric {name!r}: a metric without a direction must state its ideal value.")
@@ -130,7 +136,7 @@ def register(
             raise MetricError(f"A metric named {name!r} is already registered.")
         if not (fn.__doc__ or "").strip():
             raise MetricError(f"Metric {name!r} needs a docstring stating its formula, direction and source.")
-        _REGISTRY[name] = MetricInfo(name, fn, family, higher_is_better, ideal, tuple(needs), reference, cost)
+        _REGISTRY[name] = MetricInfo(name, fn, family, higher_is_better, ideal, tuple(needs), reference, cost, note)
         return fn
 
     return decorate

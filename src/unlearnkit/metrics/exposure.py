@@ -566,17 +566,20 @@ SECRET_SHARER = ("Carlini et al., 'The Secret Sharer: Evaluating and Testing Uni
                  "Networks' (USENIX Security 2019); used by Warnecke et al. (NDSS 2023) for unlearning")
 
 
-@register("exposure", family=Family.MEMORISATION, higher_is_better=None, ideal="1.44 bits (chance)",
-          needs=(Need.CANARY,), reference=SECRET_SHARER, cost="expensive")
+@register("exposure", family=Family.MEMORISATION, higher_is_better=False, ideal="1.44 bits (never-seen secret, mean)",
+          needs=(Need.CANARY,), reference=SECRET_SHARER, cost="expensive",
+          note="~1.44 bits is what a model that never saw the secret scores on average")
 def exposure_metric(ctx, subject):
     """Exposure of an inserted canary, in bits.
 
     ``exposure = log2 |R| - log2 rank(canary)``, the canary's rank by log-perplexity among all
     ``|R|`` candidate secrets (exact when ``|R| <= 100,000``); for larger spaces
-    ``-log2 F(px(canary))`` with ``F`` a skew-normal fitted to 5,000 sampled candidates. After
-    unlearning it should fall to chance: a secret the model never saw has exposure about
-    ``1/ln 2 = 1.44`` bits on average (the retrained model's value); ``log2 |R|`` means it is the
-    model's first guess. Scores up to 100,000 texts per model, so it runs only when named. Needs ``canary=Canary(...)`` and
+    ``-log2 F(px(canary))`` with ``F`` a skew-normal fitted to 5,000 sampled candidates. Lower
+    is better: ``log2 |R|`` means the secret is the model's first guess. For a secret the model
+    never saw, the rank is uniform on ``1..|R|``, so its exposure averages
+    ``log2 |R| - log2(|R|!) / |R| ≈ 1/ln 2 ≈ 1.44`` bits; a single canary of a retrained model
+    can score anywhere from 0 to ``log2 |R|`` (``-log2`` of a uniform rank fraction: standard
+    deviation also ≈ 1.44 bits), so read a value against this average, not as a target to hit. Scores up to 100,000 texts per model, so it runs only when named. Needs ``canary=Canary(...)`` and
     ``canary_scorer(model, texts) -> log-perplexities``.
     """
     model = ctx.model(subject)

@@ -21,17 +21,26 @@ deviation (for few shadow models). Reported as ROC AUC and TPR at 0.1% and 1% FP
 target model's forget rows (positives) against its test rows (negatives).
 
 **U-LiRA** (Hayes et al., "Inexact Unlearning Needs More Careful Evaluations to Avoid a False
-Sense of Privacy", 2024; in the simplified form DeepUnlearn runs, ``pipeline/lira``). For every
-split ``s`` and partition ``f`` the method under test unlearns partition ``f`` from split ``s``'s
-shadow model, giving ``K x P`` unlearned models. For a row ``x`` the *forgotten* population is the
-models where ``x`` was in the forget partition and the *never seen* population the models where
-``x`` was in the out half. A per-row Gaussian likelihood ratio between them, fitted on the other
-splits (leave one split out) and applied to split ``s``'s models, tries to tell "forgotten" from
-"never seen". Perfect unlearning makes the two populations identical: AUC 0.5 and a mean
-membership probability ``p = phi_f / (phi_f + phi_n)`` of 0.5 on forgotten cases. Two
-statistics: DeepUnlearn's binary correctness ``1[argmax = y]`` (its mean is smoothed,
-``(k + 1/2) / (m + 1)``, with ``s = sqrt(mu (1 - mu))``, which avoids the reference code's NaN
-when a population is constant) and the logit-scaled confidence of LiRA.
+Sense of Privacy", 2024; DeepUnlearn, Cadet et al. 2024, runs a simplified per-row form of it).
+For every split ``s`` and partition ``f`` the method under test unlearns partition ``f`` from
+split ``s``'s shadow model, giving ``K x P`` unlearned models. For a row ``x`` each split gives
+one case: *forgotten* (the model of the split that unlearned ``x``'s partition) where ``x`` was
+in, *never seen* (the model of one partition drawn at random) where ``x`` was out. A per-row
+Gaussian likelihood ratio between the two populations, fitted on the other splits (leave one
+split out) with the *same number of cases on both sides*, scores split ``s``'s case: "forgotten"
+or "never seen"? Exact unlearning makes the two populations identical, and then, because both
+sides are fitted alike from equally many cases, the expected membership probability
+``p = phi_f / (phi_f + phi_n)`` of a forgotten case is exactly 0.5 and the AUC is 0.5 (see
+:func:`ulira_from_statistics`). Two statistics: binary correctness ``1[argmax = y]`` (the one
+DeepUnlearn uses; the mean is smoothed, ``(k + 1/2) / (m + 1)``, with ``s = sqrt(mu (1 - mu))``,
+which avoids a NaN when a population is constant) and the logit-scaled confidence of LiRA.
+
+This differs from DeepUnlearn's code, which fits each row's Gaussians on all shadow models
+without leaving a split out and without smoothing, and from a fit on all ``P`` never-seen models
+per split against one forgotten model: with unequal populations the smaller one's fit is noisier,
+a fresh case is less likely under it, and ``p`` falls below 0.5 even for exact unlearning (on
+synthetic statistics with known truth, 0.41 for exact unlearning against 0.46 for a model that
+forgets nothing), so a method that does not forget can look better than retraining.
 """
 
 from __future__ import annotations
@@ -58,7 +67,8 @@ log = logging.getLogger(__name__)
 
 CARLINI = "Carlini et al., 'Membership Inference Attacks From First Principles' (IEEE S&P 2022)"
 HAYES = ("Hayes et al., 'Inexact Unlearning Needs More Careful Evaluations to Avoid a False Sense of Privacy' "
-         "(2024), as run by DeepUnlearn (Cadet et al. 2024, pipeline/lira)")
+         "(2024); per-row form as in Cadet et al., 'Deep Unlearn: Benchmarking Machine Unlearning for Image "
+         "Classification' (2024), with balanced populations and leave-one-split-out fits")
 
 ULIRA_MIN_SPLITS = 8
 """U-LiRA needs this many shadow splits (two per population after leaving one out, with margin)."""
@@ -502,21 +512,12 @@ def _statistics(setup: ShadowSetup, role: str, fn: UnlearnFn | None, kind) -> np
     return stats
 
 
-def _moments(stats: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-split count, sum and sum of squares of ``stats`` where ``mask`` (shape ``(K, P, n)``)."""
-    vals = np.where(mask, stats, 0.0)
-    return mask.sum(axis=1).astype(float), vals.sum(axis=1), (vals ** 2).sum(axis=1)
-
-
 def ulira(setup: ShadowSetup, method="retrain", *, kind: Statistic | str = Statistic.LOGIT,
           fix_variance: bool = False) -> ULiRAResult:
     """U-LiRA of ``method`` on the shadow setup (see the module docstring).
 
-    Leave one split out: split ``s``'s models are attacked with Gaussians fitted on the other
-    splits. A row is scored only where both of its populations come from at least two other
-    splits. ``fix_variance`` (logit statistic only; the binary statistic's spread follows from its
-    mean) pools one within-row standard deviation over rows and both populations, also leaving
-    split ``s`` out.
+    Runs ``method`` on the ``K x P`` shadow models and scores the resulting statistics with
+    :func:`ulira_from_statistics` (balanced populations, leave one split out).
     """
     kind = Statistic(kind)
     if setup.n_splits < ULIRA_MIN_SPLITS:
@@ -524,43 +525,96 @@ def ulira(setup: ShadowSetup, method="retrain", *, kind: Statistic | str = Stati
                           f"populations need at least two other splits each); this setup has {setup.n_splits}.")
     role, fn = resolve_method(method)
     stats = _statistics(setup, role, fn, kind)
+    return ulira_from_statistics(stats, setup.in_mask, setup.partitions, kind=kind, fix_variance=fix_variance,
+                                 seed=setup.seed, method=role)
+
+
+def ulira_from_statistics(stats, in_mask, partitions, *, kind: Statistic | str = Statistic.LOGIT,
+                          fix_variance: bool = False, seed: int = 0, method: str = "") -> ULiRAResult:
+    """U-LiRA scores from precomputed statistics, with populations of equal size.
+
+    ``stats[s, f, i]`` is the statistic of row ``i`` under the model of split ``s`` that unlearned
+    partition ``f``; ``in_mask[s, i]`` says whether row ``i`` is in split ``s``'s training half and
+    ``partitions[s, i]`` is its forget partition there (``-1`` where it is out).
+
+    **One case per split.** Split ``s`` gives row ``i`` one *forgotten* case (the model
+    ``(s, partitions[s, i])``) where ``i`` is in, and one *never seen* case where ``i`` is out:
+    the model ``(s, f)`` of a partition ``f`` drawn at random (seeded). The ``P`` models of one
+    split are not independent observations, so counting all ``P`` of them would give the
+    never-seen population ``P`` times the weight of the forgotten one.
+
+    **Equal counts, leave one split out.** To score split ``s``, each population of row ``i`` is
+    taken from the other splits and cut, by a random (seeded) order of the splits, to the same
+    number ``m = min(#in, #out)`` of cases. A per-row Gaussian is fitted to each population
+    (``logit``: mean and maximum-likelihood standard deviation, floored at ``1e-3``;
+    ``correctness``: mean ``(k + 1/2) / (m + 1)`` and ``s = sqrt(mu (1 - mu))``;
+    ``fix_variance``: one standard deviation pooled over rows and both populations), and the case
+    of split ``s`` is scored ``log phi_f(z) - log phi_n(z)``; ``p = phi_f / (phi_f + phi_n)`` is
+    its sigmoid. Rows with ``m < 2`` at split ``s`` are not scored there.
+
+    With equal counts and the same fitting rule on both sides, swapping the two populations maps
+    ``p`` to ``1 - p``; when unlearning is exact the forgotten and never-seen statistics have the
+    same distribution, so the expected ``p`` of a forgotten case is exactly 0.5 and forgotten
+    and never-seen cases receive identically distributed scores (AUC 0.5). With unequal counts
+    (all ``P`` never-seen models against one forgotten model per split) the smaller population's
+    fit is noisier, its likelihood of a fresh case lower, and ``p`` falls below 0.5 even for
+    exact unlearning, so a model that does not forget can look closer to 0.5 than retraining.
+    """
+    kind = Statistic(kind)
+    stats = np.asarray(stats, dtype=np.float64)
+    in_mask = np.asarray(in_mask)
+    partitions = np.asarray(partitions)
+    if stats.ndim != 3:
+        raise MetricError(f"U-LiRA statistics must have shape (splits, partitions, rows), got {stats.shape}.")
     K, P, n = stats.shape
-    parts = setup.partitions
-    forgot = parts[:, None, :] == np.arange(P)[None, :, None]          # (K, P, n)
-    never = np.broadcast_to(~setup.in_mask[:, None, :], stats.shape)     # (K, P, n)
-    cf, sf, qf = _moments(stats, forgot)
-    cn, sn, qn = _moments(stats, never)
-    tot = [a.sum(axis=0) for a in (cf, sf, qf, cn, sn, qn)]
-    out_splits = (~setup.in_mask).astype(float)   # splits contributing to the never-seen population
-    out_total = out_splits.sum(axis=0)
+    if in_mask.shape != (K, n) or in_mask.dtype != bool or partitions.shape != (K, n):
+        raise MetricError(f"in_mask must be a ({K}, {n}) boolean array and partitions a ({K}, {n}) integer array; "
+                          f"got {in_mask.shape} {in_mask.dtype} and {partitions.shape}.")
+    if np.any(partitions[in_mask] < 0) or np.any(partitions[in_mask] >= P) or np.any(partitions[~in_mask] != -1):
+        raise MetricError(f"partitions must lie in 0..{P - 1} where in_mask is true and be -1 elsewhere.")
+    if not np.all(np.isfinite(stats)):
+        raise MetricError("U-LiRA statistics have non-finite values; the models' outputs must be finite.")
+    if K < ULIRA_MIN_SPLITS:
+        raise MetricError(f"U-LiRA needs at least {ULIRA_MIN_SPLITS} splits; got {K}.")
+    rng = np.random.default_rng([int(seed), 0x0B1A5])
+    cols = np.arange(n)
+    part = np.where(in_mask, partitions, rng.integers(P, size=(K, n)))
+    case = stats[np.arange(K)[:, None], part, cols[None, :]]                 # (K, n): one case per split
+    prio = rng.random((K, n))                                                # order in which splits are kept
+    same = in_mask[:, None, :] == in_mask[None, :, :]
+    rank = ((prio[:, None, :] < prio[None, :, :]) & same).sum(axis=0)      # rank within the row's population
+    n_in = in_mask.sum(axis=0)
+    n_out = K - n_in
     all_scores, all_labels = [], []
     p_sum, p_cnt = np.zeros(n), np.zeros(n)
     for s in range(K):
-        c_f, s_f, q_f, c_n, s_n, q_n = (t - a[s] for t, a in zip(tot, (cf, sf, qf, cn, sn, qn)))
-        pooled = None
-        if fix_variance and kind is Statistic.LOGIT:
-            pooled = _pooled_sd([(c_f, s_f, q_f), (c_n, s_n, q_n)])
-        mu_f, sd_f = _gauss(c_f, s_f, q_f, kind, pooled)
-        mu_n, sd_n = _gauss(c_n, s_n, q_n, kind, pooled)
-        # at least two shadow splits behind each population (the P models of one split are not
-        # independent observations; for "original" they are the same model)
-        ok = (c_f >= 2) & (out_total - out_splits[s] >= 2)
-        for f in range(P):
-            z = stats[s, f]
-            score = _gaussian_logpdf(z, mu_f, sd_f) - _gaussian_logpdf(z, mu_n, sd_n)
-            pos = forgot[s, f] & ok
-            neg = never[s, f] & ok
-            all_scores += [score[pos], score[neg]]
-            all_labels += [np.ones(pos.sum()), np.zeros(neg.sum())]
-            p_sum[pos] += _sigmoid(score[pos])
-            p_cnt[pos] += 1
+        inside = in_mask[s]
+        m = np.minimum(n_in - inside, n_out - ~inside)
+        shift = same[s] & (prio[s][None, :] < prio)                          # splits ranked after split s
+        keep = (rank - shift < m[None, :])
+        keep[s] = False
+        pops = []
+        for mask in (keep & in_mask, keep & ~in_mask):
+            vals = np.where(mask, case, 0.0)
+            pops.append((mask.sum(axis=0).astype(float), vals.sum(axis=0), (vals ** 2).sum(axis=0)))
+        pooled = _pooled_sd(pops) if fix_variance and kind is Statistic.LOGIT else None
+        mu_f, sd_f = _gauss(*pops[0], kind, pooled)
+        mu_n, sd_n = _gauss(*pops[1], kind, pooled)
+        ok = m >= 2
+        z = case[s]
+        score = _gaussian_logpdf(z, mu_f, sd_f) - _gaussian_logpdf(z, mu_n, sd_n)
+        pos, neg = inside & ok, ~inside & ok
+        all_scores += [score[pos], score[neg]]
+        all_labels += [np.ones(pos.sum()), np.zeros(neg.sum())]
+        p_sum[pos] += _sigmoid(score[pos])
+        p_cnt[pos] += 1
     scores, labels = np.concatenate(all_scores), np.concatenate(all_labels)
     if labels.size == 0 or labels.min() == labels.max():
-        raise MetricError(f"U-LiRA could not score both forgotten and never-seen cases with n_splits={K}; "
+        raise MetricError(f"U-LiRA could not score both forgotten and never-seen cases with {K} splits; "
                           "use more splits.")
     with np.errstate(invalid="ignore"):
         p_member = np.where(p_cnt > 0, p_sum / np.maximum(p_cnt, 1), np.nan)
-    return ULiRAResult(role, kind.value, AttackScores(scores, labels), p_member)
+    return ULiRAResult(method, kind.value, AttackScores(scores, labels), p_member)
 
 
 def _gauss(count, total, sq, kind: Statistic, pooled):
@@ -666,9 +720,9 @@ def ulira_auc(ctx, subject):
     for the retrained column: retraining); the unlearned column evaluates the *method* passed as
     ``method=``, not the unlearned model itself, so pass the method (and hyperparameters) that
     produced it. Per row, Gaussians of ``log(p_y / (1 - p_y))`` over
-    the models that forgot it and those that never saw it, fitted leaving one split out; the
-    log-likelihood ratio scores split ``s``'s models. 0.5 means unlearning is indistinguishable
-    from never having trained on the row.
+    the models that forgot it and those that never saw it (one case per split, equally many on
+    both sides), fitted leaving one split out; the log-likelihood ratio scores split ``s``'s case.
+    0.5 means unlearning is indistinguishable from never having trained on the row.
     """
     res = _ulira(ctx, subject, Statistic.LOGIT)
     return MetricValue(res.auc, detail={"mean_p_member": res.mean_p_member, "accuracy": res.accuracy})
@@ -677,7 +731,7 @@ def ulira_auc(ctx, subject):
 @register("ulira_auc_correctness", family=Family.SHADOW, higher_is_better=None, ideal="0.5", needs=_ULIRA_NEEDS,
           reference=HAYES, cost="expensive")
 def ulira_auc_correctness(ctx, subject):
-    """U-LiRA in DeepUnlearn's binary form: AUC with the statistic ``1[argmax = y]`` (0.5 ideal).
+    """U-LiRA with DeepUnlearn's binary statistic: AUC with the statistic ``1[argmax = y]`` (0.5 ideal).
 
     As ``ulira_auc`` with binary correctness as the per-model statistic; the Gaussian mean is
     smoothed as ``(k + 1/2) / (m + 1)`` and ``s = sqrt(mu (1 - mu))``.
@@ -691,8 +745,10 @@ def ulira_auc_correctness(ctx, subject):
 def ulira_p_member(ctx, subject):
     """U-LiRA (logit-scaled): mean membership probability of forgotten cases.
 
-    ``p = phi_f(z) / (phi_f(z) + phi_n(z))`` averaged over the (row, model) pairs where the row
-    was forgotten; 0.5 is ideal, 1 means forgotten rows are recognised.
+    ``p = phi_f(z) / (phi_f(z) + phi_n(z))`` averaged over the (row, split) cases where the row
+    was forgotten, with Gaussians fitted leaving the split out on equally many forgotten and
+    never-seen cases; 0.5 is ideal (its expectation under exact unlearning), above 0.5 forgotten
+    rows are recognised.
     """
     return _ulira(ctx, subject, Statistic.LOGIT).mean_p_member
 
@@ -700,8 +756,11 @@ def ulira_p_member(ctx, subject):
 @register("ulira_p_member_correctness", family=Family.SHADOW, higher_is_better=None, ideal="0.5",
           needs=_ULIRA_NEEDS, reference=HAYES, cost="expensive")
 def ulira_p_member_correctness(ctx, subject):
-    """U-LiRA in DeepUnlearn's binary form: mean membership probability of forgotten cases.
+    """U-LiRA with the binary statistic ``1[argmax = y]``: mean membership probability of forgotten cases.
 
-    The number DeepUnlearn's ``consolidate_predictions`` writes per row, averaged; 0.5 is ideal.
+    As ``ulira_p_member`` with correctness as the statistic (the statistic DeepUnlearn uses);
+    Gaussian mean ``(k + 1/2) / (m + 1)`` over ``m`` cases, ``s = sqrt(mu (1 - mu))``, the same ``m``
+    on both sides. Not DeepUnlearn's number: its code fits on all shadow models without leaving a
+    split out or smoothing. 0.5 is ideal (its expectation under exact unlearning).
     """
     return _ulira(ctx, subject, Statistic.CORRECTNESS).mean_p_member

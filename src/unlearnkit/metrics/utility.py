@@ -123,12 +123,15 @@ def ratio_test(ctx, subject):
 
 @register("retdev", family=Family.UTILITY, higher_is_better=False, ideal="0",
           needs=(Need.RETAIN, Need.FORGET, Need.TEST, Need.RETRAINED),
-          reference=DEEPUNLEARN + " (RetDev, as reconstructed in the digest, section 3.4)")
+          reference=DEEPUNLEARN + ", arXiv:2410.01276 (RetDev; the sum of the three ratio deviations is "
+          "reconstructed from the paper's accuracy ratios, as the public reproduction santimebi/deepunlearn, "
+          "scripts/export_paper_tables.py, computes it)")
 def retdev(ctx, subject):
     """Deviation from the retrained model's accuracies (RetDev).
 
     ``RetDev = |RR - 1| + |FR - 1| + |TR - 1|`` with the ratios above; lower is better, 0 for
-    the retrained model itself. NaN when a ratio is undefined.
+    the retrained model itself. NaN when a ratio is undefined. The paper reports RetDev from the
+    ratios RR, FR and TR; this sum is a reconstruction of how it combines them.
     """
     parts = [_ratio_value(ctx, subject, s).value for s in (Need.RETAIN, Need.FORGET, Need.TEST)]
     return MetricValue(float(sum(abs(p - 1.0) for p in parts)), detail={"RR": parts[0], "FR": parts[1], "TR": parts[2]})
