@@ -83,8 +83,8 @@ def test_hessian_rows_rule(digits_cnn):
     assert uk.methods.make("second-order").resolved(logreg, data, changes)["hessian_rows"] is None
     with pytest.raises(uk.errors.MethodError, match="hessian_rows"):
         uk.methods.make("second-order", hessian_rows=0).resolved(model, data, changes)
-    with pytest.raises(uk.errors.SolverError, match="params must be one of"):
-        uk.methods.make("second-order", params="body").unlearn(model, data, changes)
+    with pytest.raises(uk.errors.MethodError, match="'params' = 'body' is outside its registered range"):
+        uk.methods.make("second-order", params="body")  # refused by the registry, before any work
 
 
 def test_exact_solver_pseudo_inverse_on_a_semidefinite_hessian():

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from unlearnkit.bench.space import check_fixed
 from unlearnkit.errors import BenchError, UnlearnKitError
 
 if sys.version_info >= (3, 11):
@@ -37,6 +38,16 @@ SAMPLERS = ("nsga3", "nsga2", "tpe", "random")
 REFERENCE_METHODS = ("retrain", "retrain-warm", "sisa")
 """Registered methods a benchmark does not run as cells: retraining is the reference every cell
 is compared with, and SISA needs its own sharded ensemble (see the scenarios)."""
+
+MAX_TRIALS = 100_000
+"""Most search trials per (problem, method): DeepUnlearn runs 100; a budget beyond this never ends."""
+MAX_THREADS = 256
+"""Most torch CPU threads per worker: more than any CPU a worker runs on has cores."""
+MAX_EPOCHS = 100_000
+"""Most training epochs of a recipe (and of a fixed ``epochs``-like hyperparameter)."""
+MAX_BATCH_SIZE = 2**31 - 1
+MAX_INT = 2**63 - 1
+"""Seeds and row counts are stored as signed 64-bit integers (SQLite, torch seeds)."""
 
 
 @dataclass(frozen=True)
@@ -209,9 +220,17 @@ def _read(source) -> dict:
         if not path.is_file():
             raise BenchError(f"Config file not found: {path} (or name a preset: {', '.join(PRESETS)}).")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise BenchError(f"{path} is not valid TOML: {exc}.") from None
+    except OSError as exc:
+        raise BenchError(f"Cannot read the config file {path}: {exc.strerror or exc}.") from None
+    try:
+        return tomllib.loads(text)
+    except ValueError as exc:  # TOMLDecodeError, or an integer beyond Python's digit limit
+        raise BenchError(f"{path} is not valid TOML: {exc}.") from None
+    except (RecursionError, MemoryError):
+        raise BenchError(f"{path} is nested too deeply to read as TOML.") from None
 
 
 def _parse_overrides(overrides) -> dict:
@@ -233,10 +252,16 @@ def _literal(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         pass
+    except ValueError:  # an integer beyond Python's digit limit; TOMLDecodeError is a ValueError too
+        raise BenchError(f"Override value {_show(text)} is too long a number to read.") from None
+    except (RecursionError, MemoryError):
+        raise BenchError(f"Override value {_show(text)} is nested too deeply to read.") from None
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, TypeError, SyntaxError):
         return text  # a bare word: a string
+    except (RecursionError, MemoryError):
+        raise BenchError(f"Override value {_show(text)} is nested too deeply to read.") from None
 
 
 def _set_dotted(raw: dict, key: str, value) -> None:
@@ -263,15 +288,41 @@ def _set_dotted(raw: dict, key: str, value) -> None:
 
 def _typed(where: str, value, types: tuple, help_: str):
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        raise BenchError(f"{where} must be {'/'.join(t.__name__ for t in types)} ({help_}), got {value!r}.")
-    return float(value) if float in types and isinstance(value, int) else value
+        raise BenchError(f"{where} must be {'/'.join(t.__name__ for t in types)} ({help_}), got {_show(value)}.")
+    if float in types and isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:
+            raise BenchError(f"{where} = {_show(value)} is too large for a float ({help_}).") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BenchError(f"{where} must be a finite number ({help_}), got {value!r}.")
+    return value
 
 
-def _int_list(where: str, value) -> tuple[int, ...]:
+def _show(value, limit: int = 60) -> str:
+    """``repr(value)``, shortened: a 10,000-digit integer or a huge table does not flood the message."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer beyond Python's digit limit for str()
+        return f"an integer of {value.bit_length():,} bits"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _bounded(where: str, value: int, low: int, high: int, why: str = "") -> int:
+    """An integer in ``[low, high]``, or a BenchError naming the key, the range and why."""
+    if not low <= value <= high:
+        raise BenchError(f"{where} must be in [{low:,}, {high:,}]{f' ({why})' if why else ''}, got {_show(value)}.")
+    return value
+
+
+def _int_list(where: str, value, low: int | None = None, high: int | None = None, why: str = "") -> tuple[int, ...]:
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise BenchError(f"{where} must be a list of integers, got {value!r}.")
+        raise BenchError(f"{where} must be a list of integers, got {_show(value)}.")
     if len(set(value)) != len(value):
-        raise BenchError(f"{where} lists a seed twice: {value!r}.")
+        raise BenchError(f"{where} lists a value twice: {_show(value)}.")
+    if low is not None:
+        for v in value:
+            _bounded(f"every entry of {where}", v, low, high, why)
     return tuple(value)
 
 
@@ -318,13 +369,13 @@ def _build(raw: dict) -> BenchConfig:
     if "data.rows" in values:
         if values["data.rows"] < 0:
             raise BenchError(f"data.rows must be >= 0 (0 = all rows), got {values['data.rows']}.")
-        kw["rows"] = values["data.rows"]
+        kw["rows"] = _bounded("data.rows", values["data.rows"], 0, MAX_INT, "0 = all rows")
     if "data.val_fraction" in values:
         if not 0 < values["data.val_fraction"] < 1:
             raise BenchError(f"data.val_fraction must be in (0, 1), got {values['data.val_fraction']}.")
         kw["val_fraction"] = values["data.val_fraction"]
     if "data.split_seed" in values:
-        kw["split_seed"] = values["data.split_seed"]
+        kw["split_seed"] = _bounded("data.split_seed", values["data.split_seed"], 0, MAX_INT, "a seed")
     if "models.names" in values:
         kw["models"] = _names("models.names", values["models.names"], MODELS)
     options = values.get("models.options", {})
@@ -348,21 +399,23 @@ def _build(raw: dict) -> BenchConfig:
             raise BenchError(f"methods.fixed names {method!r}, which is not in methods.names.")
         if not isinstance(params, dict):
             raise BenchError(f"methods.fixed.{method} must be a table of hyperparameters, got {params!r}.")
+        check_fixed(method, params, where=f"methods.fixed.{method}")  # names each value's problem by its key
         try:
             uk.methods.make(method, **params)
         except UnlearnKitError as exc:
             raise BenchError(f"methods.fixed.{method}: {exc}") from None
     kw["fixed"] = fixed
     if "seeds.eval" in values:
-        kw["eval_seeds"] = _int_list("seeds.eval", values["seeds.eval"])
+        kw["eval_seeds"] = _int_list("seeds.eval", values["seeds.eval"], 0, MAX_INT, "model seeds")
         if not kw["eval_seeds"]:
             raise BenchError("seeds.eval is empty; give at least one evaluation seed.")
     if "seeds.tuning" in values:
-        kw["tuning_seeds"] = _int_list("seeds.tuning", values["seeds.tuning"])
+        kw["tuning_seeds"] = _int_list("seeds.tuning", values["seeds.tuning"], 0, MAX_INT, "model seeds")
     if "search.trials" in values:
         if values["search.trials"] < 0:
-            raise BenchError(f"search.trials must be >= 0, got {values['search.trials']}.")
-        kw["trials"] = values["search.trials"]
+            raise BenchError(f"search.trials must be >= 0, got {_show(values['search.trials'])}.")
+        kw["trials"] = _bounded("search.trials", values["search.trials"], 0, MAX_TRIALS,
+                                "trials per (problem, method); DeepUnlearn runs 100, a larger budget never finishes")
     if kw.get("trials", BenchConfig.trials) > 0:
         tuning, evals = kw.get("tuning_seeds", BenchConfig.tuning_seeds), kw.get("eval_seeds", BenchConfig.eval_seeds)
         if not tuning:
@@ -376,13 +429,13 @@ def _build(raw: dict) -> BenchConfig:
             raise BenchError(f"search.sampler must be one of {', '.join(SAMPLERS)}, got {values['search.sampler']!r}.")
         kw["sampler"] = values["search.sampler"]
     if "search.seed" in values:
-        kw["search_seed"] = values["search.seed"]
+        kw["search_seed"] = _bounded("search.seed", values["search.seed"], 0, MAX_INT, "the sampler's seed")
     if "run.device" in values:
         kw["device"] = _check_device(values["run.device"])
     if "run.threads_per_worker" in values:
-        if values["run.threads_per_worker"] < 1:
-            raise BenchError("run.threads_per_worker must be >= 1.")
-        kw["threads_per_worker"] = values["run.threads_per_worker"]
+        kw["threads_per_worker"] = _bounded(
+            "run.threads_per_worker", values["run.threads_per_worker"], 1, MAX_THREADS,
+            "torch CPU threads in each worker; more threads than a machine has cores only slow every worker down")
     kw["protocols"] = _protocols(raw.get("protocol", [{}]))
     kw["recipes"] = _recipes(raw.get("train", {}), kw.get("datasets", BenchConfig.datasets))
     return BenchConfig(**kw)
@@ -450,11 +503,15 @@ def _recipe(where: str, table: dict) -> Recipe:
     kw = {k: _typed(f"{where}.{k}", v, _RECIPE_KEYS[k], "training recipe") for k, v in table.items()}
     if kw.get("optimizer", "adam") not in ("auto", "adam", "sgd", "lbfgs", "newton"):
         raise BenchError(f"{where}.optimizer must be auto, adam, sgd, lbfgs or newton, got {kw['optimizer']!r}.")
-    for key in ("epochs", "batch_size"):
+    for key, high in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH_SIZE)):
         if key in kw and kw[key] < 1:
-            raise BenchError(f"{where}.{key} must be >= 1, got {kw[key]}.")
+            raise BenchError(f"{where}.{key} must be >= 1, got {_show(kw[key])}.")
+        if key in kw:
+            _bounded(f"{where}.{key}", kw[key], 1, high)
     if "lr" in kw and not kw["lr"] > 0:
         raise BenchError(f"{where}.lr must be > 0, got {kw['lr']}.")
+    if "momentum" in kw and not 0 <= kw["momentum"] < 1:
+        raise BenchError(f"{where}.momentum must be in [0, 1), got {kw['momentum']}.")
     return Recipe(**kw)
 
 

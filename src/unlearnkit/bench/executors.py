@@ -18,6 +18,33 @@ from unlearnkit.bench.jobs import run_job
 from unlearnkit.errors import BenchError
 
 EXECUTORS = ("local", "ray")
+MAX_WORKERS = 256
+"""Hard cap on ``workers``, whatever the machine; see :func:`max_workers`."""
+
+
+def max_workers() -> int:
+    """The most workers allowed here: 4 per CPU core, at most :data:`MAX_WORKERS`.
+
+    Each worker is a process holding torch and its data (about half a gigabyte); beyond a few per
+    core they only compete for the cores and memory.
+    """
+    return min(MAX_WORKERS, 4 * (os.cpu_count() or 1))
+
+
+def check_workers(workers) -> int | None:
+    """Refuse a worker count that is not an integer in [1, :func:`max_workers`]; None is the default."""
+    if workers is None:
+        return None
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise BenchError(f"--workers must be an integer, got {workers!r}.")
+    limit = max_workers()
+    if not 1 <= workers <= limit:
+        why = (f"4 per CPU core on this {os.cpu_count() or 1}-core machine" if limit < MAX_WORKERS
+               else f"the hard cap {MAX_WORKERS}")
+        raise BenchError(f"--workers must be in [1, {limit}] ({why}: each worker is a process with its own copy of torch "
+                         f"and the data, and more only compete for the cores and memory), got {workers}. "
+                         "Leave it out for the default (every core, at most 8).")
+    return workers
 
 
 def _worker_init(parent: int) -> None:
@@ -40,9 +67,7 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, workers: int | None = None) -> None:
-        workers = workers or min(os.cpu_count() or 1, 8)
-        if workers < 1:
-            raise BenchError(f"--workers must be >= 1, got {workers}.")
+        workers = check_workers(workers) or min(os.cpu_count() or 1, 8)
         self.workers = workers
         self._pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_worker_init, initargs=(os.getpid(),))
@@ -88,6 +113,7 @@ class RayExecutor:
             import ray
         except ImportError:
             raise BenchError("The Ray executor needs Ray: pip install 'unlearnkit[ray]'.") from None
+        check_workers(workers)
         self._ray = ray
         self._owns = not ray.is_initialized()
         if self._owns:

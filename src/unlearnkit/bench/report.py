@@ -9,6 +9,14 @@
   seed), mean rank per method, the tie-corrected Friedman test of "all methods rank alike", and
   the Nemenyi critical difference (Demšar 2006) drawn as a CD plot.
 * **Pareto front** of mean RetDev (lower is better) against mean RTE (higher is better) per problem.
+* **Failed cells**: a cell whose method raised is a result too: it is counted in the summary's
+  ``failed`` column, left out of the means, ranks and fronts (a rank block where some method
+  failed is skipped and counted), and listed with its error in every format.
+
+Text that comes from the user (the configuration's name and description, protocol names, fixed
+hyperparameter values, error messages) is escaped wherever it is rendered: backslash-escaped in
+Markdown, HTML-escaped in the HTML page, ``$`` escaped in plot titles. Only the report's own
+plots become images.
 """
 
 from __future__ import annotations
@@ -19,12 +27,14 @@ import html
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 
-from unlearnkit.atomic import atomic_write
+from unlearnkit.atomic import atomic_write, check_folder
 from unlearnkit.bench.jobs import retdev
+from unlearnkit.bench.runner import first_line
 from unlearnkit.bench.store import Store
 from unlearnkit.errors import BenchError
 from unlearnkit.metrics.evaluate import _nan_to_none
@@ -55,7 +65,7 @@ def summarise(cells: list[dict], refs: list[dict], eval_seeds) -> list[dict]:
         for (p, method), rows in sorted(groups.items()):
             if p != problem:
                 continue
-            ok = [c["metrics"] for c in rows if c["status"] == "ok"]
+            ok = [c.get("metrics") or {} for c in rows if c["status"] == "ok"]
             out.append(_entry(problem, method, ok, len(ok), len(rows) - len(ok)))
     return out
 
@@ -83,7 +93,7 @@ def rank_blocks(cells: list[dict], metric: str) -> tuple[list[str], np.ndarray, 
 
     values: dict[tuple, dict] = {}
     for c in cells:
-        v = c["metrics"].get(metric) if c["status"] == "ok" else None
+        v = (c.get("metrics") or {}).get(metric) if c["status"] == "ok" else None
         if v is not None and math.isfinite(v):
             values.setdefault((c["problem"], c["seed"]), {})[c["method"]] = v
     problems = sorted({c["problem"] for c in cells})
@@ -99,12 +109,15 @@ def rank_blocks(cells: list[dict], metric: str) -> tuple[list[str], np.ndarray, 
     everyone = sorted({c["method"] for c in cells})
     methods = [m for m in everyone if any(m in vals for vals in table.values())]
     dropped = [m for m in everyone if m not in methods]
-    rows = []
+    rows, skipped = [], 0
     for block in sorted(table):
         if all(m in table[block] for m in methods):  # a block where a method failed is not comparable
             x = np.array([table[block][m] for m in methods])
             rows.append(rankdata(-x if HIGHER.get(metric, True) else x))
-    return methods, np.asarray(rows).reshape(len(rows), len(methods)), {"blocks_are": kind, "dropped": dropped}
+        else:
+            skipped += 1
+    return (methods, np.asarray(rows).reshape(len(rows), len(methods)),
+            {"blocks_are": kind, "dropped": dropped, "skipped_blocks": skipped})
 
 
 def friedman(ranks: np.ndarray, alpha: float = 0.05) -> dict:
@@ -172,7 +185,7 @@ def cd_plot(methods: list[str], mean_ranks: np.ndarray, cd: float | None, title:
         left = i < half
         x_text = 0.5 if left else k + 0.5
         ax.plot([x, x, x_text], [0, y, y], color="0.3", lw=0.8)
-        ax.text(x_text - 0.1 if left else x_text + 0.1, y, f"{methods[idx]} ({x:.2f})",
+        ax.text(x_text - 0.1 if left else x_text + 0.1, y, _mpl(f"{methods[idx]} ({x:.2f})"),
                 ha="right" if left else "left", va="center", fontsize=8)
     if cd is not None and math.isfinite(cd):
         ax.plot([1, 1 + cd], [1.5, 1.5], color="tab:red", lw=2)
@@ -188,7 +201,7 @@ def cd_plot(methods: list[str], mean_ranks: np.ndarray, cd: float | None, title:
                 ax.plot([ranks_sorted[i] - 0.03, ranks_sorted[j] + 0.03], [-0.35 - 0.25 * level] * 2, color="black", lw=3)
                 level += 1
                 last_end = j
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_mpl(title), fontsize=10)
     ax.axis("off")
     return _png(fig)
 
@@ -203,7 +216,7 @@ def pareto_plot(points: dict[str, tuple[float, float]], front: list[str], title:
     for name, (d, r) in points.items():
         on = name in front
         ax.scatter([r], [d], color="tab:red" if on else "tab:blue", s=30 if on else 18, zorder=3)
-        ax.annotate(name, (r, d), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(_mpl(name), (r, d), fontsize=7, xytext=(3, 3), textcoords="offset points")
     pts = sorted((points[n][1], points[n][0]) for n in front)
     if len(pts) > 1:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color="tab:red", lw=1, zorder=2)
@@ -216,9 +229,43 @@ def pareto_plot(points: dict[str, tuple[float, float]], front: list[str], title:
         ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("RTE (retraining seconds / method seconds, log scale; higher is better)")
     ax.set_ylabel("RetDev (log scale; lower is better)" if ax.get_yscale() == "log" else "RetDev (lower is better)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_mpl(title), fontsize=10)
     ax.grid(alpha=0.3)
     return _png(fig)
+
+
+def _mpl(text: str) -> str:
+    """Plot text shown literally: ``$`` would start matplotlib's math mode (and fail on an odd count)."""
+    return _clean(text).replace("$", r"\$")
+
+
+# ---------------------------------------------------------------------------- escaping user text
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_LINE_BREAKS = re.compile("\r\n|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<>|])")
+_MD_LINE_START = re.compile(r"^([-+=#]|\d+[.)])")
+
+
+def _clean(text) -> str:
+    """``text`` as one line without control characters (ESC, NUL, ...), each shown as U+FFFD."""
+    return _CONTROL.sub("\ufffd", _LINE_BREAKS.sub(" ", str(text)))
+
+
+def _md(text) -> str:
+    """User text as literal Markdown on one line: the characters that make links and images
+    (``[``, ``]``), raw HTML or autolinks (``<``, ``>``), code, bold and table cells (`````, ``*``,
+    ``|``) and the escape character itself are backslash-escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", _clean(text))
+
+
+def _md_lines(text) -> list[str]:
+    """User text of several lines (a description) as literal Markdown lines: each escaped as
+    :func:`_md` does, leading blanks dropped, a leading list, quote or heading marker escaped."""
+    out = []
+    for line in _LINE_BREAKS.split(str(text)):
+        line = _md(line).strip()
+        out.append(_MD_LINE_START.sub(lambda m: m[1][:-1] + "\\" + m[1][-1], line))
+    return out
 
 
 # ---------------------------------------------------------------------------- report
@@ -271,36 +318,42 @@ def _fmt(e: dict, key: str) -> str:
 
 def markdown(rep: dict, images: dict[str, str]) -> str:
     cfg = rep["config"]
-    lines = [f"# Benchmark report: {cfg['name']}", ""]
+    lines = [f"# Benchmark report: {_md(cfg['name'])}", ""]
     if cfg.get("description"):
-        lines += [cfg["description"], ""]
+        lines += [*_md_lines(cfg["description"]), ""]
     rows = "all rows" if not cfg["rows"] else f"{cfg['rows']} rows"
-    lines += [f"Data {', '.join(cfg['datasets'])} ({rows}), "
-              f"models {', '.join(cfg['models'])}, protocols {', '.join(_protocol_label(p) for p in cfg['protocols'])}; "
+    lines += [f"Data {_md(', '.join(cfg['datasets']))} ({rows}), "
+              f"models {_md(', '.join(cfg['models']))}, protocols {_md(', '.join(_protocol_label(p) for p in cfg['protocols']))}; "
               f"evaluation seeds {cfg['eval_seeds']}, tuning seeds {cfg['tuning_seeds']} "
-              f"({cfg['trials']} {cfg['sampler']} trials per method and problem); device {cfg['device']}.", "",
+              f"({cfg['trials']} {_md(cfg['sampler'])} trials per method and problem); device {_md(cfg['device'])}.", "",
               "RetDev = Σ over retain, forget, test of |acc / acc_retrained − 1| (lower is better); Indisc = 1 − |2·MIA − 1| "
               "of the loss attack forget vs test (1 is ideal); RTE = retraining seconds of the same seed / the method's "
               "seconds. Mean ± standard deviation over the evaluation seeds.", ""]
     cols = ("retdev", "indisc_test", "rte", "acc_retain", "acc_forget", "acc_val", "acc_test", "mia_test", "distance")
     for problem in sorted({e["problem"] for e in rep["summary"]}):
-        lines += [f"## {problem}", "", "| method | n | " + " | ".join(LABELS[c] for c in cols) + " | failed |",
+        lines += [f"## {_md(problem)}", "", "| method | n | " + " | ".join(LABELS[c] for c in cols) + " | failed |",
                   "|---|---:|" + "---:|" * len(cols) + "---:|"]
         rows = [e for e in rep["summary"] if e["problem"] == problem]
         rows.sort(key=lambda e: (not e["method"].startswith("("), e.get("retdev", math.inf)))
         for e in rows:
-            lines.append(f"| {e['method']} | {e['n']} | " + " | ".join(_fmt(e, c) for c in cols) + f" | {e['failed']} |")
+            lines.append(f"| {_md(e['method'])} | {e['n']} | " + " | ".join(_fmt(e, c) for c in cols) + f" | {e['failed']} |")
+        failed_here = sum(e["failed"] for e in rows)
+        if failed_here:
+            lines += ["", f"{failed_here} cell(s) failed here: left out of the means, ranks and the Pareto front; "
+                      "their errors are listed under Failed cells."]
         if problem in rep["pareto"]:
-            lines += ["", f"Pareto front (RetDev against RTE): {', '.join(rep['pareto'][problem])}.", "",
+            lines += ["", f"Pareto front (RetDev against RTE): {_md(', '.join(rep['pareto'][problem]))}.", "",
                       f"![Pareto front]({images[f'pareto-{_slug(problem)}.png']})"]
         lines.append("")
     lines += ["## Ranks", ""]
     for metric, r in rep["ranks"].items():
         order = np.argsort(r["mean_ranks"])
-        ranking = ", ".join(f"{r['methods'][i]} {r['mean_ranks'][i]:.2f}" for i in order)
+        ranking = ", ".join(f"{_md(r['methods'][i])} {r['mean_ranks'][i]:.2f}" for i in order)
         test = (f"Friedman χ² = {r['statistic']:.2f}, p = {r['p_value']:.3g}; Nemenyi CD = {r['critical_difference']:.2f} "
                 f"at α = {r['alpha']}" if "p_value" in r else r.get("note", ""))
-        dropped = f" Left out (every cell failed): {', '.join(r['dropped'])}." if r["dropped"] else ""
+        dropped = f" Left out (every cell failed): {_md(', '.join(r['dropped']))}." if r["dropped"] else ""
+        if r.get("skipped_blocks"):
+            dropped += f" {r['skipped_blocks']} block(s) skipped: some method failed there."
         lines += [f"**{LABELS[metric]}** over {r['blocks']} blocks ({r['blocks_are']}): {ranking}. {test}.{dropped}", ""]
         key = f"cd-{metric}.png"
         if key in images:
@@ -310,14 +363,15 @@ def markdown(rep: dict, images: dict[str, str]) -> str:
     for s in rep["studies"]:
         obj = s.get("objectives")
         obj_text = ", ".join(f"{v:.3f}" for v in obj.values()) if isinstance(obj, dict) else "-"
-        chosen = ", ".join(f"{k}={_short(v)}" for k, v in sorted(s["chosen"].items())) or "defaults"
-        lines.append(f"| {s['problem']} | {s['method']} | {s['n_trials']} | {chosen} | {obj_text} |")
+        chosen = _md(", ".join(f"{k}={_short(v)}" for k, v in sorted(s["chosen"].items())) or "defaults")
+        lines.append(f"| {_md(s['problem'])} | {_md(s['method'])} | {s['n_trials']} | {chosen} | {obj_text} |")
     failed = [c for c in rep["cells"] if c["status"] != "ok"]
     if failed:
         lines += ["", "## Failed cells", ""]
-        lines += [f"- {c['problem']} {c['method']} seed {c['seed']}: {(c['error'] or '').splitlines()[0][:200]}" for c in failed]
+        lines += [f"- {_md(c['problem'])} {_md(c['method'])} seed {c['seed']}: {_md(first_line(c.get('error')))}"
+                  for c in failed]
     lines += ["", "## Runs", ""]
-    lines += [f"- run {r['id']}: {r['status']}, {r['executor']} executor" for r in rep["runs"]]
+    lines += [f"- run {r['id']}: {_md(r['status'])}, {_md(r['executor'])} executor" for r in rep["runs"]]
     return "\n".join(lines) + "\n"
 
 
@@ -331,12 +385,14 @@ def _protocol_label(p: dict) -> str:
 
 def write(out: str | Path, target: str | Path | None = None, formats=("md", "html", "csv")) -> list[Path]:
     """Write ``report.md`` (+ PNGs), ``report.html`` (PNGs embedded) and CSVs; returns the paths."""
-    rep = build(out)
-    target = Path(target or out)
-    target.mkdir(parents=True, exist_ok=True)
     unknown = set(formats) - {"md", "html", "csv", "json"}
     if unknown:
         raise BenchError(f"Unknown report format(s) {sorted(unknown)}; valid: md, html, csv, json.")
+    if target is not None:
+        check_folder(target, option="--to")
+    rep = build(out)
+    target = Path(target or out)
+    target.mkdir(parents=True, exist_ok=True)
     written = []
     if "md" in formats:
         for name, png in rep["plots"].items():
@@ -345,12 +401,13 @@ def write(out: str | Path, target: str | Path | None = None, formats=("md", "htm
         written.append(atomic_write(target / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8")))
     if "html" in formats:
         images = {n: "data:image/png;base64," + base64.b64encode(b).decode() for n, b in rep["plots"].items()}
-        page = to_html(markdown(rep, images), rep["config"]["name"])
+        page = to_html(markdown(rep, {n: n for n in rep["plots"]}), rep["config"]["name"], images=images)
         written.append(atomic_write(target / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8")))
     if "csv" in formats:
         written.append(_csv(target / "summary.csv", rep["summary"]))
         long = [{"problem": c["problem"], "method": c["method"], "seed": c["seed"], "status": c["status"],
-                 **c["metrics"], "params": json.dumps(c["params"], sort_keys=True)} for c in rep["cells"]]
+                 **(c.get("metrics") or {}), "params": json.dumps(c.get("params") or {}, sort_keys=True),
+                 "error": c.get("error") or ""} for c in rep["cells"]]
         written.append(_csv(target / "cells.csv", long))
     if "json" in formats:
         data = _nan_to_none({k: v for k, v in rep.items() if k not in ("plots",)})
@@ -371,43 +428,101 @@ def _csv(path: Path, records: list[dict]) -> Path:
     return atomic_write(path, write_rows)
 
 
-def to_html(md: str, title: str) -> str:
-    """A small Markdown-to-HTML rendering of the report (headings, paragraphs, tables, images, lists)."""
-    body, table = [], []
+_IMAGE_LINE = re.compile(r"^!\[([^\]\\]*)\]\(([^()\s\\]+)\)$")
 
-    def flush_table():
+
+def to_html(md: str, title: str, *, images: dict[str, str] | None = None) -> str:
+    """A small rendering of the report's Markdown as HTML (headings, paragraphs, tables, lists).
+
+    Every piece of text is HTML-escaped (quotes included) after Markdown backslash escapes are
+    resolved, so escaped user text shows literally. A line ``![alt](name)`` becomes an image only
+    when ``name`` is one of the report's own plots (a key of ``images``, mapped to the ``src`` to
+    embed); any other such line is shown as text.
+    """
+    images = images or {}
+    body, table, items = [], [], []
+
+    def flush():
         if table:
-            rows = [r.strip().strip("|").split("|") for r in table if not set(r.replace("|", "").strip()) <= set("-:")]
+            rows = [_split_row(r) for r in table if not set(r.replace("|", "").strip()) <= set("-:")]
             head, *rest = rows
             body.append("<table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead><tbody>"
                         + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rest)
                         + "</tbody></table>")
             table.clear()
+        if items:
+            body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
+            items.clear()
 
     for line in md.splitlines():
         if line.startswith("|"):
+            if items:
+                flush()
             table.append(line)
             continue
-        flush_table()
-        if line.startswith("!["):
-            alt, src = line[2:].split("](", 1)
-            body.append(f'<p><img alt="{html.escape(alt)}" src="{src[:-1]}"></p>')
+        if line.startswith("- "):
+            if table:
+                flush()
+            items.append(line[2:])
+            continue
+        flush()
+        image = _IMAGE_LINE.match(line)
+        if image and image[2] in images:
+            body.append(f'<p><img alt="{html.escape(image[1], quote=True)}" '
+                        f'src="{html.escape(images[image[2]], quote=True)}"></p>')
         elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
-        elif line.startswith("- "):
-            body.append(f"<li>{_inline(line[2:])}</li>")
+            level = min(6, len(line) - len(line.lstrip("#")))
+            body.append(f"<h{level}>{_inline(line.lstrip('#'))}</h{level}>")
         elif line.strip():
             body.append(f"<p>{_inline(line)}</p>")
-    flush_table()
+    flush()
     style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;"
              "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(_clean(title), quote=True)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
+def _split_row(row: str) -> list[str]:
+    """The cells of a Markdown table row, split at the pipes that are not backslash-escaped."""
+    cells, current, i = [], "", 0
+    row = row.strip()
+    while i < len(row):
+        ch = row[i]
+        if ch == "\\" and i + 1 < len(row):
+            current += row[i:i + 2]
+            i += 2
+            continue
+        if ch == "|":
+            cells.append(current)
+            current = ""
+        else:
+            current += ch
+        i += 1
+    cells.append(current)
+    if cells and not cells[0].strip():
+        cells = cells[1:]
+    if cells and not cells[-1].strip():
+        cells = cells[:-1]
+    return cells
+
+
 def _inline(text: str) -> str:
-    out = html.escape(text.strip())
-    parts = out.split("**")
-    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    """One line of the report's Markdown as HTML: backslash escapes resolved, ``**`` as bold,
+    every character HTML-escaped (quotes included)."""
+    out, bold, i = [], False, 0
+    text = _clean(text).strip()
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and not text[i + 1].isalnum() and text[i + 1].isascii():
+            out.append(html.escape(text[i + 1], quote=True))
+            i += 2
+        elif text.startswith("**", i):
+            out.append("</b>" if bold else "<b>")
+            bold = not bold
+            i += 2
+        else:
+            out.append(html.escape(text[i], quote=True))
+            i += 1
+    if bold:
+        out.append("</b>")
+    return "".join(out)

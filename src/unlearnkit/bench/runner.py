@@ -28,7 +28,8 @@ from typing import Callable
 import numpy as np
 
 from unlearnkit.bench.config import BenchConfig
-from unlearnkit.bench.executors import make_executor
+from unlearnkit.atomic import atomic_write, check_folder
+from unlearnkit.bench.executors import EXECUTORS, check_workers, make_executor
 from unlearnkit.bench.jobs import OBJECTIVES, environment
 from unlearnkit.bench.space import describe_space, search_space
 from unlearnkit.bench.store import Store
@@ -141,22 +142,37 @@ class _Study:
 
 def run(config: BenchConfig, out: str | Path, *, executor: str = "local", workers: int | None = None,
         address: str | None = None, retry_failed: bool = False, progress: Progress | None = None,
-        log: Callable[[str], None] | None = None) -> RunSummary:
-    """Run (or resume) the benchmark ``config`` with its results in folder ``out``."""
+        log: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None) -> RunSummary:
+    """Run (or resume) the benchmark ``config`` with its results in folder ``out``.
+
+    ``should_stop`` is asked between results (about twice a second); when it returns True the run
+    stops as on Ctrl-C (``KeyboardInterrupt``, the run recorded as interrupted). The command line
+    sets it from its SIGINT/SIGTERM handler, so a stop request is honoured even when the
+    interrupt itself landed where Python could not raise it.
+
+    Before anything is computed or created, :func:`check_run_options` refuses an unknown
+    executor, ``workers`` outside [1, :func:`~unlearnkit.bench.executors.max_workers`] and an
+    ``out`` that cannot be a folder. A cell whose method fails is stored as failed with its
+    error and counted in ``RunSummary.failed_cells``; the run goes on.
+    """
     log = log or (lambda msg: None)
     progress = progress or (lambda stage, done, total: None)
     start = time.perf_counter()
+    check_run_options(out, executor=executor, workers=workers)
     if executor == "local":
         check_device(config.device)
     store = Store(out, create=True)
     try:
         store.lock()
         store.bind_config(config.to_dict(), config.fingerprint())
-        (Path(out) / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        text = json.dumps(config.to_dict(), indent=1)
+        atomic_write(Path(out) / "config.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         if retry_failed:
             for problem, method in store.forget_crashes():
                 log(f"{problem} {method}: trials crashed before; searching it again")
         pool = make_executor(executor, workers, address, config.device)
+        if should_stop is not None:
+            pool = _Stoppable(pool, should_stop)
         run_id = store.start_run(pool.name, {**environment(config.device), "workers": pool.workers})
         log(f"run {run_id} in {out}: {pool.name} executor, {pool.workers} worker(s)")
         try:
@@ -181,6 +197,15 @@ def run(config: BenchConfig, out: str | Path, *, executor: str = "local", worker
         store.close()
 
 
+def check_run_options(out: str | Path, *, executor: str = "local", workers: int | None = None) -> None:
+    """Refuse, before anything is computed or created, an unknown executor, a worker count outside
+    [1, :func:`~unlearnkit.bench.executors.max_workers`] and an ``out`` that cannot be a folder."""
+    if executor not in EXECUTORS:
+        raise BenchError(f"Unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}.")
+    check_workers(workers)
+    check_folder(out, option="--out")
+
+
 def check_device(device: str) -> None:
     """Refuse a device this machine does not have (before any job)."""
     import torch
@@ -191,6 +216,21 @@ def check_device(device: str) -> None:
                          "use run.device = 'cpu' or run where the GPU is.")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise BenchError("run.device = 'mps', but MPS is not available here.")
+
+
+class _Stoppable:
+    """An executor whose ``wait`` raises ``KeyboardInterrupt`` once ``should_stop()`` says so."""
+
+    def __init__(self, pool, should_stop: Callable[[], bool]) -> None:
+        self._pool, self._should_stop = pool, should_stop
+
+    def __getattr__(self, name):
+        return getattr(self._pool, name)
+
+    def wait(self, handles, timeout: float = 0.5):
+        if self._should_stop():
+            raise KeyboardInterrupt
+        return self._pool.wait(handles, timeout)
 
 
 def _drain(pool, handles: dict, on_result, limit: int, submit_more) -> None:
@@ -336,7 +376,7 @@ def _cells(config, store, pool, run_id, retry_failed, progress, log) -> None:
             log(f"{problem.key} {method} seed {seed}: RetDev {m['retdev']:.3f} indisc {m['indisc_test']:.3f} "
                 f"RTE {m['rte']:.1f}")
         else:
-            log(f"{problem.key} {method} seed {seed}: FAILED {result['error'].splitlines()[0][:160]}")
+            log(f"{problem.key} {method} seed {seed}: FAILED {first_line(result.get('error'), 160)}")
         progress("cells", done, len(grid))
 
     _drain(pool, {}, on_result, 2 * pool.workers, submit_more)
@@ -356,11 +396,19 @@ def status(out: str | Path) -> dict:
             "studies": (len(searched), problems * len(cfg["methods"])),
             "trials": store.counts()["trials"], "trials_per_study": cfg["trials"],
             "cells": (len(cells), problems * len(cfg["methods"]) * len(cfg["eval_seeds"])),
-            "failed_cells": [(c["problem"], c["method"], c["seed"], (c["error"] or "").splitlines()[0][:120])
+            "failed_cells": [(c["problem"], c["method"], c["seed"], first_line(c["error"], 120))
                              for c in cells if c["status"] != "ok"],
             "runs": [{**r, "status": _live_status(r)} for r in store.runs()],
             "complete": len(cells) == problems * len(cfg["methods"]) * len(cfg["eval_seeds"]),
         }
+
+
+def first_line(error: str | None, limit: int = 200) -> str:
+    """The first non-empty line of a failed job's error (its exception and message), shortened."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    if not lines:
+        return "(no error message was recorded)"
+    return lines[0] if len(lines[0]) <= limit else lines[0][: limit - 3] + "..."
 
 
 def _live_status(run: dict) -> str:

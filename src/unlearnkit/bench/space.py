@@ -72,3 +72,35 @@ def describe_space(space: dict) -> dict:
             out[name] = {"low": dist.low, "high": dist.high, "log": getattr(dist, "log", False),
                          "type": "int" if isinstance(dist, D.IntDistribution) else "float"}
     return out
+
+
+# ---------------------------------------------------------------------------- fixed values
+def check_fixed(method: str, params: dict, *, where: str = "") -> None:
+    """Refuse fixed hyperparameters that the method registry refuses (type, non-finite numbers,
+    integers beyond 64 bits, values outside the registered range:
+    :meth:`~unlearnkit.methods.base.Hyperparameter.problem`) and epoch counts beyond
+    :data:`~unlearnkit.bench.config.MAX_EPOCHS`.
+
+    Names the method does not have are left to :func:`unlearnkit.methods.make`, which lists the
+    valid ones. Raises :class:`~unlearnkit.errors.BenchError` naming ``where.<name>``, the value
+    and what is allowed.
+    """
+    from unlearnkit.bench.config import MAX_EPOCHS
+    from unlearnkit.errors import BenchError
+    from unlearnkit.methods import info
+
+    where = where or f"methods.fixed.{method}"
+    registered = {h.name: h for h in info(method).hyperparameters}
+    for name, value in params.items():
+        h = registered.get(name)
+        if h is None:
+            continue
+        key = f"{where}.{name}"
+        problem = h.problem(value)
+        if problem:
+            hint = f" See `unlearnkit methods {method}`." if "registered range" in problem else ""
+            raise BenchError(f"{key}{problem}{hint}")
+        if (isinstance(value, (int, float)) and not isinstance(value, bool) and any(marker in h.range for marker in _EPOCHS)
+                and value > MAX_EPOCHS):
+            raise BenchError(f"{key} = {value!r} epochs: at most {MAX_EPOCHS:,} (the limit of train.epochs); "
+                             "a run that long never finishes.")

@@ -65,7 +65,11 @@ class Store:
             if not create:
                 raise BenchError(f"No benchmark results in {self.folder} (no {DB_NAME}); start one with "
                                  "`unlearnkit bench run CONFIG --out FOLDER`.")
-            self.folder.mkdir(parents=True, exist_ok=True)
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BenchError(f"Cannot create the run folder {self.folder}: {exc.strerror or exc}. "
+                                 "Give --out a folder (new or existing) you can write to.") from None
         self.conn = self._open()
 
     def _open(self) -> sqlite3.Connection:
@@ -268,7 +272,8 @@ class Store:
         for r in self.conn.execute(f"SELECT {', '.join(cols)} FROM cells ORDER BY problem, method, seed"):
             d = dict(zip(cols, r))
             for key in ("params", "metrics", "env"):
-                d[key] = json.loads(d[key]) if d[key] else {}
+                value = json.loads(d[key]) if d[key] else None
+                d[key] = value if isinstance(value, dict) else {}  # a failed cell stored no metrics ("null")
             out.append(d)
         return out
 

@@ -14,10 +14,19 @@ comes from) and its reference, rejects unknown hyperparameters listing the valid
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from unlearnkit.errors import MethodError
+
+_NUM = r"[-+0-9.eE]+"
+_LOWER = re.compile(rf"^(>=|>)\s*({_NUM})")
+_BOUNDS = re.compile(rf"^(log-uniform\s+)?([\[(])\s*({_NUM}),\s*({_NUM})\s*([\])])")
+_CHOICES = re.compile(r"^[A-Za-z_]+(\|[A-Za-z_]+)+$")
+_SET = re.compile(r"^\{([0-9, ]+)\}")
+_INT64 = 2**63
 
 
 @dataclass(frozen=True)
@@ -32,15 +41,77 @@ class Hyperparameter:
     source: str = ""
 
     def check(self, value: Any) -> Any:
+        """``value`` as the method receives it (an int where a float is asked becomes a float).
+
+        Raises :class:`~unlearnkit.errors.MethodError` naming the hyperparameter when
+        :meth:`problem` finds one.
+        """
         if value is None and self.default is None:
             return value
-        types = _as_tuple(self.type)
-        if float in types and isinstance(value, int) and not isinstance(value, bool):
+        problem = self.problem(value)
+        if problem:
+            raise MethodError(f"Hyperparameter {self.name!r}{problem}")
+        if float in _as_tuple(self.type) and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
-        if not isinstance(value, self.type) or isinstance(value, bool) and bool not in _as_tuple(self.type):
-            names = "/".join(t.__name__ for t in _as_tuple(self.type))
-            raise MethodError(f"Hyperparameter {self.name!r} must be {names}, got {value!r}.")
         return value
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` (a phrase that follows the name), or None.
+
+        Checked: the type, finiteness of numbers, integers within 64 bits, and the registered
+        range's first clause (see :meth:`rule`). Strings where the range states numbers (an
+        ``'auto'`` rule) are left to the method.
+        """
+        if value is None and self.default is None:
+            return None
+        types = _as_tuple(self.type)
+        widened = float in types and isinstance(value, int) and not isinstance(value, bool)
+        if not widened and (not isinstance(value, self.type) or isinstance(value, bool) and bool not in types):
+            return f" must be {'/'.join(t.__name__ for t in types)}, got {value!r}."
+        if value is None or isinstance(value, bool):
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            return f" must be a finite number, got {value!r}."
+        if isinstance(value, int) and not -_INT64 <= value < _INT64:
+            return f" does not fit a 64-bit integer (got a {value.bit_length():,}-bit number)."
+        rule = self.rule()
+        if rule is None:
+            return None
+        description, ok = rule
+        if isinstance(value, str) != description.startswith("one of"):
+            return None  # 'auto' where a number is also valid, or a number where strings are listed
+        if not ok(value):
+            return f" = {value!r} is outside its registered range ({self.range}): it must be {description}."
+        return None
+
+    def rule(self) -> tuple[str, Callable[[Any], bool]] | None:
+        """What a value must satisfy, read from the first clause of the registered range.
+
+        Returns ``(description, predicate)``, or None when the range states no numeric or choice
+        constraint (``">= 0; DeepUnlearn caps ..."`` means ``>= 0``). A log-uniform *search*
+        interval bounds the search, not a value given by hand: such a value must be ``>= 0`` (a
+        learning rate ``> 0``); a plain interval (``[0, 1]``, ``[0, 1)``) bounds both; a set of
+        batch sizes (``{64, 128, 256}``) asks for an integer ``>= 1``; ``a|b|c`` lists the valid
+        strings.
+        """
+        text = self.range.split(";")[0].strip()
+        if _CHOICES.match(text):
+            choices = text.split("|")
+            return f"one of {', '.join(choices)}", lambda v: v in choices
+        if m := _BOUNDS.match(text):
+            if m[1]:
+                if self.name == "lr" or self.name.endswith("_lr"):
+                    return "> 0 (a learning rate)", lambda v: v > 0
+                return ">= 0", lambda v: v >= 0
+            low, high, left, right = float(m[3]), float(m[4]), m[2], m[5]
+            return (f"in {left}{m[3]}, {m[4]}{right}",
+                    lambda v: (v >= low if left == "[" else v > low) and (v <= high if right == "]" else v < high))
+        if _SET.match(text):
+            return "an integer >= 1", lambda v: v >= 1
+        if m := _LOWER.match(text):
+            bound = float(m[2])
+            return f"{m[1]} {m[2]}", (lambda v: v >= bound) if m[1] == ">=" else (lambda v: v > bound)
+        return None
 
 
 def _as_tuple(t) -> tuple:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from unlearnkit.atomic import check_folder, check_target
 from unlearnkit.errors import UnlearnKitError
 from unlearnkit.scenarios import rules
 from unlearnkit.scenarios.compare import compare
@@ -61,6 +62,8 @@ def run(
     seeded), solved by every strategy (see :mod:`unlearnkit.scenarios.compare`) and the
     scenario's goals are checked on the mean over seeds. Returns the
     :class:`~unlearnkit.scenarios.report.ScenarioResult`; ``result.to_dict()`` is the JSON.
+    ``out`` is checked before anything is computed: it must be a folder (new or existing) that
+    can be written, else :class:`~unlearnkit.errors.OutputError`.
     """
     if name not in SCENARIOS:
         raise ScenarioError(f"Unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}.")
@@ -69,6 +72,10 @@ def run(
     seeds = [int(s) for s in seeds]
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ScenarioError(f"seeds must be distinct non-negative integers, got {seeds}.")
+    if out is not None:  # before any computing: a run of minutes must not end on an unwritable path
+        check_folder(out, option="--out")
+        for ext in ("json", "png", "md"):
+            check_target(Path(out) / f"{name}.{ext}", user_path=True)
     spec = SCENARIOS[name]
     module = spec.load()
     preset = module.SIZES[size]
