@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from unlearnkit.errors import MetricError, UnlearnKitError
 
@@ -51,6 +52,32 @@ def _parse_params(params: list[str]) -> dict:
     return out
 
 
+class _OptionError(UnlearnKitError, ValueError):
+    """A command-line option has a value no command can use (non-finite, negative, out of range)."""
+
+
+def _check_seed(seed: int, option: str = "--seed") -> None:
+    if not 0 <= seed < 2**64:
+        _fail(_OptionError(f"{option} must be an integer in [0, 2**64) (a 64-bit seed); got {seed}."))
+
+
+def _check_number(option: str, value: float, *, positive: bool = False, minimum: float = 0.0) -> None:
+    """Refuse a NaN, infinite, negative (or, with ``positive``, zero) value of a numeric option."""
+    if not math.isfinite(value) or value < minimum or (positive and value <= 0):
+        want = "a finite number > 0" if positive else f"a finite number >= {minimum:g}"
+        _fail(_OptionError(f"{option} must be {want}; got {value}."))
+
+
+def _check_out(out: Path, option: str = "--out") -> None:
+    """Check an output path before any work, so a long run never ends in an unwritable target."""
+    from unlearnkit.atomic import check_target
+
+    try:
+        check_target(out, user_path=True)
+    except UnlearnKitError as exc:
+        _fail(_OptionError(f"{option}: {exc}"))
+
+
 @app.command()
 def demo(
     seed: int = typer.Option(0, help="Seed for splits, planted problems and training."),
@@ -61,6 +88,9 @@ def demo(
 
     from unlearnkit import demo as demo_mod
 
+    _check_seed(seed)
+    if cnn_epochs < 1:
+        _fail(_OptionError(f"--cnn-epochs must be >= 1; got {cnn_epochs}."))
     torch.manual_seed(seed)
     with console.status("starting") as status:
         def step(message: str) -> None:
@@ -147,15 +177,21 @@ def train_cmd(
     from unlearnkit import models, save_model
     from unlearnkit.training import TrainConfig, accuracy, train
 
+    _check_number("--l2", l2)
+    _check_number("--lr", lr, positive=True)
+    if epochs < 1:
+        _fail(_OptionError(f"--epochs must be >= 1; got {epochs}."))
+    _check_seed(seed)
+    _check_out(out)
     try:
         ds = data_mod.load(data)
         net = models.for_data(model, ds, l2=l2)
-        with console.status(f"training {model} on {ds.name} ({len(ds)} rows)"):
+        with console.status(escape(_plain(f"training {model} on {ds.name} ({len(ds)} rows)"))):
             trained = train(net, ds, config=TrainConfig(epochs=epochs, lr=lr, seed=seed))
-        save_model(trained, out, metadata={"data": data, "data_fingerprint": ds.fingerprint()})
+        save_model(trained, out, metadata={"data": data, "data_fingerprint": ds.fingerprint()}, user_path=True)
     except UnlearnKitError as exc:
         _fail(exc)
-    console.print(f"saved {out} (training accuracy {accuracy(trained, ds):.4f})")
+    console.print(f"saved {_plain(out)} (training accuracy {accuracy(trained, ds):.4f})", markup=False, highlight=False)
 
 
 @app.command()
@@ -175,18 +211,20 @@ def unlearn(
     from unlearnkit.demo import rel_distance
     from unlearnkit.training import accuracy, retrain
 
+    _check_out(out)
     try:
         net = load_model(model)
         ds = data_mod.load(data)
         fingerprint = getattr(net, "metadata", {}).get("data_fingerprint")
         if fingerprint and fingerprint != ds.fingerprint():
-            err.print(f"[yellow]warning:[/] {data} differs from the data {model} was trained on; "
+            err.print(f"[yellow]warning:[/] {escape(_plain(data))} differs from the data {escape(_plain(model))} was trained on; "
                       "influence updates assume the training data.")
         ch = Changes.load(changes)
-        with console.status(f"{method}: unlearning {ch!r}"):
+        with console.status(escape(_plain(f"{method}: unlearning {ch!r}"))):
             result = unlearn_fn(net, ds, ch, method=method, **_parse_params(param))
-        save_model(result.model, out, metadata={**getattr(net, "metadata", {}), "unlearned": result.to_dict()})
-        table = Table(title=f"{method} on {ds.name}")
+        save_model(result.model, out, metadata={**getattr(net, "metadata", {}), "unlearned": result.to_dict()},
+                   user_path=True)
+        table = Table(title=Text(_plain(f"{method} on {ds.name}")))
         table.add_column("quantity")
         table.add_column("value", justify="right")
         table.add_row("affected points", str(result.n_affected))
@@ -200,7 +238,7 @@ def unlearn(
         console.print(table)
     except UnlearnKitError as exc:
         _fail(exc)
-    console.print(f"saved {out}")
+    console.print(f"saved {_plain(out)}", markup=False, highlight=False)
 
 
 @app.command("methods")
@@ -247,6 +285,9 @@ def evaluate(
 
     if fmt not in _FORMATS:
         _fail(ValueError(f"--format must be one of {', '.join(_FORMATS)}, got {fmt!r}."))
+    _check_seed(seed)
+    if out is not None:
+        _check_out(out)
     try:
         names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
         for name in names or ():
@@ -281,9 +322,14 @@ def evaluate(
         console.print("rte: unlearning time as recorded by `unlearnkit unlearn`, retraining timed by this command "
                       "(two processes; compare with care).", highlight=False)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text((text or table.to_json)())
-        console.print(f"wrote {out}")
+        from unlearnkit.atomic import atomic_write
+
+        body = (text or table.to_json)()
+        try:
+            atomic_write(out, lambda tmp: Path(tmp).write_text(body, encoding="utf-8"), user_path=True)
+        except UnlearnKitError as exc:
+            _fail(exc)
+        console.print(f"wrote {out}", markup=False)
 
 
 def _print_metric_table(table) -> None:
@@ -332,8 +378,32 @@ def metrics_cmd(
 
 # ---------------------------------------------------------------------------- ledger
 ledger_app = typer.Typer(no_args_is_help=True, help="A verifiable record of certified unlearning requests for a "
-                         "logistic-regression model (init, apply, history, verify, export, refine).")
+                         "logistic-regression model (init, apply, history, verify, head, export, refine).")
 app.add_typer(ledger_app, name="ledger")
+
+_KEY_FILE_HELP = ("File holding the ledger's secret HMAC key (default: $UNLEARNKIT_LEDGER_KEY; no key if neither). "
+                  "Keep it outside the ledger folder.")
+
+
+def _ledger_key(key_file: Optional[Path], path: Path):
+    from unlearnkit.ledger import read_key
+
+    return read_key(key_file, ledger=path)
+
+
+def _plain(text) -> str:
+    """User text made safe for the terminal: non-printable characters (ESC, other control
+    characters, line separators) shown as Python escapes instead of reaching the terminal."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _open_ledger(path: Path, key_file: Optional[Path] = None):
+    from unlearnkit.ledger import Ledger
+
+    return Ledger(path, key=_ledger_key(key_file, path))
 
 
 def _print_certificate(cert) -> None:
@@ -360,22 +430,29 @@ def ledger_init(
     bound: str = typer.Option("data", help="Which bound the budget spends: data (data-dependent) or worst (worst case)."),
     seed: Optional[int] = typer.Option(None, help="Seed of the noise b (default: a secret random seed)."),
     reason: str = typer.Option("initial training", help="Recorded with the first entry."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help=_KEY_FILE_HELP + " With a key, every entry carries an HMAC."),
 ) -> None:
     """Train a certified (loss-perturbed) logistic regression and start its ledger."""
     from unlearnkit import data as data_mod
+    from unlearnkit.errors import LedgerError
     from unlearnkit.influence.certified import CertifiedSpec
     from unlearnkit.ledger import Ledger
     from unlearnkit.models import LogisticRegression
 
     try:
+        if path.exists() and not path.is_dir():
+            raise LedgerError(f"{path} exists and is not a folder; give the path of a new (or empty) folder for the ledger.")
+        key = _ledger_key(key_file, path)
         ds = data_mod.load(data)
         spec = CertifiedSpec(epsilon=epsilon, delta=delta, sigma=sigma, budget=budget, feature_bound=feature_bound, bound=bound)
         model = LogisticRegression(n_features=ds.n_features, n_classes=ds.n_classes, l2=l2)
         with console.status(f"training a certified model on {ds.name} ({len(ds)} rows)"):
-            ledger = Ledger.create(path, ds, model=model, spec=spec, seed=seed, reason=reason)
+            ledger = Ledger.create(path, ds, model=model, spec=spec, seed=seed, reason=reason, key=key)
     except UnlearnKitError as exc:
         _fail(exc)
-    console.print(f"ledger created at {path} (model file {ledger.model_file.name})")
+    console.print(f"ledger created at {_plain(path)} (model file {ledger.model_file.name})", markup=False, highlight=False)
+    console.print(f"head: {ledger.head()}  (keep it outside the folder; check with `ledger verify --expect-head`)",
+                  markup=False, highlight=False)
     _print_certificate(ledger.certificate())
 
 
@@ -385,20 +462,22 @@ def ledger_apply(
     changes: Path = typer.Option(..., "--changes", help="Change set (JSON, see Changes.to_json); row ids of the original data."),
     reason: str = typer.Option("", "--reason", help="Why (recorded with the request)."),
     exact_residual: bool = typer.Option(False, "--exact-residual", help="Also measure the residual (a pass over the data)."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help=_KEY_FILE_HELP),
 ) -> None:
     """Unlearn a change set on top of every earlier request, and record it."""
     from unlearnkit import Changes
-    from unlearnkit.ledger import Ledger
 
     try:
-        ledger = Ledger(path)
+        ledger = _open_ledger(path, key_file)
         ch = Changes.load(changes)
         result = ledger.apply(ch, reason=reason, exact_residual=exact_residual)
     except UnlearnKitError as exc:
         _fail(exc)
     what = "retrained (budget exhausted)" if result.certificate.retrained else "second-order update"
-    console.print(f"entry {ledger.seq}: {what}, {result.n_affected} affected rows, {result.seconds * 1000:.1f} ms; "
-                  f"model file {ledger.model_file.name}")
+    head = ledger.committed  # this process's entry, even if another writer committed after it
+    console.print(f"entry {head.seq}: {what}, {result.n_affected} affected rows, {result.seconds * 1000:.1f} ms; "
+                  f"model file {ledger.model_file.name}", markup=False, highlight=False)
+    console.print(f"head: {head}", markup=False, highlight=False)
     _print_certificate(result.certificate)
 
 
@@ -407,17 +486,19 @@ def ledger_refine(
     path: Path = typer.Argument(..., help="The ledger folder."),
     target: Optional[float] = typer.Option(None, help="Residual to reach (default: what retraining reaches)."),
     max_steps: int = typer.Option(50, help="Newton steps at most."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help=_KEY_FILE_HELP),
 ) -> None:
     """Newton steps on the corrected data until the residual meets a target (frees budget)."""
-    from unlearnkit.ledger import Ledger
-
     try:
-        ledger = Ledger(path)
+        ledger = _open_ledger(path, key_file)
         info = ledger.refine(target, max_steps=max_steps)
     except UnlearnKitError as exc:
         _fail(exc)
-    console.print(f"entry {ledger.seq}: {info['steps']} Newton steps ({info['hessian_refreshes']} Hessian refreshes), "
-                  f"residual {info['residual']:.3g} (target {info['target']:.3g}{'' if info['reached'] else ', NOT reached'})")
+    head = info["head"]  # this process's entry, even if another writer committed after it
+    console.print(f"entry {head.seq}: {info['steps']} Newton steps ({info['hessian_refreshes']} Hessian refreshes), "
+                  f"residual {info['residual']:.3g} (target {info['target']:.3g}{'' if info['reached'] else ', NOT reached'})",
+                  markup=False, highlight=False)
+    console.print(f"head: {head}", markup=False, highlight=False)
     _print_certificate(ledger.certificate())
 
 
@@ -427,61 +508,84 @@ def ledger_history(
     fmt: str = typer.Option("table", "--format", help="table or json."),
 ) -> None:
     """Every entry: training, requests, retrainings, refinements."""
-    from unlearnkit.ledger import Ledger
+    from unlearnkit.errors import LedgerError
 
+    if fmt not in ("table", "json"):
+        _fail(LedgerError(f"--format must be table or json, got {fmt!r}."))
     try:
-        entries = Ledger(path).history()
+        entries = _open_ledger(path).history()
     except UnlearnKitError as exc:
         _fail(exc)
     if fmt == "json":
-        typer.echo(json.dumps(entries, indent=1, default=str))
+        typer.echo(json.dumps(entries, indent=1, default=str))  # ensure_ascii: control characters are escaped
         return
-    table = Table(title=f"ledger {path}", title_justify="left")
+    table = Table(title=Text(f"ledger {_plain(path)}"), title_justify="left")
     for col in ("#", "kind", "time (UTC)", "rows", "bound", "cumulative", "eps spent", "params after", "reason"):
-        table.add_column(col, justify="left" if col in ("kind", "reason", "time (UTC)", "params after") else "right")
+        table.add_column(col, justify="left" if col in ("kind", "reason", "time (UTC)", "params after") else "right",
+                         overflow="fold" if col == "reason" else "ellipsis")  # a reason is never cut short
     for e in entries:
         cert = e["certificate"]
-        table.add_row(str(e["seq"]), e["kind"], e["time"][:19], str(e["n_affected"]), _fmt(e["residual_bound"]),
-                      _fmt(e["cumulative_bound"]), _fmt(cert["epsilon_spent"]), e["params_after"][:12], e["reason"])
+        cells = (str(e["seq"]), e["kind"], str(e["time"])[:19], str(e["n_affected"]), _fmt(e["residual_bound"]),
+                 _fmt(e["cumulative_bound"]), _fmt(cert.get("epsilon_spent")), str(e["params_after"])[:12], e["reason"])
+        table.add_row(*(Text(_plain(c)) for c in cells))  # Text: never read as markup
     console.print(table)
 
 
 @ledger_app.command("verify")
 def ledger_verify(
     path: Path = typer.Argument(..., help="The ledger folder."),
-    replay: bool = typer.Option(True, "--replay/--no-replay", help="Recompute every entry from the first training."),
+    replay: bool = typer.Option(True, "--replay/--no-replay", help="Recompute every entry, re-training the first one."),
+    expect_head: Optional[str] = typer.Option(None, "--expect-head", help="The head (SEQ:HASH, from `ledger head`) "
+                                              "kept outside the folder: fail unless the ledger ends exactly there."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help=_KEY_FILE_HELP + " With a key, every HMAC is checked."),
 ) -> None:
     """Check hashes, the chain, the model file and the data; replay the history. Exit 1 on problems."""
-    from unlearnkit.ledger import Ledger
+    from unlearnkit.ledger import Head
 
     try:
-        ledger = Ledger(path)
+        if expect_head is not None:
+            Head.parse(expect_head)
+        ledger = _open_ledger(path, key_file)
     except UnlearnKitError as exc:
         _fail(exc)
     with console.status("verifying"):
-        report = ledger.verify(replay=replay)
+        report = ledger.verify(replay=replay, expect_head=expect_head)
     for check in report.checks:
-        console.print(f"checked: {check}")
+        console.print(f"checked: {check}", markup=False, highlight=False)
     for problem in report.problems:
-        err.print(f"[bold red]problem:[/] {problem}", highlight=False)
+        err.print("[bold red]problem:[/] ", end="")
+        err.print(_plain(problem), markup=False, highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(code=1)
-    console.print(f"ok: {report.entries} entries" + (", replayed" if report.replayed else ""))
+    console.print(f"ok: {report.entries} entries" + (", replayed" if report.replayed else "") + f"; head {report.head}",
+                  markup=False, highlight=False, soft_wrap=True)
+
+
+@ledger_app.command("head")
+def ledger_head(path: Path = typer.Argument(..., help="The ledger folder.")) -> None:
+    """Print the latest entry as SEQ:HASH (its chained hash). Keep it outside the folder, e.g. in an
+    audit log; `ledger verify --expect-head SEQ:HASH` then detects removed or rewritten entries."""
+    try:
+        head = _open_ledger(path).head()
+    except UnlearnKitError as exc:
+        _fail(exc)
+    typer.echo(str(head))
 
 
 @ledger_app.command("export")
 def ledger_export(
     path: Path = typer.Argument(..., help="The ledger folder."),
-    out: Path = typer.Option(..., "--out", help="JSON file to write."),
+    out: Path = typer.Option(..., "--out", help="JSON file to write (outside the ledger folder)."),
 ) -> None:
-    """Write the ledger (metadata, every entry, the current certificate) as JSON."""
-    from unlearnkit.ledger import Ledger
+    """Write the ledger (metadata, every entry, the head, the current certificate) as JSON."""
+    from unlearnkit.atomic import check_target
 
     try:
-        Ledger(path).export(out)
+        check_target(out, user_path=True)
+        _open_ledger(path).export(out)
     except UnlearnKitError as exc:
         _fail(exc)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {_plain(out)}", markup=False, highlight=False)
 
 
 # ---------------------------------------------------------------------------- bench
@@ -496,7 +600,7 @@ def bench_run(
     out: Path = typer.Option(..., "--out", help="Run folder (results.sqlite, config, report); rerun it to resume."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set search.trials=4 --set seeds.eval=[0,1]."),
     executor: str = typer.Option("local", help="local (worker processes) or ray."),
-    workers: Optional[int] = typer.Option(None, help="Worker processes (local) or CPUs of a local Ray instance (default: every core, at most 8)."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes (local) or CPUs of a local Ray instance (default: every core, at most 8; allowed: 1 to 4 per core, at most 256)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (auto, ray://host:10001); only with --executor ray."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run the cells that failed before again."),
     report: bool = typer.Option(True, help="Write the report (Markdown, HTML, CSV) into the run folder at the end."),
@@ -509,9 +613,10 @@ def bench_run(
 
     try:
         cfg = bench.load_config(config, set_)
+        bench.runner.check_run_options(out, executor=executor, workers=workers)
     except UnlearnKitError as exc:
         _fail(exc)
-    console.print(f"{cfg.name}: {len(cfg.problems)} problem(s), {len(cfg.methods)} method(s), "
+    console.print(f"{_plain(cfg.name)}: {len(cfg.problems)} problem(s), {len(cfg.methods)} method(s), "
                   f"{len(cfg.eval_seeds)} evaluation seed(s), {cfg.trials} trials per study -> {out}", markup=False)
     with Progress(TextColumn("{task.description:12s}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as bars:
@@ -524,15 +629,19 @@ def bench_run(
 
         def log(msg):
             if not quiet:
-                bars.console.print(msg, markup=False, highlight=False)
+                bars.console.print(_plain(msg), markup=False, highlight=False)
+
+        stop = []
 
         def terminate(signum, frame):  # `kill` (SIGTERM) stops as cleanly as Ctrl-C
+            stop.append(signum)  # asked again between results, should this raise land where it is lost
             raise KeyboardInterrupt
 
         previous = signal.signal(signal.SIGTERM, terminate)
+        previous_int = signal.signal(signal.SIGINT, terminate)
         try:
             summary = bench.run(cfg, out, executor=executor, workers=workers, address=address,
-                                retry_failed=retry_failed, progress=progress, log=log)
+                                retry_failed=retry_failed, progress=progress, log=log, should_stop=lambda: bool(stop))
         except KeyboardInterrupt:
             bars.stop()
             err.print(f"stopped: finished jobs are stored in {out}; rerun the same command to resume.", markup=False)
@@ -542,6 +651,7 @@ def bench_run(
             _fail(exc)
         finally:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
     console.print(f"done in {summary.seconds:.0f}s: {summary.counts['cells']} cells "
                   f"({summary.failed_cells} failed), {summary.counts['trials']} trials, {summary.counts['refs']} reference pairs",
                   markup=False)
@@ -562,7 +672,7 @@ def bench_status(out: Path = typer.Argument(..., help="A run folder.")) -> None:
         st = bench.status(out)
     except UnlearnKitError as exc:
         _fail(exc)
-    table = Table(title=f"{st['name']} in {out}", title_justify="left")
+    table = Table(title=escape(f"{_plain(st['name'])} in {_plain(out)}"), title_justify="left")
     table.add_column("stage")
     table.add_column("done", justify="right")
     table.add_row("references", f"{st['references'][0]} / {st['references'][1]}")
@@ -571,7 +681,7 @@ def bench_status(out: Path = typer.Argument(..., help="A run folder.")) -> None:
     table.add_row("cells", f"{st['cells'][0]} / {st['cells'][1]}")
     console.print(table)
     for problem, method, seed, error in st["failed_cells"]:
-        console.print(f"failed: {problem} {method} seed {seed}: {error}", markup=False)
+        console.print(_plain(f"failed: {problem} {method} seed {seed}: {error}"), markup=False, highlight=False)
     for r in st["runs"]:
         console.print(f"run {r['id']}: {r['status']} ({r['executor']})", markup=False)
     console.print("complete" if st["complete"] else "incomplete: rerun `unlearnkit bench run` with the same config and --out")
@@ -595,8 +705,28 @@ def bench_report(
 
 
 def main() -> None:
+    """Run the command line. Named errors are reported by each command (``error:``, exit code 2).
+
+    As a last line of defence, three kinds of exception that only hostile or broken input
+    produces (input nested too deeply, bytes in the wrong text encoding, a request for more
+    memory than the machine has) are reported the same way instead of as a traceback.
+    Programming errors are not caught: they keep their traceback.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    app()
+    try:
+        app()
+    except RecursionError:
+        _report_input_error("an input is nested too deeply (e.g. JSON lists inside lists without end)")
+    except UnicodeError as exc:
+        _report_input_error(f"an input is not valid text in the expected encoding ({exc}); save text files as UTF-8")
+    except MemoryError:
+        _report_input_error("the input asks for more memory than this machine has; give a smaller input")
+
+
+def _report_input_error(message: str) -> None:
+    err.print("[bold red]error:[/] ", end="")
+    err.print(message + ".", markup=False, highlight=False, soft_wrap=True)
+    raise SystemExit(2)
 
 
 if __name__ == "__main__":
