@@ -190,6 +190,21 @@ def test_exact_solver_refuses_a_numerically_singular_matrix():
     assert abs(float(Q[:, 0] @ x)) <= 1e-12 and report.residual <= 1e-12
 
 
+def test_exact_solver_factorises_float32_models_in_float64():
+    """A well-posed but ill-conditioned float32 problem (raw breast-cancer features, condition
+    ~1e6) is solved, not refused as singular: the factor is computed in float64, and the residual
+    reported is that of the float32 solution returned."""
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    data = uk.Dataset(X, y, n_classes=2)
+    model = uk.train(LR(n_features=X.shape[1], l2=0.1), data, config=uk.TrainConfig(dtype="float32", max_iter=300))
+    result = uk.unlearn(model, data, uk.Changes.remove([0, 1, 2]), method="second-order", solver="exact")
+    report = result.diagnostics["solver"]
+    assert report["pivot_ratio"] < 1e-5  # a float32 factor would have been refused below ~1.2e-5
+    assert 1e-9 < report["residual"] < 1e-4  # float32 rounding, honestly reported
+
+
 # ---------------------------------------------------------------------------- binary logistic loss
 @pytest.mark.parametrize("margin", [-100.0, -40.0, -25.0, -21.0, 21.0, 25.0, 40.0, 100.0])
 @pytest.mark.parametrize("label", [0, 1])

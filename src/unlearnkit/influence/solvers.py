@@ -114,22 +114,25 @@ class Exact:
                 f"The exact solver refuses {p} parameters (max_params={self.max_params}; the dense Hessian "
                 f"would need {8 * p * p / 2**30:.1f} GiB in float64). Use solver='cg', or raise max_params."
             )
-        M = H.dense()
+        # factorised in float64 whatever the model's dtype: a float32 factor would call any
+        # condition number above ~1e5 singular, and the matrix is small (p <= max_params)
+        M = H.dense().to(torch.float64)
         if self.damping:
             M = M + self.damping * torch.eye(p, dtype=M.dtype, device=M.device)
         details = {"damping": self.damping}
         N = _declared_null_space(H) if not self.damping else None
         A = M
         if N is not None:
+            N = N.to(torch.float64)
             A = M + (float(torch.diagonal(M).mean()) or 1.0) * (N @ N.T)
             details["null_space"] = int(N.shape[1])
         L, info = torch.linalg.cholesky_ex(A)
         pivot_ratio = _pivot_ratio(L) if int(info) == 0 else 0.0
         details["pivot_ratio"] = pivot_ratio
         if int(info) == 0 and pivot_ratio > max(p, 100) * torch.finfo(M.dtype).eps:
-            x = torch.cholesky_solve(v.unsqueeze(1), L).squeeze(1)
+            x = torch.cholesky_solve(v.to(torch.float64).unsqueeze(1), L).squeeze(1)
         elif self.singular == "pinv":
-            x, details["rank"], details["dropped_eigenvalues"] = _pinv_solve(A, v)
+            x, details["rank"], details["dropped_eigenvalues"] = _pinv_solve(A, v.to(torch.float64))
             details["pseudo_inverse"] = True
         elif int(info) != 0:
             raise SolverError(
@@ -141,11 +144,13 @@ class Exact:
             raise SolverError(
                 f"The Hessian is singular up to rounding (smallest Cholesky pivot {pivot_ratio:.2g} times the largest), "
                 "so the exact solve is not unique: its component along the flat direction would be rounding noise "
-                "although the residual looks tiny. The objective is flat along some direction (e.g. unpenalised "
-                "intercepts of a softmax model, or l2 = 0). Penalise the intercept or set l2 > 0, add damping > 0, or "
-                "pass singular='pinv' for the minimum-norm solution."
+                "although the residual looks tiny. The objective is flat, or nearly so, along some direction "
+                "(unpenalised intercepts of a softmax model, l2 = 0, or l2 tiny next to the features' scale). "
+                "Penalise the intercept, raise l2 or standardise the features, add damping > 0, or pass "
+                "singular='pinv' for the minimum-norm solution."
             )
-        residual = float(torch.linalg.vector_norm(M @ x - v)) / v_norm if v_norm else 0.0
+        x = x.to(v.dtype)  # the residual is that of the solution returned, in the model's precision
+        residual = float(torch.linalg.vector_norm(M @ x.to(torch.float64) - v.to(torch.float64))) / v_norm if v_norm else 0.0
         report = SolverReport("exact", iterations=1, residual=residual, converged=True, hvps=0,
                               seconds=time.perf_counter() - start, details=details)
         return x, report
