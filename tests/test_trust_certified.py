@@ -288,3 +288,135 @@ def test_softmax_hessian_lipschitz_constant_is_tight_and_valid():
         torch.testing.assert_close(torch.einsum("ni,nij,nj->n", w, dA, w), (p * centred_u * centred_w**2).sum(1),
                                    rtol=0, atol=1e-7)
     assert 0.25 < worst <= HESSIAN_LIPSCHITZ_SOFTMAX
+
+
+# ---------------------------------------------------------------------------- calibration: precision and compatibility
+PRECISION_CASES = [(1e-6, 1e-30), (1e-6, 1e-5), (1e-4, 1e-10), (1e-3, 1e-300), (0.01, 1e-4), (0.5, 1e-12),
+                   (1.0, 1e-5), (3.0, 0.3), (8.4, 1e-4), (20.0, 1e-8), (200.0, 1e-6)]
+
+
+@pytest.mark.parametrize("eps,delta", PRECISION_CASES)
+def test_sensitivity_ratio_is_never_on_the_unsafe_side(eps, delta):
+    from unlearnkit.influence.certified import sensitivity_ratio
+    r = sensitivity_ratio(eps, delta)
+    with mpmath.workdps(80):
+        achieved = mpmath.mpf(exact_delta_mp(eps, r))
+        assert achieved <= delta  # before: eps=1e-6, delta=1e-30 exceeded delta by 9.5e-7 (relative)
+        assert exact_delta_mp(eps, r * (1 + 1e-10)) > delta  # and the largest such ratio to 1e-10
+
+
+def exact_delta_mp(eps: float, ratio: float):
+    """The exact profile at sensitivity/noise ``ratio`` in 80-digit arithmetic (an mpf)."""
+    with mpmath.workdps(80):
+        e, r = mpmath.mpf(eps), mpmath.mpf(ratio)
+        return mpmath.ncdf(r / 2 - e / r) - mpmath.exp(e) * mpmath.ncdf(-r / 2 - e / r)
+
+
+@pytest.mark.parametrize("ratio", [1e-9, 3e-7, 1e-4, 0.02, 0.3, 1.0, 2.2803, 7.0, 40.0])
+@pytest.mark.parametrize("delta", [1e-30, 1e-5, 1e-2])
+def test_epsilon_for_is_never_understated(ratio, delta):
+    eps = epsilon_for(ratio * 0.7, 0.7, delta)
+    if eps == 0.0:
+        assert exact_delta_mp(0.0, ratio * 0.7 / 0.7) <= delta
+        return
+    with mpmath.workdps(80):
+        assert exact_delta_mp(eps, ratio * 0.7 / 0.7) <= delta  # before: understated by up to 8.6e-12 (relative)
+        assert exact_delta_mp(eps * (1 - 1e-9), ratio * 0.7 / 0.7) > delta  # and the smallest such epsilon
+
+
+@pytest.mark.parametrize("calibration", ["analytic", "classical"])
+def test_epsilon_spent_at_the_full_budget_is_at_most_epsilon(calibration):
+    from unlearnkit.influence.certified import Certificate
+    for eps in np.geomspace(1e-3, 30.0, 60):
+        for delta in (1e-12, 1e-5, 1e-2):
+            for sigma in (0.013, 1.0, 7.7):
+                kw = {} if calibration == "analytic" else {"calibration": calibration}  # analytic: the default
+                spec = CertifiedSpec(epsilon=float(eps), delta=delta, sigma=sigma, **kw)
+                cert = Certificate(spec.epsilon, spec.delta, spec.sigma, spec.budget, 0.0, 0.0, spec.budget, "data", **kw)
+                assert cert.valid and cert.epsilon_spent <= spec.epsilon
+                assert cert.epsilon_spent == pytest.approx(spec.epsilon, rel=1e-9)
+    # beyond the budget nothing is clamped
+    spec = CertifiedSpec(epsilon=1.0, delta=1e-5, calibration=calibration)
+    cert = Certificate(1.0, 1e-5, spec.sigma, spec.budget, 0.0, 0.0, spec.budget * 1.01, "data", calibration=calibration)
+    assert not cert.valid and cert.epsilon_spent > 1.0
+
+
+def test_noise_multiplier_keeps_its_positional_form_with_a_deprecation_warning():
+    from unlearnkit.influence.certified import noise_multiplier, sensitivity_ratio
+    with pytest.warns(DeprecationWarning, match="noise_multiplier"):
+        assert noise_multiplier(1e-4) == math.sqrt(2.0 * math.log(1.5 / 1e-4))  # what it returned before
+    with pytest.warns(DeprecationWarning):
+        assert noise_multiplier(delta=1e-5) == math.sqrt(2.0 * math.log(1.5 / 1e-5))
+    assert noise_multiplier(epsilon=2.0, delta=1e-4) == 2.0 / sensitivity_ratio(2.0, 1e-4)
+    assert noise_multiplier(epsilon=2.0, delta=1e-4, calibration="classical") == pytest.approx(math.sqrt(2 * math.log(1.5e4)))
+    with pytest.raises(TypeError):
+        noise_multiplier(1e-4, epsilon=1.0)
+
+
+def test_classical_calibration_and_its_validity():
+    from unlearnkit.influence.certified import classical_is_valid, gaussian_delta
+    spec = CertifiedSpec(epsilon=10.0, delta=1e-4, sigma=1.0, calibration="classical")
+    assert spec.budget == 10.0 / math.sqrt(2.0 * math.log(1.5e4))  # 2.2803: what earlier versions certified
+    assert spec.to_dict()["calibration"] == "classical"
+    assert CertifiedSpec(epsilon=1.0).calibration == "analytic"
+    with pytest.raises(CertificationError, match="calibration"):
+        CertifiedSpec(calibration="exact")
+    # valid exactly where the exact profile at the classical budget is within delta (about eps <= 8.4 at 1e-4)
+    for eps in (1.0, 8.0, 8.6, 10.0):
+        c = math.sqrt(2.0 * math.log(1.5e4))
+        assert classical_is_valid(eps, 1e-4) == (gaussian_delta(eps, eps / c, 1.0) <= 1e-4)
+    assert classical_is_valid(8.0, 1e-4) and not classical_is_valid(8.6, 1e-4)
+
+
+def test_a_ledger_from_before_the_calibration_field_keeps_its_classical_budget(tmp_path, monkeypatch, caplog):
+    import json
+    import logging
+    import sqlite3
+
+    from unlearnkit.ledger import Ledger
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))
+    X /= np.linalg.norm(X, axis=1).max()
+    data = uk.Dataset(X, (X[:, 0] + 0.3 * rng.normal(size=120) > 0).astype(int), n_classes=2)
+    model = uk.models.LogisticRegression(n_features=3, l2=1.0)
+    # a ledger written by an earlier version: its stored spec has no "calibration" (and the metadata hash
+    # its first entry recorded covers exactly that text)
+    from unlearnkit.influence.certified import Certificate
+
+    old_to_dict, old_cert_dict = CertifiedSpec.to_dict, Certificate.to_dict
+    monkeypatch.setattr(CertifiedSpec, "to_dict", lambda self: {k: v for k, v in old_to_dict(self).items() if k != "calibration"})
+    monkeypatch.setattr(Certificate, "to_dict", lambda self: {k: v for k, v in old_cert_dict(self).items() if k != "calibration"})
+    old = CertifiedSpec(epsilon=10.0, delta=1e-4, sigma=1.0, calibration="classical")
+    Ledger.create(tmp_path / "old", data, model=model, spec=old, seed=1)
+    monkeypatch.undo()
+    with sqlite3.connect(tmp_path / "old" / "ledger.sqlite") as conn:
+        stored = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'spec'").fetchone()[0])
+    assert "calibration" not in stored
+    with caplog.at_level(logging.WARNING, logger="unlearnkit.ledger.ledger"):
+        led = Ledger(tmp_path / "old")
+    assert led.spec.calibration == "classical"
+    assert led.spec.budget == pytest.approx(10.0 / math.sqrt(2.0 * math.log(1.5e4)), rel=1e-15)  # 2.2803, not 2.1965
+    assert any("classical" in r.getMessage() and "new ledger" in r.getMessage() for r in caplog.records)
+    assert led.verify().ok  # the old metadata hash still verifies, and the history replays
+    cert = led.certificate()  # certificates keep the classical spending rule
+    assert cert.calibration == "classical"
+    assert cert.epsilon_spent == pytest.approx(math.sqrt(2.0 * math.log(1.5e4)) * cert.cumulative_bound, rel=1e-15)
+    # a new ledger records the analytic calibration, in its hashed metadata
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="unlearnkit.ledger.ledger"):
+        new = Ledger.create(tmp_path / "new", data, model=model, spec=CertifiedSpec(epsilon=10.0, delta=1e-4, sigma=1.0), seed=1)
+        new = Ledger(tmp_path / "new")
+    assert not caplog.records
+    with sqlite3.connect(tmp_path / "new" / "ledger.sqlite") as conn:
+        assert json.loads(conn.execute("SELECT value FROM meta WHERE key = 'spec'").fetchone()[0])["calibration"] == "analytic"
+    assert new.spec.calibration == "analytic" and new.spec.budget < led.spec.budget
+    # a classical spec whose epsilon is small enough for the constant reopens without a warning
+    monkeypatch.setattr(CertifiedSpec, "to_dict", lambda self: {k: v for k, v in old_to_dict(self).items() if k != "calibration"})
+    Ledger.create(tmp_path / "old1", data, model=model, spec=CertifiedSpec(epsilon=1.0, delta=1e-4, sigma=1.0,
+                                                                         calibration="classical"), seed=1)
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="unlearnkit.ledger.ledger"):
+        assert Ledger(tmp_path / "old1").spec.calibration == "classical"
+    assert not caplog.records

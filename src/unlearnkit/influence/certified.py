@@ -13,15 +13,24 @@ and spends the budget ``C`` times).
 ``||grad L_b(theta_U; D~)|| <= e'`` on the corrected data ``D~``, they are the exact minimiser of
 ``L_{b'}(.; D~)`` with ``b' = b - grad L_b(theta_U; D~)``, ``||b - b'|| <= e'``: the unlearned
 and the retrained model are the same function of noise vectors that differ by at most ``e'``, a
-Gaussian mechanism with L2 sensitivity ``e'``. It is (eps, delta)-indistinguishable exactly when
+Gaussian mechanism with L2 sensitivity ``e'``. For a **fixed** shift of norm ``e'`` that
+mechanism is (eps, delta)-indistinguishable exactly when
 ``Phi(e'/(2 sigma) - eps sigma/e') - e^eps Phi(-e'/(2 sigma) - eps sigma/e') <= delta`` (the
-analytic Gaussian mechanism, Balle & Wang, ICML 2018, Theorem 8). So noise ``sigma`` certifies
-residuals up to the **budget** ``e'_max = r sigma``, ``r`` the root of that profile
+analytic Gaussian mechanism, Balle & Wang, ICML 2018, Theorem 8). Here the shift is the residual
+itself, which depends on ``b``; Guo et al.'s Theorem 3 treats it as a shift bounded by ``e'``,
+and this certificate inherits that assumption — it holds as far as their argument does. The
+classical constant's slack at small eps, which absorbed part of that gap, is gone (in a 1-D
+example with residual ``0.1 tanh(b)`` the true delta is twice the fixed-shift profile). No fixed
+safety factor is added: the excess depends on how fast the residual varies with ``b``, so a
+factor would not close it in general; ask for a smaller delta to keep slack. So noise ``sigma``
+certifies residuals up to the **budget** ``e'_max = r sigma``, ``r`` the root of that profile
 (:func:`sensitivity_ratio`), and a residual ``e'`` spends the smallest ``eps'`` the profile
 allows (:func:`epsilon_for`). Guo et al. calibrate with the classical constant
 ``sigma = c e' / eps``, ``c = sqrt(2 ln(1.5 / delta))``: more noise than needed for small eps,
 and too little for large eps (at ``delta = 1e-4`` the true delta exceeds the nominal one above
-eps ~ 8.4); the analytic calibration is exact for every eps.
+eps ~ 8.4); the analytic calibration is the exact one for a fixed shift, for every eps.
+``CertifiedSpec(calibration="classical")`` keeps the classical constant (ledgers created before
+the calibration was recorded use it).
 
 **The a-priori bound on the residual.** Let ``theta`` be the current parameters, ``r`` their
 residual on the current data, ``M`` the cached Hessian of the corrected data at the anchor
@@ -92,7 +101,9 @@ import functools
 import math
 import secrets
 import time
+import warnings
 from dataclasses import asdict, dataclass
+from enum import Enum
 
 import numpy as np
 import torch
@@ -123,46 +134,110 @@ def _check_privacy(epsilon: float, delta: float) -> None:
         raise CertificationError(f"delta must be in (0, 1), got {delta}.")
 
 
+class Calibration(str, Enum):
+    """How the noise ``sigma`` and the residual budget are tied to ``(epsilon, delta)``.
+
+    ``ANALYTIC``: the analytic Gaussian mechanism (Balle & Wang 2018), the root of the exact
+    profile. ``CLASSICAL``: Guo et al.'s constant ``c = sqrt(2 ln(1.5 / delta))``,
+    ``budget = sigma epsilon / c`` and ``epsilon' = c e' / sigma``; kept so that ledgers created
+    with it keep their certificates (it gives (epsilon, delta) only where
+    :func:`classical_is_valid`).
+    """
+
+    ANALYTIC = "analytic"
+    CLASSICAL = "classical"
+
+
+def _calibration(value: Calibration | str) -> Calibration:
+    try:
+        return Calibration(value)
+    except ValueError:
+        raise CertificationError(f"calibration must be one of {[c.value for c in Calibration]}, got {value!r}.") from None
+
+
+def classical_constant(delta: float) -> float:
+    """Guo et al.'s noise multiplier ``c = sqrt(2 ln(1.5 / delta))`` (``sigma = c e' / epsilon``)."""
+    return math.sqrt(2.0 * math.log(1.5 / delta))
+
+
+_SQRT2, _SQRTPI = math.sqrt(2.0), math.sqrt(math.pi)
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(10)
+
+
+def _dlog_erfcx(z: np.ndarray) -> np.ndarray:
+    """``d/dz log erfcx(z) = 2 z - 2 / (sqrt(pi) erfcx(z))``, without cancellation for large ``z``.
+
+    For ``z >= 5`` the continued fraction ``1 / (sqrt(pi) erfcx(z)) = z + K``,
+    ``K = (1/2) / (z + 1 / (z + (3/2) / (z + ...)))`` gives ``-2 K`` directly.
+    """
+    z = np.asarray(z, dtype=float)
+    out = np.empty_like(z)
+    small = z < 5.0
+    out[small] = 2.0 * z[small] - 2.0 / (_SQRTPI * special.erfcx(z[small]))
+    zl, k = z[~small], np.zeros(int((~small).sum()))
+    for j in range(60, 0, -1):
+        k = (j / 2.0) / (zl + k)
+    out[~small] = -2.0 * k
+    return out
+
+
 def _log_gaussian_delta(epsilon: float, ratio: float) -> float:
     """``log delta(epsilon)`` of the Gaussian mechanism with sensitivity/noise ratio ``ratio = D / sigma``.
 
     The exact privacy profile (Balle & Wang 2018, Theorem 8):
-    ``delta = Phi(r/2 - eps/r) - e^eps Phi(-r/2 - eps/r)``, evaluated in log space (``log_ndtr``,
-    ``expm1``) so that neither ``e^eps`` overflows nor the difference cancels. ``-inf`` where
-    ``delta`` is below double precision.
+    ``delta = Phi(a) - e^eps Phi(b)``, ``a = r/2 - eps/r``, ``b = -r/2 - eps/r``, written as
+    ``Phi(a) (1 - e^x)`` with ``x = log(e^eps Phi(b) / Phi(a))``. Since
+    ``Phi(t) = erfcx(-t/sqrt 2) e^(-t^2/2) / 2`` and ``b^2 - a^2 = 2 eps`` exactly,
+    ``x = log(erfcx(-b/sqrt 2) / erfcx(-a/sqrt 2))`` with no ``e^eps`` and no cancellation of
+    large logarithms; where ``x`` is near 0 (small ``r``) it is the integral of
+    ``d/dz log erfcx`` over ``[-a/sqrt 2, -b/sqrt 2]`` (centre ``eps / (r sqrt 2)``, half-width
+    ``r / (2 sqrt 2)``, both exact), by 10-point Gauss-Legendre quadrature. The absolute error in
+    ``log delta`` is below ``1e-15 (1 + |log delta|)`` (checked against 60-digit arithmetic).
+    ``-inf`` where ``delta`` is below double precision.
     """
     a = ratio / 2.0 - epsilon / ratio
     b = -ratio / 2.0 - epsilon / ratio
-    la, lb = float(special.log_ndtr(a)), float(special.log_ndtr(b))
-    x = lb + epsilon - la  # log of e^eps Phi(b) / Phi(a); < 0 while delta > 0
+    la = float(special.log_ndtr(a))
+    if a > 30.0:  # erfcx(-a / sqrt 2) overflows; here Phi(a) = 1 and delta > 1/2, far from any cancellation
+        x = float(special.log_ndtr(b)) + epsilon - la
+    else:
+        x = math.log(float(special.erfcx(-b / _SQRT2)) / float(special.erfcx(-a / _SQRT2)))
+        if x > -0.01:
+            mid, half = epsilon / (ratio * _SQRT2), ratio / (2.0 * _SQRT2)
+            x = half * float(np.dot(_GL_WEIGHTS, _dlog_erfcx(mid + half * _GL_NODES)))
     if not x < 0.0:
         return -math.inf
     return la + math.log(-math.expm1(x))
 
 
+def _log_guard(log_delta: float) -> float:
+    """The margin in ``log delta`` that covers the evaluation error of :func:`_log_gaussian_delta`."""
+    return 1e-12 + 1e-15 * abs(log_delta)
+
+
 def gaussian_delta(epsilon: float, sensitivity: float, sigma: float) -> float:
     """The smallest ``delta`` for which ``f + N(0, sigma^2 I)`` with L2 sensitivity ``sensitivity``
     is (``epsilon``, delta)-private: ``Phi(D/(2s) - eps s/D) - e^eps Phi(-D/(2s) - eps s/D)``
-    (Balle & Wang 2018, Theorem 8; exact for every ``epsilon >= 0``)."""
+    (Balle & Wang 2018, Theorem 8; exact for every ``epsilon >= 0`` and a fixed shift of norm
+    ``D``)."""
     if sensitivity == 0.0:
         return 0.0
     return math.exp(_log_gaussian_delta(float(epsilon), float(sensitivity) / float(sigma)))
 
 
-@functools.lru_cache(maxsize=256)
-def sensitivity_ratio(epsilon: float, delta: float) -> float:
-    """The largest ``r = D / sigma`` for which the Gaussian mechanism is (``epsilon``, ``delta``)-private.
-
-    The analytic Gaussian mechanism (Balle & Wang, "Improving the Gaussian Mechanism for
-    Differential Privacy: Analytical Calibration and Optimal Denoising", ICML 2018, Theorem 8 and
-    Algorithm 1): the profile ``delta(r)`` of :func:`gaussian_delta` increases in ``r``, so the
-    root of ``delta(r) = delta`` (Brent's method on ``log r``, to machine precision) is the
-    calibration, exact for every ``epsilon``. The root is then moved down by ``1e-12`` (relative)
-    so that rounding never lands on the unsafe side: ``delta(r) <= delta`` always, and equal to it
-    to about ``1e-10`` relative.
-    """
+def classical_is_valid(epsilon: float, delta: float) -> bool:
+    """Whether Guo et al.'s classical calibration gives (``epsilon``, ``delta``): the exact
+    profile (:func:`gaussian_delta`) at the classical budget is at most ``delta``. False for large
+    ``epsilon`` (above about 8.4 at ``delta = 1e-4``)."""
     _check_privacy(epsilon, delta)
-    eps, target = float(epsilon), math.log(delta)
+    target = math.log(delta)
+    return _log_gaussian_delta(float(epsilon), float(epsilon) / classical_constant(delta)) <= target
+
+
+@functools.lru_cache(maxsize=256)
+def _analytic_ratio(eps: float, delta: float) -> float:
+    target = math.log(delta)
+    guard = _log_guard(target)
 
     def f(log_r: float) -> float:
         return _log_gaussian_delta(eps, math.exp(log_r)) - target
@@ -175,27 +250,69 @@ def sensitivity_ratio(epsilon: float, delta: float) -> float:
         hi += 1.0
     log_r = optimize.brentq(f, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
     r = math.exp(log_r) * (1.0 - 1e-12)
-    while _log_gaussian_delta(eps, r) > target:  # never on the unsafe side of delta
+    while _log_gaussian_delta(eps, r) > target - guard:  # never on the unsafe side of delta
         r *= 1.0 - 1e-12
     return r
 
 
-def noise_multiplier(*, epsilon: float, delta: float) -> float:
+def sensitivity_ratio(epsilon: float, delta: float, calibration: Calibration | str = Calibration.ANALYTIC) -> float:
+    """The largest ``r = D / sigma`` for which the Gaussian mechanism is (``epsilon``, ``delta``)-private.
+
+    The analytic Gaussian mechanism (Balle & Wang, "Improving the Gaussian Mechanism for
+    Differential Privacy: Analytical Calibration and Optimal Denoising", ICML 2018, Theorem 8 and
+    Algorithm 1): the profile ``delta(r)`` of :func:`gaussian_delta` increases in ``r``, so the
+    root of ``delta(r) = delta`` (Brent's method on ``log r``, to machine precision) is the
+    calibration. The root is then lowered in steps of ``1e-12`` (relative) until the computed
+    profile is below ``delta`` by more than its evaluation error (below ``1e-15 (1 + |log delta|)``), so
+    ``delta(r) <= delta`` always, and equal to it to about ``1e-11`` relative.
+    ``calibration="classical"`` returns Guo et al.'s ``epsilon / sqrt(2 ln(1.5 / delta))``.
+    """
+    _check_privacy(epsilon, delta)
+    if _calibration(calibration) is Calibration.CLASSICAL:
+        return float(epsilon) / classical_constant(delta)
+    return _analytic_ratio(float(epsilon), float(delta))
+
+
+def noise_multiplier(*args: float, epsilon: float | None = None, delta: float | None = None,
+                     calibration: Calibration | str = Calibration.ANALYTIC) -> float:
     """``c`` with ``sigma = c D / epsilon``: noise ``sigma`` certifies L2 sensitivity ``D`` at (epsilon, delta).
 
     ``c = epsilon / r`` with ``r`` from :func:`sensitivity_ratio` (the analytic Gaussian
-    mechanism). Guo et al. use the classical constant ``sqrt(2 ln(1.5 / delta))`` instead, which is
-    larger (more noise) for small ``epsilon`` and does not give (epsilon, delta) for large
-    ``epsilon`` (above about 8.4 at ``delta = 1e-4``).
+    mechanism by default). Guo et al. use the classical constant ``sqrt(2 ln(1.5 / delta))``
+    (``calibration="classical"``), which is larger (more noise) for small ``epsilon`` and does not
+    give (epsilon, delta) for large ``epsilon`` (above about 8.4 at ``delta = 1e-4``).
+
+    Deprecated form: ``noise_multiplier(delta)`` (or ``noise_multiplier(delta=...)`` without
+    ``epsilon``), the signature of earlier versions, still returns the classical constant it
+    returned then, with a :class:`DeprecationWarning`; pass ``epsilon=`` and ``delta=``.
     """
-    return float(epsilon) / sensitivity_ratio(epsilon, delta)
+    if args:
+        if len(args) > 1 or delta is not None or epsilon is not None:
+            raise TypeError("noise_multiplier takes keyword arguments: noise_multiplier(epsilon=..., delta=...).")
+        delta = args[0]
+    if epsilon is None:
+        if delta is None:
+            raise TypeError("noise_multiplier needs epsilon= and delta=.")
+        warnings.warn("noise_multiplier(delta) is deprecated and returns Guo et al.'s classical constant "
+                      "sqrt(2 ln(1.5/delta)); call noise_multiplier(epsilon=..., delta=...) for the analytic "
+                      "calibration, or classical_constant(delta).", DeprecationWarning, stacklevel=2)
+        if not (0.0 < delta < 1.0):
+            raise CertificationError(f"delta must be in (0, 1), got {delta}.")
+        return classical_constant(delta)
+    if delta is None:
+        raise TypeError("noise_multiplier needs epsilon= and delta=.")
+    return float(epsilon) / sensitivity_ratio(epsilon, delta, calibration)
 
 
-def epsilon_for(residual: float, sigma: float, delta: float) -> float:
+def epsilon_for(residual: float, sigma: float, delta: float,
+                calibration: Calibration | str = Calibration.ANALYTIC) -> float:
     """The smallest epsilon that noise ``sigma`` certifies for a gradient residual ``residual`` at ``delta``.
 
-    The exact inverse of the calibration: the smallest ``epsilon`` with
-    ``gaussian_delta(epsilon, residual, sigma) <= delta`` (the profile decreases in ``epsilon``).
+    Analytic: the exact inverse of the calibration, the smallest ``epsilon`` with
+    ``gaussian_delta(epsilon, residual, sigma) <= delta`` (the profile decreases in ``epsilon``);
+    the root is raised until the computed profile is below ``delta`` by more than its evaluation
+    error, so the epsilon is never understated. Classical: ``c residual / sigma`` with
+    ``c = sqrt(2 ln(1.5 / delta))``.
     """
     if not (0.0 < delta < 1.0):
         raise CertificationError(f"delta must be in (0, 1), got {delta}.")
@@ -203,21 +320,24 @@ def epsilon_for(residual: float, sigma: float, delta: float) -> float:
         raise CertificationError(f"sigma must be a positive number, got {sigma}.")
     if not (math.isfinite(residual) and residual >= 0):
         raise CertificationError(f"residual must be a finite number >= 0, got {residual}.")
+    if _calibration(calibration) is Calibration.CLASSICAL:
+        return classical_constant(delta) * residual / sigma
     if residual == 0.0:
         return 0.0
     ratio, target = residual / sigma, math.log(delta)
+    guard = _log_guard(target)
 
     def f(eps: float) -> float:
         return _log_gaussian_delta(eps, ratio) - target
 
-    if f(0.0) <= 0.0:
+    if f(0.0) <= -guard:
         return 0.0
     hi = max(ratio * math.sqrt(2.0 * math.log(1.25 / delta)), 1e-300)
-    while f(hi) > 0.0:
+    while f(hi) > -guard:
         hi *= 2.0
-    eps = optimize.brentq(f, 0.0, hi, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=500)
-    while f(eps) > 0.0:  # the certified epsilon is never understated
-        eps = eps * (1.0 + 1e-12) + 1e-300
+    eps = optimize.brentq(lambda e: f(e) + guard, 0.0, hi, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=500)
+    while f(eps) > -guard:  # the certified epsilon is never understated
+        eps = eps * (1.0 + 1e-13) + 1e-300
     return eps
 
 
@@ -229,7 +349,10 @@ class CertifiedSpec:
     cumulative residual to certify; the other follows from the analytic Gaussian mechanism
     (:func:`sensitivity_ratio`): ``budget = r sigma`` with ``r`` the largest sensitivity-to-noise
     ratio that is (epsilon, delta)-private, i.e. ``budget = sigma epsilon / c`` with
-    ``c = epsilon / r`` (:attr:`c`).
+    ``c = epsilon / r`` (:attr:`c`). ``calibration`` is ``"analytic"`` (that calibration, the
+    default) or ``"classical"`` (Guo et al.'s ``c = sqrt(2 ln(1.5 / delta))``, which earlier
+    versions used; a stored spec without the field is classical, so old ledgers keep their
+    budget and certificates); it also sets how :func:`epsilon_for` spends a residual.
     ``feature_bound`` is ``R`` with ``||x|| <= R`` for every row (None: the largest row norm of
     the training data, recorded at training). ``bound`` is ``"data"`` or ``"worst"``.
     """
@@ -240,10 +363,12 @@ class CertifiedSpec:
     budget: float | None = None
     feature_bound: float | None = None
     bound: str = "data"
+    calibration: str = Calibration.ANALYTIC.value
 
     def __post_init__(self) -> None:
         _check_privacy(self.epsilon, self.delta)
-        ratio = sensitivity_ratio(float(self.epsilon), float(self.delta))
+        object.__setattr__(self, "calibration", _calibration(self.calibration).value)
+        ratio = sensitivity_ratio(float(self.epsilon), float(self.delta), self.calibration)
         if self.sigma is not None and self.budget is not None:
             raise CertificationError("Give sigma or budget, not both: one determines the other "
                                      "(budget = the largest residual that noise sigma certifies at (epsilon, delta)).")
@@ -264,7 +389,7 @@ class CertifiedSpec:
     @property
     def c(self) -> float:
         """The noise multiplier ``c = sigma epsilon / budget`` of this calibration (:func:`noise_multiplier`)."""
-        return noise_multiplier(epsilon=self.epsilon, delta=self.delta)
+        return noise_multiplier(epsilon=self.epsilon, delta=self.delta, calibration=self.calibration)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -277,7 +402,10 @@ class Certificate:
     ``residual_bound`` and ``worst_case_bound`` are this request's a-priori bounds;
     ``cumulative_bound`` the bound on the residual of the current model (training residual plus
     every request since); ``epsilon_spent`` (:func:`epsilon_for` of it) is the epsilon actually
-    certified, at most ``epsilon`` while ``remaining >= 0``. ``exact_residual`` is the measured
+    certified, at most ``epsilon`` while ``remaining >= 0``: a cumulative bound within the budget
+    spends at most ``epsilon`` by construction (the budget was calibrated so that the profile at
+    ``(epsilon, budget / sigma)`` is at most ``delta``, and it increases in the residual), so the
+    root is clamped to ``epsilon`` there, where it can exceed it only by rounding. ``exact_residual`` is the measured
     ``||grad L_b(theta; D~)||`` when it was computed (a pass over the data).
     """
 
@@ -292,6 +420,7 @@ class Certificate:
     exact_residual: float | None = None
     retrained: bool = False
     refine_steps: int = 0
+    calibration: str = Calibration.ANALYTIC.value
 
     @property
     def remaining(self) -> float:
@@ -299,7 +428,8 @@ class Certificate:
 
     @property
     def epsilon_spent(self) -> float:
-        return epsilon_for(self.cumulative_bound, self.sigma, self.delta)
+        spent = epsilon_for(self.cumulative_bound, self.sigma, self.delta, self.calibration)
+        return min(spent, self.epsilon) if self.cumulative_bound <= self.budget else spent
 
     @property
     def valid(self) -> bool:
@@ -478,7 +608,8 @@ class CertifiedModel:
                     exact_residual: float | None = None, retrained: bool = False, refine_steps: int = 0) -> Certificate:
         s = self.spec
         return Certificate(s.epsilon, s.delta, s.sigma, s.budget, residual_bound, worst_case_bound,
-                           self.state.cumulative_bound, s.bound, exact_residual, retrained, refine_steps)
+                           self.state.cumulative_bound, s.bound, exact_residual, retrained, refine_steps,
+                           s.calibration)
 
     def public_model(self) -> LogisticRegression:
         """The current parameters without the noise ``b``: the model to publish or serve."""
@@ -773,8 +904,9 @@ def _check_training_residual(residual: float, spec: CertifiedSpec, what: str) ->
 
 
 __all__ = [
-    "BOUND_KINDS", "Certificate", "CertifiedModel", "CertifiedResult", "CertifiedSpec", "CertifiedState",
+    "BOUND_KINDS", "Calibration", "Certificate", "CertifiedModel", "CertifiedResult", "CertifiedSpec", "CertifiedState",
     "HESSIAN_LIPSCHITZ_BINARY", "HESSIAN_LIPSCHITZ_SOFTMAX", "MemoryRows", "Proposal", "augmented_norms",
-    "certified_train", "check_certifiable", "epsilon_for", "gaussian_delta", "newton_refine", "noise_multiplier",
+    "certified_train", "check_certifiable", "classical_constant", "classical_is_valid", "epsilon_for",
+    "gaussian_delta", "newton_refine", "noise_multiplier",
     "sensitivity_ratio",
 ]

@@ -77,11 +77,14 @@ from unlearnkit.data.changes import Changes
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import CertificationError, ChangesError, LedgerError, ModelError
 from unlearnkit.influence.certified import (
+    Calibration,
     CertifiedModel,
     CertifiedResult,
     CertifiedSpec,
     CertifiedState,
     certified_train,
+    classical_is_valid,
+    gaussian_delta,
 )
 from unlearnkit.influence.curvature import CachedCurvature
 from unlearnkit.influence.functional import FlatModel
@@ -541,7 +544,10 @@ class Ledger:
         meta = self.meta
         try:
             spec_d = json.loads(meta["spec"])
-            spec_d.pop("budget", None)  # derived from sigma
+            spec_d.pop("budget", None)  # derived from sigma (and the calibration)
+            # ledgers created before the calibration was recorded used Guo et al.'s classical constant:
+            # keep it, so that their budget and certificates stay what they were
+            spec_d.setdefault("calibration", Calibration.CLASSICAL.value)
             self.spec = CertifiedSpec(**spec_d)
             self.data_meta = json.loads(meta["data"])
             self.model_meta = json.loads(meta["model"])
@@ -556,6 +562,16 @@ class Ledger:
             raise LedgerError(f"{self.path / DB_NAME} has malformed metadata ({type(exc).__name__}: {str(exc)[:200]}).") from None
         if meta.get("mac") not in (None, MAC_ALGORITHM):
             raise LedgerError(f"{self.path / DB_NAME} uses an unknown entry authentication {meta.get('mac')!r}.")
+        if (self.spec.calibration == Calibration.CLASSICAL.value and not getattr(self, "_warned_calibration", False)
+                and not classical_is_valid(self.spec.epsilon, self.spec.delta)):
+            self._warned_calibration = True  # once per open ledger, not on every reload
+            log.warning(
+                "The ledger at %s uses Guo et al.'s classical noise calibration, which does not give "
+                "(epsilon=%g, delta=%g): at its budget %.6g the exact Gaussian delta is %.3g, above the nominal %g, so "
+                "its certificates overstate the privacy. Create a new ledger from the current data "
+                "(`unlearnkit ledger init`, analytic calibration) and retire this one.",
+                self.path, self.spec.epsilon, self.spec.delta, self.spec.budget,
+                gaussian_delta(self.spec.epsilon, self.spec.budget, self.spec.sigma), self.spec.delta)
         if not 1 <= self.batch_size <= 2**31:
             raise LedgerError(f"{self.path / DB_NAME} has malformed metadata (batch_size {self.batch_size}).")
         rows = self._base_rows()
