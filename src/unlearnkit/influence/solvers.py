@@ -114,9 +114,13 @@ class Exact:
                 f"The exact solver refuses {p} parameters (max_params={self.max_params}; the dense Hessian "
                 f"would need {8 * p * p / 2**30:.1f} GiB in float64). Use solver='cg', or raise max_params."
             )
-        # factorised in float64 whatever the model's dtype: a float32 factor would call any
-        # condition number above ~1e5 singular, and the matrix is small (p <= max_params)
-        M = H.dense().to(torch.float64)
+        # Factorised in float64 whatever the model's dtype (the matrix is small, p <= max_params),
+        # but judged at the precision it was computed in: a float32 Hessian's smallest eigenvalues
+        # are float32 rounding, and a flat direction shows up as a pivot of that size.
+        M = H.dense()
+        computed_dtype = M.dtype
+        computed_eps = torch.finfo(computed_dtype).eps
+        M = M.to(torch.float64)
         if self.damping:
             M = M + self.damping * torch.eye(p, dtype=M.dtype, device=M.device)
         details = {"damping": self.damping}
@@ -129,16 +133,24 @@ class Exact:
         L, info = torch.linalg.cholesky_ex(A)
         pivot_ratio = _pivot_ratio(L) if int(info) == 0 else 0.0
         details["pivot_ratio"] = pivot_ratio
-        if int(info) == 0 and pivot_ratio > max(p, 100) * torch.finfo(M.dtype).eps:
+        if int(info) == 0 and pivot_ratio > max(p, 100) * computed_eps:
             x = torch.cholesky_solve(v.to(torch.float64).unsqueeze(1), L).squeeze(1)
         elif self.singular == "pinv":
-            x, details["rank"], details["dropped_eigenvalues"] = _pinv_solve(A, v.to(torch.float64))
+            x, details["rank"], details["dropped_eigenvalues"] = _pinv_solve(A, v.to(torch.float64), eps=computed_eps)
             details["pseudo_inverse"] = True
         elif int(info) != 0:
             raise SolverError(
                 "The Hessian is not positive definite (Cholesky failed), so the exact solve is undefined: "
                 "the model is non-convex, not at a minimum, or flat along some direction. Add damping > 0, use "
                 "solver='cg' with damping, or singular='pinv' for the minimum-norm solution."
+            )
+        elif computed_eps > torch.finfo(torch.float64).eps:
+            raise SolverError(
+                f"The Hessian is singular up to {computed_dtype} rounding (smallest Cholesky pivot {pivot_ratio:.2g} times the "
+                f"largest, the limit is {max(p, 100) * computed_eps:.2g}): in this precision its smallest eigenvalues "
+                "are rounding noise, so an exact solve would be arbitrary along them. Train the model in float64 "
+                "(TrainConfig(dtype='float64') or model.double()), standardise the features or raise l2, add "
+                "damping > 0, or pass singular='pinv' for the minimum-norm solution."
             )
         else:
             raise SolverError(
@@ -175,9 +187,14 @@ def _pivot_ratio(L: torch.Tensor) -> float:
     return float(d.min()) / top if top > 0 else 0.0
 
 
-def _pinv_solve(M: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """Minimum-norm solution of ``M x = v`` for a symmetric positive semi-definite ``M``."""
-    eps = torch.finfo(M.dtype).eps
+def _pinv_solve(M: torch.Tensor, v: torch.Tensor, *, eps: float | None = None) -> tuple[torch.Tensor, int, int]:
+    """Minimum-norm solution of ``M x = v`` for a symmetric positive semi-definite ``M``.
+
+    ``eps`` is the machine epsilon of the precision ``M`` was computed in (default: ``M``'s own):
+    a Hessian accumulated in float32 and cast to float64 has float32 rounding, so eigenvalues
+    within ``~eps * max |eigenvalue|`` of zero, negative ones included, are rounding, not curvature.
+    """
+    eps = torch.finfo(M.dtype).eps if eps is None else float(eps)
     evals, evecs = torch.linalg.eigh(M.double())
     top = float(evals.abs().max()) if evals.numel() else 0.0
     if evals.min() < -max(M.shape[0], 100) * eps * top * 10:
