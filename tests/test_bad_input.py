@@ -318,7 +318,7 @@ def test_load_wrong_kind(tmp_path, binary_10k):
     for kind in ("transformer", None, ["logreg"]):
         payload["kind"] = kind
         torch.save(payload, path)
-        with pytest.raises(ModelError, match=r"unknown model kind .*; valid: \['char-lstm', 'cnn', 'logreg', 'mlp', 'resnet18', 'sisa'\]"):
+        with pytest.raises(ModelError, match=r"unknown model kind .*; valid: \['char-lstm', 'cnn', 'logreg', 'mlp', 'rescnn', 'resnet18', 'sisa', 'vit'\]"):
             unlearnkit.load_model(path)
 
 

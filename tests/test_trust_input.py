@@ -172,7 +172,7 @@ def test_cli_evaluate_and_unlearn_out_checked_first(tmp_path, files, model_file)
     ("oned.npz", "'X' must have shape (n, *feature_shape)"),
     ("empty.npz", "has no rows"),
     ("ncls.npz", "'n_classes' must be a single integer"),
-    ("notnpz.npz", "not a readable .npz file"),
+    ("notnpz.npz", "is not an NPZ archive"),
 ])
 def test_bad_data_files(files, name, match):
     with pytest.raises(DataError, match=None) as info:
@@ -454,3 +454,197 @@ def test_cli_prints_user_paths_literally(tmp_path):
                               "--method", "first-order", "--out", str(folder / "u.pt")])
     assert res.exit_code == 0, res.output
     assert (folder / "u.pt").is_file() and "\x1b" not in res.output
+
+
+# ---------------------------------------------------------------------------- hostile input, second round
+
+
+@pytest.fixture
+def small_ledger(tmp_path):
+    ledger = tmp_path / "ledger"
+    result = runner.invoke(app, ["ledger", "init", str(ledger), "--data", "synthetic:n=60,d=4", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    return ledger
+
+
+def test_change_set_integer_beyond_python_digit_limit(tmp_path, model_file, small_ledger):
+    """A JSON integer longer than Python's 4,300-digit str -> int limit is a ChangesError, not
+    a ValueError traceback; None and nested row lists are refused, never flattened."""
+    long_id = tmp_path / "longid.json"
+    long_id.write_text('{"removals": [{"rows": [' + "1" * 5000 + "]}]}")
+    with pytest.raises(ChangesError, match="too long to be a row id"):
+        Changes.from_json(long_id.read_text())
+    with pytest.raises(ChangesError, match="too long to be a row id"):
+        Changes.load(long_id)
+    with pytest.raises(ChangesError, match="JSON text"):
+        Changes.from_json(None)
+    with pytest.raises(ChangesError, match="nested lists"):
+        Changes.from_json('{"removals": [{"rows": [[1, 2]]}]}')
+    with pytest.raises(ChangesError, match="nested lists"):
+        Changes.remove(np.array([[1, 2]]))
+    refused(["unlearn", "--model", model_file, "--data", "synthetic:n=60,d=4", "--changes", long_id,
+             "--out", tmp_path / "u.pt"], match="too long to be a row id")
+    refused(["ledger", "apply", small_ledger, "--changes", long_id], match="too long to be a row id")
+    refused(["evaluate", "--original", model_file, "--unlearned", model_file, "--data", "synthetic:n=60,d=4",
+             "--changes", long_id, "--retrained", model_file], match="too long to be a row id")
+
+
+def test_change_set_row_count_limit_before_any_copy():
+    """Huge row lists (a range or an array of 10**8 ids) are refused by their length, before a
+    Python tuple of them is built."""
+    from unlearnkit.data.changes import MAX_ROWS
+
+    for rows in (range(1, 10**8), np.arange(1, 10**8)):
+        with pytest.raises(ChangesError, match=f"beyond the limit of {MAX_ROWS:,}"):
+            Changes.remove(rows)
+    with pytest.raises(ChangesError, match="beyond the limit"):
+        Changes.relabel(range(MAX_ROWS + 1), 0)
+    assert Changes.remove(range(3)).removed_ids == {0, 1, 2}
+
+
+def test_certified_model_too_many_parameters_refused_before_the_hessian(tmp_path):
+    """The certified model keeps a dense p x p Hessian: a model beyond MAX_CERTIFIED_PARAMS is
+    refused, with the memory it would need, before anything of that size is allocated."""
+    from unlearnkit.influence.certified import MAX_CERTIFIED_PARAMS, certified_train
+    from unlearnkit.models import LogisticRegression
+
+    d = 200_000
+    wide = tmp_path / "wide.csv"
+    with open(wide, "w") as f:
+        f.write(",".join(f"f{i}" for i in range(d)) + ",label\n")
+        f.write(",".join(["0"] * d) + ",0\n")
+        f.write(",".join(["0"] * d) + ",1\n")
+    refused(["ledger", "init", tmp_path / "L", "--data", wide, "--seed", "1"],
+            match=f"the limit is {MAX_CERTIFIED_PARAMS:,} parameters")
+    assert not (tmp_path / "L" / "ledger.sqlite").exists()
+    data = Dataset(np.zeros((2, MAX_CERTIFIED_PARAMS)), np.array([0, 1]))  # 20,001 parameters with the intercept
+    from unlearnkit.errors import CertificationError
+
+    with pytest.raises(CertificationError, match=r"20,001 x 20,001 float64 Hessian and its factor \(6.4 GB\)"):
+        certified_train(LogisticRegression(n_features=MAX_CERTIFIED_PARAMS), data, seed=0)
+
+
+def test_ledger_key_file_regular_and_small(tmp_path, small_ledger):
+    """A key file must be a regular file of at most MAX_KEY_FILE_BYTES: a device (/dev/zero, endless),
+    a FIFO (a read would hang) or a large file are refused before they are read."""
+    from unlearnkit.errors import LedgerError
+    from unlearnkit.ledger.ledger import read_key
+
+    big = tmp_path / "big.key"
+    big.write_bytes(b"k" * 4097)
+    with pytest.raises(LedgerError, match="4,097 bytes, beyond the limit of 4,096"):  # MAX_KEY_FILE_BYTES
+        read_key(big)
+    ok = tmp_path / "ok.key"
+    ok.write_bytes(b"k" * 32 + b"\n")
+    assert read_key(ok) == b"k" * 32
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/zero"):
+        with pytest.raises(LedgerError, match="not a regular file"):
+            read_key(path)
+        refused(["ledger", "verify", small_ledger, "--no-replay", "--key-file", path], match="not a regular file")
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--seeds", str(2**64)], "seeds must be distinct integers in [0, 2**63)"),
+    (["--device", "bogus"], "is not a torch device"),
+    (["--device", "cuda:99"], "CUDA device(s)"),
+])
+def test_scenario_seeds_and_device_checked_up_front(tmp_path, args, match):
+    refused(["scenario", "canary", "--size", "tiny", "--out", tmp_path / "r", *args], match=match)
+    assert not (tmp_path / "r" / "canary.json").exists()
+
+
+def test_train_config_validated_at_construction(tmp_path):
+    """TrainConfig refuses values training cannot use (a NaN or negative learning rate, negative
+    or endless epochs) when built, with ModelError; the command line bounds --epochs the same way."""
+    from unlearnkit.bench import config as bench_config
+    from unlearnkit.training import TrainConfig
+
+    for kw, match in ((dict(lr=float("nan")), "lr must be a finite number > 0"), (dict(lr=-1.0), "lr must be"),
+                      (dict(epochs=-1), "epochs must be between 0")):
+        with pytest.raises(ModelError, match=match):
+            TrainConfig(**kw)
+    from unlearnkit.training import MAX_EPOCHS
+
+    for kw, match in ((dict(epochs=MAX_EPOCHS + 1), "epochs must be"),
+                      (dict(epochs=2.5), "epochs must be an integer"), (dict(batch_size=0), "batch_size must be"),
+                      (dict(tol=float("inf")), "tol must be"), (dict(momentum=-0.1), "momentum must be")):
+        with pytest.raises(ModelError, match=match):
+            TrainConfig(**kw)
+    assert TrainConfig(epochs=MAX_EPOCHS, lr=1e-3).epochs == MAX_EPOCHS
+    assert bench_config.MAX_EPOCHS is MAX_EPOCHS
+    refused(["train", "--data", "synthetic:n=60,d=4", "--model", "mlp", "--epochs", str(10**20),
+             "--out", tmp_path / "m.pt"], match=f"--epochs must be at most {MAX_EPOCHS:,}")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_error_messages_escape_control_characters_but_keep_lines(tmp_path, capsys):
+    from unlearnkit import cli
+
+    out = refused(["train", "--data", str(tmp_path / "no\x1b[2Jsuch.csv"), "--out", tmp_path / "m.pt"], match="no\\x1b[2Jsuch")
+    assert "\x1b" not in out
+    import typer
+
+    with pytest.raises(typer.Exit):
+        cli._fail(ValueError("first line\n\tsecond\x07 line\x1b[31m"))
+    err = capsys.readouterr().err
+    assert "first line\n" in err and "second\\x07 line\\x1b[31m" in err  # the newline kept (Rich expands the tab)
+    assert "\x1b" not in err and "\x07" not in err and "\\n" not in err and "\\t" not in err
+
+
+def test_evaluate_refuses_data_that_does_not_fit_the_models(files, model_file):
+    refused(["evaluate", "--original", model_file, "--unlearned", model_file, "--data", "breast-cancer:train",
+             "--changes", files / "rm.json", "--retrained", model_file],
+            match="--data does not fit the --original model")
+    refused(["evaluate", "--original", model_file, "--unlearned", model_file, "--data", "synthetic:n=60,d=4",
+             "--changes", files / "rm.json", "--retrained", model_file, "--metrics", "accuracy_retain",
+             "--test", "iris"], match="--test does not fit")
+
+
+def test_ledger_writer_refuses_overlay_rows_not_in_the_data(small_ledger, files):
+    """A row added to the overlay table by hand (an id the data does not hold) is caught by every
+    writer before it writes; `ledger verify` still opens the ledger and names the problem."""
+    import sqlite3
+
+    with sqlite3.connect(small_ledger / "ledger.sqlite") as conn:
+        conn.execute("INSERT INTO overlay VALUES (999999999999, 1, NULL, randomblob(10), 0)")
+    conn.close()
+    before = (small_ledger / "ledger.sqlite").read_bytes()
+    refused(["ledger", "apply", small_ledger, "--changes", files / "rm.json"], match="overlay holds row 999999999999")
+    assert (small_ledger / "ledger.sqlite").read_bytes() == before
+    result = runner.invoke(app, ["ledger", "verify", str(small_ledger), "--no-replay"])
+    assert result.exit_code != 0 and "overlay table was edited" in result.output, result.output
+
+
+def test_text_file_named_npz_is_not_offered_pickle(files):
+    with pytest.raises(DataError) as info:
+        uk.data.load(str(files / "notnpz.npz"))
+    assert "is not an NPZ archive" in str(info.value) and "pickle" not in str(info.value)
+
+
+def test_deep_bench_config_is_a_bench_error():
+    from unlearnkit.bench.config import load_config
+    from unlearnkit.errors import BenchError
+
+    deep = node = {}
+    for _ in range(5000):
+        node["a"] = {}
+        node = node["a"]
+    with pytest.raises(BenchError, match="nested too deeply"):
+        load_config(deep)
+
+
+def test_ledger_reason_must_be_a_short_string(small_ledger):
+    from unlearnkit.errors import LedgerError
+    from unlearnkit.ledger import Ledger
+
+    ledger = Ledger(small_ledger)
+    head = ledger.head()
+    with pytest.raises(LedgerError, match="reason must be a string"):
+        ledger.apply(Changes.remove([1]), reason={"a": 1})
+    from unlearnkit.ledger.ledger import MAX_REASON_CHARS
+
+    with pytest.raises(LedgerError, match=f"beyond the limit of {MAX_REASON_CHARS:,}"):
+        ledger.apply(Changes.remove([1]), reason="x" * (MAX_REASON_CHARS + 1))
+    assert Ledger(small_ledger).head() == head

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from unlearnkit.errors import MetricError, UnlearnKitError
+from unlearnkit.errors import MetricError, ModelError, UnlearnKitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Machine unlearning, measured against retraining.")
 console = Console(emoji=False)
@@ -24,8 +24,19 @@ err = Console(stderr=True, emoji=False)
 
 def _fail(exc: Exception) -> None:
     err.print("[bold red]error:[/] ", end="")
-    err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+    # the message may quote user text (paths, values): control characters other than newlines and
+    # tabs are shown escaped, never sent raw to the terminal
+    text = "\n".join("\t".join(_plain(part) for part in line.split("\t")) for line in str(exc).split("\n"))
+    err.print(text, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def _check_fits(model, data, which: str, option: str) -> None:
+    """ModelError unless ``data`` has the input shape and classes ``model`` was built for."""
+    try:
+        model.check_data(data)
+    except ModelError as exc:
+        raise ModelError(f"{option} does not fit {which}: {exc}") from None
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -165,7 +176,7 @@ def scenario_cmd(
 def train_cmd(
     data: str = typer.Option(..., "--data", help="Training data: an embedded name (digits:train, breast-cancer, "
                              "synthetic:n=1000,d=20) or a .csv/.npz file."),
-    model: str = typer.Option("logreg", "--model", help="Architecture: logreg, mlp or cnn."),
+    model: str = typer.Option("logreg", "--model", help="Architecture: logreg, mlp, cnn, resnet18, rescnn or vit."),
     out: Path = typer.Option(..., "--out", help="Where to write the model file."),
     l2: float = typer.Option(1.0, help="L2 strength of the summed objective."),
     epochs: int = typer.Option(10, help="Epochs (mlp, cnn)."),
@@ -175,12 +186,14 @@ def train_cmd(
     """Train a model on a dataset and save it (with its config and training recipe)."""
     from unlearnkit import data as data_mod
     from unlearnkit import models, save_model
-    from unlearnkit.training import TrainConfig, accuracy, train
+    from unlearnkit.training import MAX_EPOCHS, TrainConfig, accuracy, train
 
     _check_number("--l2", l2)
     _check_number("--lr", lr, positive=True)
     if epochs < 1:
         _fail(_OptionError(f"--epochs must be >= 1; got {epochs}."))
+    if epochs > MAX_EPOCHS:
+        _fail(_OptionError(f"--epochs must be at most {MAX_EPOCHS:,}; got {epochs}."))
     _check_seed(seed)
     _check_out(out)
     try:
@@ -297,13 +310,19 @@ def evaluate(
         orig = load_model(original)
         unl = load_model(unlearned)
         ds = data_mod.load(data)
+        val_ds = data_mod.load(val) if val else None
+        test_ds = data_mod.load(test) if test else None
+        for option, d in (("--data", ds), ("--val", val_ds), ("--test", test_ds)):
+            for which, m in (("--original", orig), ("--unlearned", unl)):
+                if d is not None:
+                    _check_fits(m, d, f"the {which} model", option)
         ch = Changes.load(changes)
-        splits = EvalSplits.from_changes(ds, ch, val=data_mod.load(val) if val else None,
-                                         test=data_mod.load(test) if test else None)
+        splits = EvalSplits.from_changes(ds, ch, val=val_ds, test=test_ds)
         info = getattr(unl, "metadata", {}).get("unlearned") or {}
         costs = {"unlearned": Costs.of(info) if "seconds" in info else None}
         if retrained is not None:
             ref = load_model(retrained)
+            _check_fits(ref, ds, "the --retrained model", "--data")
         else:
             with console.status("retraining on the corrected data (the reference)"):
                 ref = retrain(orig, ds, ch)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import copy
 import enum
 import logging
+import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
@@ -33,12 +35,16 @@ import torch
 from unlearnkit.data.changes import Changes
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import ModelError
-from unlearnkit.models.base import UnlearnableModel
+from unlearnkit.models.base import UnlearnableModel, evaluation
 
 log = logging.getLogger(__name__)
 
 NEWTON_MAX_PARAMS = 2000
 """Convex models up to this many parameters train with Newton's method by default."""
+
+MAX_EPOCHS = 100_000
+"""Most training epochs :class:`TrainConfig` (and the benchmark's recipes) accept: beyond this a
+training run never ends in practice."""
 
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, message)``, called as training advances."""
@@ -79,6 +85,28 @@ class TrainConfig:
     max_iter: int = 2000
     seed: int = 0
     dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        def integer(name: str, low: int, high: int | None = None) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ModelError(f"TrainConfig.{name} must be an integer, got {v!r}.")
+            if v < low or (high is not None and v > high):
+                bound = f">= {low:,}" if high is None else f"between {low:,} and {high:,}"
+                raise ModelError(f"TrainConfig.{name} must be {bound}, got {v}.")
+
+        def real(name: str, *, positive: bool) -> None:
+            v = getattr(self, name)
+            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 if positive else v >= 0)
+            if not ok:
+                raise ModelError(f"TrainConfig.{name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}.")
+
+        integer("epochs", 0, MAX_EPOCHS)
+        integer("batch_size", 1)
+        integer("max_iter", 1)
+        real("lr", positive=True)
+        real("momentum", positive=False)
+        real("tol", positive=False)
 
     def resolved(self, model: UnlearnableModel) -> "TrainConfig":
         """Fill the model-dependent defaults (optimizer, dtype)."""
@@ -190,7 +218,7 @@ def retrain(
     config = getattr(model, "train_config", None)
     if config is None:
         raise ModelError("The model carries no train_config: train it with unlearnkit.train(...) first.")
-    fresh = type(model)(**model.config).to(dtype=model_dtype(model))  # b keeps its precision
+    fresh = model.fresh().to(dtype=model_dtype(model))  # b keeps its precision
     _copy_linear_term(model, fresh)
     device = device if device is not None else model_device(model)
     return train(fresh, corrected, config=config, device=device, init_from=model if warm_start else None, progress=progress)
@@ -389,7 +417,7 @@ def predict(model: UnlearnableModel, data: Dataset, *, batch_size: int = 4096, d
     """Predicted class of every row of ``data``."""
     device = device or model_device(model)
     out = []
-    with torch.no_grad():
+    with evaluation(model), torch.no_grad():  # Dropout off, batch norm on its statistics; modes restored after
         for xb, _ in data.batches(batch_size, device=device, dtype=model_dtype(model)):
             out.append(model.predict(model(xb)).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)

@@ -23,6 +23,7 @@ from typing import Any
 
 from unlearnkit.bench.space import check_fixed
 from unlearnkit.errors import BenchError, UnlearnKitError
+from unlearnkit.training import MAX_EPOCHS  # most epochs of a recipe and of an ``epochs``-like hyperparameter
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,7 +33,7 @@ else:  # pragma: no cover - Python 3.10
 
 PRESETS = ("quick", "deepunlearn-fmnist", "features-labels")
 DATASETS = ("digits", "breast-cancer", "wine", "iris", "fashion-mnist")
-MODELS = ("cnn", "mlp", "logreg", "resnet18")
+MODELS = ("cnn", "mlp", "logreg", "resnet18", "rescnn", "vit")
 PROTOCOLS = ("remove", "relabel", "zero-features")
 SAMPLERS = ("nsga3", "nsga2", "tpe", "random")
 REFERENCE_METHODS = ("retrain", "retrain-warm", "sisa")
@@ -43,8 +44,6 @@ MAX_TRIALS = 100_000
 """Most search trials per (problem, method): DeepUnlearn runs 100; a budget beyond this never ends."""
 MAX_THREADS = 256
 """Most torch CPU threads per worker: more than any CPU a worker runs on has cores."""
-MAX_EPOCHS = 100_000
-"""Most training epochs of a recipe (and of a fixed ``epochs``-like hyperparameter)."""
 MAX_BATCH_SIZE = 2**31 - 1
 MAX_INT = 2**63 - 1
 """Seeds and row counts are stored as signed 64-bit integers (SQLite, torch seeds)."""
@@ -200,11 +199,15 @@ def load_config(source: str | Path | dict, overrides: list[str] | dict | None = 
         Also load every data set and build every model on it (catches a CNN on tabular data
         before any job runs).
     """
-    raw = _read(source)
-    raw = copy.deepcopy(raw)
-    for key, value in _parse_overrides(overrides).items():
-        _set_dotted(raw, key, value)
-    config = _build(raw)
+    try:
+        raw = _read(source)
+        raw = copy.deepcopy(raw)
+        for key, value in _parse_overrides(overrides).items():
+            _set_dotted(raw, key, value)
+        config = _build(raw)
+    except RecursionError:
+        raise BenchError("The configuration is nested too deeply (tables or lists inside one another without end); "
+                         "a configuration has tables two or three levels deep (see the presets).") from None
     if check_data:
         check_problems(config)
     return config

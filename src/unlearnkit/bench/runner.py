@@ -33,6 +33,7 @@ from unlearnkit.bench.executors import EXECUTORS, check_workers, make_executor
 from unlearnkit.bench.jobs import OBJECTIVES, environment
 from unlearnkit.bench.space import describe_space, search_space
 from unlearnkit.bench.store import Store
+from unlearnkit.devices import check_device
 from unlearnkit.errors import BenchError
 
 Progress = Callable[[str, int, int], None]
@@ -160,7 +161,7 @@ def run(config: BenchConfig, out: str | Path, *, executor: str = "local", worker
     start = time.perf_counter()
     check_run_options(out, executor=executor, workers=workers)
     if executor == "local":
-        check_device(config.device)
+        check_device(config.device, what="run.device", error=BenchError)
     store = Store(out, create=True)
     try:
         store.lock()
@@ -204,18 +205,6 @@ def check_run_options(out: str | Path, *, executor: str = "local", workers: int 
         raise BenchError(f"Unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}.")
     check_workers(workers)
     check_folder(out, option="--out")
-
-
-def check_device(device: str) -> None:
-    """Refuse a device this machine does not have (before any job)."""
-    import torch
-
-    dev = torch.device(device)
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise BenchError(f"run.device = {device!r}, but this machine has {torch.cuda.device_count()} CUDA device(s); "
-                         "use run.device = 'cpu' or run where the GPU is.")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise BenchError("run.device = 'mps', but MPS is not available here.")
 
 
 class _Stoppable:

@@ -17,6 +17,7 @@ Validation rules (each failure is a :class:`~unlearnkit.errors.ChangesError` nam
 
 * an empty change set, or an edit with no rows or no columns;
 * negative, non-integer or out-of-range rows (ids unknown to the dataset), columns or labels;
+* nested lists of rows, columns or labels, and a list longer than :data:`MAX_ROWS`;
 * NaN or infinite feature values;
 * two edits of the same cell (feature cell or label) that disagree;
 * a row that is both removed and edited.
@@ -46,17 +47,38 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 
 _INT64_MAX = np.iinfo(np.int64).max
 
+#: Most ids (or labels, or columns) one list in a change set may hold: eight million, what a
+#: :data:`MAX_FILE_BYTES` file can carry. Larger lists are refused before they are copied; split
+#: a larger request into several change sets.
+MAX_ROWS = MAX_FILE_BYTES // 8
+
+
+def _too_many(n: int, what: str) -> ChangesError:
+    return ChangesError(f"{what} hold {n:,} values, beyond the limit of {MAX_ROWS:,} per list "
+                        f"(unlearnkit.data.changes.MAX_ROWS); split the request into several change sets.")
+
 
 def _int_tuple(values, what: str) -> tuple[int, ...]:
+    try:
+        n = len(values)
+    except Exception:  # no cheap length (a generator, a scalar): counted after conversion below
+        n = None
+    if n is not None and n > MAX_ROWS:
+        raise _too_many(n, what)
     if isinstance(values, (bool, np.bool_)) or (isinstance(values, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in values)):
         raise ChangesError(f"{what} must be integers; got bool (true/false) values.")
     if isinstance(values, (list, tuple)) and any(type(v) is int and not -_INT64_MAX - 1 <= v <= _INT64_MAX for v in values):
         big = next(v for v in values if type(v) is int and not -_INT64_MAX - 1 <= v <= _INT64_MAX)
         raise ChangesError(f"{what} must be below 2**63 (row ids are 64-bit integers); found {big}.")
     try:
-        arr = np.asarray(values).reshape(-1)
+        arr = np.asarray(values)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise ChangesError(f"{what} must be a flat list of integers ({type(exc).__name__}: {str(exc)[:100]}).") from None
+    if arr.ndim > 1:
+        raise ChangesError(f"{what} must be a flat list of integers; got nested lists (shape {arr.shape}).")
+    arr = arr.reshape(-1)
+    if arr.size > MAX_ROWS:
+        raise _too_many(arr.size, what)
     if arr.size == 0:
         return ()
     if arr.dtype.kind == "b":
@@ -467,10 +489,16 @@ class Changes:
         """Parse a change set from JSON text (UTF-8 bytes are accepted too)."""
         if isinstance(text, (bytes, bytearray)):
             text = _decode(bytes(text), "The change set")
+        if not isinstance(text, str):
+            raise ChangesError(f"A change set is JSON text (str or UTF-8 bytes); got {type(text).__name__}. "
+                               "Use Changes.load for a file, Changes.from_dict for a dict.")
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ChangesError(f"Change set is not valid JSON: {exc}.") from None
+        except ValueError as exc:  # an integer beyond Python's digit limit for str -> int
+            raise ChangesError(f"Change set holds a number too long to be a row id, label or column "
+                               f"({str(exc)[:120]}); row ids are below 2**63.") from None
         except RecursionError:
             raise ChangesError("Change set is nested too deeply to be a change set (lists inside lists without end); "
                                "see Changes.to_json for the format.") from None

@@ -501,6 +501,15 @@ def read_npz(path, *, name: str | None = None) -> Dataset:
     path = Path(path)
     size = _check_regular_file(path)
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e}).") from None
+    if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"PK\x05\x06") or magic == b"\x93NUMPY"):
+        # numpy would try to unpickle anything else and advise allow_pickle=True: never do that
+        raise DataError(f"{path} is not an NPZ archive (a zip file written by numpy.savez or unlearnkit's save_npz); "
+                        "give a .npz file, or a .csv for text.")
+    try:
         archive = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise DataError(f"{path}: not a readable .npz file ({e}).") from None

@@ -126,6 +126,11 @@ HESSIAN_LIPSCHITZ_SOFTMAX = 1.0 / math.sqrt(2.0)
 
 BOUND_KINDS = ("data", "worst")
 
+MAX_CERTIFIED_PARAMS = 20_000
+"""Most parameters ``p`` a certified model may have. The method keeps the dense ``p x p`` Hessian
+and its Cholesky factor in float64 (``16 p^2`` bytes: 6.4 GB at this limit); a larger model is
+refused before anything is allocated. Reduce the features (e.g. PCA or feature selection)."""
+
 
 def _check_privacy(epsilon: float, delta: float) -> None:
     if not (math.isfinite(epsilon) and epsilon > 0):
@@ -460,6 +465,14 @@ def check_certifiable(model) -> None:
         raise CertificationError("Certified unlearning needs l2 > 0 (strong convexity); the model has l2 = 0.")
     if model.fit_intercept and not model.penalize_intercept:
         raise CertificationError("Certified unlearning needs a penalised intercept (strong convexity); set penalize_intercept=True.")
+    p = int(model.n_params)
+    if p > MAX_CERTIFIED_PARAMS:
+        raise CertificationError(
+            f"Certified unlearning keeps a dense {p:,} x {p:,} float64 Hessian and its factor ({16 * p * p / 1e9:,.1f} GB) "
+            f"for this model ({model.n_features:,} features, {model.n_classes} classes); the limit is "
+            f"{MAX_CERTIFIED_PARAMS:,} parameters (unlearnkit.influence.certified.MAX_CERTIFIED_PARAMS). "
+            "Reduce the number of features (e.g. PCA or feature selection) first."
+        )
     if next(model.parameters()).dtype != torch.float64:
         raise CertificationError("Certified unlearning needs float64 parameters (residuals near 1e-10 are meaningless in float32).")
 
@@ -906,7 +919,7 @@ def _check_training_residual(residual: float, spec: CertifiedSpec, what: str) ->
 __all__ = [
     "BOUND_KINDS", "Calibration", "Certificate", "CertifiedModel", "CertifiedResult", "CertifiedSpec", "CertifiedState",
     "HESSIAN_LIPSCHITZ_BINARY", "HESSIAN_LIPSCHITZ_SOFTMAX", "MemoryRows", "Proposal", "augmented_norms",
-    "certified_train", "check_certifiable", "classical_constant", "classical_is_valid", "epsilon_for",
+    "MAX_CERTIFIED_PARAMS", "certified_train", "check_certifiable", "classical_constant", "classical_is_valid", "epsilon_for",
     "gaussian_delta", "newton_refine", "noise_multiplier",
     "sensitivity_ratio",
 ]

@@ -64,6 +64,7 @@ import re
 import shutil
 import sqlite3
 import secrets
+import stat
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -101,6 +102,10 @@ KEY_ENV = "UNLEARNKIT_LEDGER_KEY"
 """Environment variable the command line reads the ledger's HMAC key from (see :func:`read_key`)."""
 MAC_ALGORITHM = "hmac-sha256"
 MIN_KEY_BYTES = 16
+MAX_REASON_CHARS = 10_000
+"""Longest ``reason`` an entry records (the reason is stored and shown with every entry)."""
+MAX_KEY_FILE_BYTES = 4096
+"""Largest key file :func:`read_key` reads; it must be a regular file (not a device or FIFO)."""
 DATA_CHECK_CACHE = "checked.json"
 _MODEL_RE = re.compile(r"^model-(\d{6,})(?:-[0-9a-f]{16})?\.pt$")  # ledgers before 1.x: no writer token
 _TEMP_RE = re.compile(r"^\.model-(\d{6,})[-.].*\.tmp$")
@@ -211,12 +216,23 @@ def _entry_changes(entry: dict) -> Changes | None:
         raise LedgerError(f"entry {entry['seq']}: its recorded change set is unreadable ({reason}).") from None
 
 
+def _check_reason(reason) -> str:
+    if not isinstance(reason, str):
+        raise LedgerError(f"reason must be a string (recorded with the entry), got {type(reason).__name__}.")
+    if len(reason) > MAX_REASON_CHARS:
+        raise LedgerError(f"reason has {len(reason):,} characters, beyond the limit of {MAX_REASON_CHARS:,}; "
+                          "record a short reason and keep the details elsewhere.")
+    return reason
+
+
 def read_key(key_file: str | Path | None = None, *, ledger: str | Path | None = None, environ=None) -> bytes | None:
     """The ledger's HMAC key: the bytes of ``key_file`` if given, else the environment variable
     ``UNLEARNKIT_LEDGER_KEY`` (UTF-8), else None (no key).
 
     Trailing newlines of a key file are dropped. A key shorter than 16 bytes is refused, and so
     is a key file inside the ``ledger`` folder: a key stored beside the ledger protects nothing.
+    The key file must be a regular file of at most :data:`MAX_KEY_FILE_BYTES` (4 KiB); a device,
+    FIFO or folder is refused before it is read.
     """
     environ = os.environ if environ is None else environ
     if key_file is not None:
@@ -227,10 +243,23 @@ def read_key(key_file: str | Path | None = None, *, ledger: str | Path | None = 
             if real == folder or folder in real.parents:
                 raise LedgerError(f"The key file {kf} is inside the ledger folder {ledger}: keep the key outside it "
                                   "(anyone who can read the folder could then forge entries).")
-        try:
-            key = kf.read_bytes().rstrip(b"\r\n")
+        try:  # non-blocking open: a FIFO must not hang the reader before it is refused
+            fd = os.open(kf, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
+                    raise LedgerError(f"The key file {kf} is {kind}; give a regular file holding the key.")
+                if st.st_size > MAX_KEY_FILE_BYTES:
+                    raise LedgerError(f"The key file {kf} has {st.st_size:,} bytes, beyond the limit of "
+                                      f"{MAX_KEY_FILE_BYTES:,}; a key is a few dozen random bytes.")
+                key = f.read(MAX_KEY_FILE_BYTES + 1)
         except OSError as exc:
             raise LedgerError(f"Cannot read the key file {kf}: {describe_os_error(exc)}.") from None
+        if len(key) > MAX_KEY_FILE_BYTES:
+            raise LedgerError(f"The key file {kf} is larger than {MAX_KEY_FILE_BYTES:,} bytes; a key is a few dozen "
+                              "random bytes.")
+        key = key.rstrip(b"\r\n")
         source = f"the key file {kf}"
     elif environ.get(KEY_ENV):
         key, source = environ[KEY_ENV].encode("utf-8", "surrogateescape"), f"${KEY_ENV}"
@@ -343,6 +372,7 @@ class Ledger:
         """
         path = Path(path)
         key = _check_key(key)
+        _check_reason(reason)
         if os.path.lexists(path) and not path.is_dir():
             what = "a link to nothing" if path.is_symlink() else "not a folder"
             raise LedgerError(f"{path} exists and is {what}; give the path of a new (or empty) folder for the ledger.")
@@ -756,6 +786,7 @@ class Ledger:
             self._check_key_for_write()
             self._check_model_file()
             self._check_data()
+            self.certified.rows.check_overlay()  # cheap: rows the overlay table must not hold
             with _Write(what):
                 self._cleanup_files()  # leftovers of a writer that crashed
             try:
@@ -918,6 +949,7 @@ class Ledger:
         """
         if not isinstance(changes, Changes):
             raise ChangesError(f"changes must be an unlearnkit Changes, got {type(changes).__name__}.")
+        _check_reason(reason)
 
         def step():
             cm = self.certified
@@ -944,6 +976,8 @@ class Ledger:
 
         Returns the refinement's summary with ``"head"``: the :class:`Head` of the entry recorded.
         """
+        _check_reason(reason)
+
         def step():
             info = self.certified.refine(target, max_steps=max_steps)
             cert = self.certified.certificate(exact_residual=info["residual"], refine_steps=info["steps"])
@@ -955,6 +989,7 @@ class Ledger:
     def retrain(self, *, reason: str = "retrain", seed: int | None = None) -> None:
         """Retrain on the current corrected data with fresh noise (budget reset), recorded."""
         _check_seed(seed)
+        _check_reason(reason)
 
         def step():
             self.certified.retrain(seed=seed)

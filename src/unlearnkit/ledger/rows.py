@@ -77,6 +77,35 @@ class LedgerRows:
                     raise LedgerError(f"The ledger's overlay row {row_id} is malformed (the database was edited or is corrupt).")
                 self.edited[int(row_id)] = (x.copy(), int(label))
 
+    def check_overlay(self) -> None:
+        """Refuse an overlay that no sequence of requests can have written: every edited or
+        removed id must be a row of the base data (requests never add rows), every edited label
+        one of the classes. Costs ``O(k log n)`` for ``k`` overlay rows (the stored ids are sorted).
+        The full check, replaying every entry, is :meth:`Ledger.verify`."""
+        bad_label = next((i for i, (_, lab) in self.edited.items() if not 0 <= lab < self.n_classes), None)
+        if bad_label is not None:
+            raise LedgerError(f"The ledger's overlay gives row {bad_label} the label {self.edited[bad_label][1]}, "
+                              f"outside 0..{self.n_classes - 1}: the overlay table was edited (or the database is "
+                              "corrupt). Nothing was changed; run `unlearnkit ledger verify`.")
+        ids = sorted(self.removed | self.edited.keys())
+        if not ids:
+            return
+        missing = next((i for i in ids if not -(2**63) <= i < 2**63), None)
+        if missing is None:
+            want = np.asarray(ids, dtype=np.int64)
+            base = self.ids
+            found = np.zeros(len(want), bool)
+            if len(base):
+                pos = np.clip(np.searchsorted(base, want), 0, len(base) - 1)
+                found = np.asarray(base[pos]) == want
+                if not found.all():  # the ids are stored sorted; confirm in full should they not be
+                    found = np.isin(want, np.asarray(base))
+            missing = None if found.all() else int(want[~found][0])
+        if missing is not None:
+            raise LedgerError(f"The ledger's overlay holds row {missing}, which is not a row of its data: the overlay "
+                              "table was edited (or the database is corrupt). Nothing was changed; run "
+                              "`unlearnkit ledger verify`.")
+
     def overlay_records(self, resolved: Resolved) -> list[tuple[int, int, int | None, bytes | None]]:
         """The overlay rows a resolved request writes: ``(id, removed, label, features)``."""
         out = []

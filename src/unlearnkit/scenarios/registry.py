@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from unlearnkit.atomic import check_folder, check_target
+from unlearnkit.devices import check_device
 from unlearnkit.errors import UnlearnKitError
 from unlearnkit.scenarios import rules
 from unlearnkit.scenarios.compare import compare
@@ -69,9 +70,13 @@ def run(
         raise ScenarioError(f"Unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}.")
     if size not in SIZES:
         raise ScenarioError(f"Unknown size {size!r}; choose one of {', '.join(SIZES)}.")
-    seeds = [int(s) for s in seeds]
-    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ScenarioError(f"seeds must be distinct non-negative integers, got {seeds}.")
+    try:
+        seeds = [int(s) for s in seeds]
+    except (TypeError, ValueError, OverflowError):
+        raise ScenarioError(f"seeds must be integers, got {seeds!r}.") from None
+    if not seeds or any(not 0 <= s < 2**63 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ScenarioError(f"seeds must be distinct integers in [0, 2**63), got {', '.join(map(str, seeds))[:200]}.")
+    check_device(device, what="device", error=ScenarioError)
     if out is not None:  # before any computing: a run of minutes must not end on an unwritable path
         check_folder(out, option="--out")
         for ext in ("json", "png", "md"):
