@@ -26,6 +26,7 @@ from unlearnkit.errors import (
 from unlearnkit.influence.updates import UnlearnResult
 from unlearnkit.metrics import EvalSplits, evaluate
 from unlearnkit.models.io import load_model, save_model
+from unlearnkit.models.wrap import wrap
 from unlearnkit.training import TrainConfig, accuracy, predict, retrain, train
 
 __version__ = "0.1.0"
@@ -33,5 +34,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Changes", "ChangesError", "DataError", "Dataset", "EvalSplits", "MethodError", "MetricError", "ModelError", "SolverError", "TrainConfig",
     "UnlearnKitError", "UnlearnResult", "accuracy", "data", "evaluate", "influence", "load_model", "methods", "metrics", "models", "predict",
-    "retrain", "save_model", "scenarios", "bench", "train", "unlearn", "__version__",
+    "retrain", "save_model", "scenarios", "bench", "train", "unlearn", "wrap", "__version__",
 ]

@@ -7,12 +7,47 @@ parameter dict and evaluates per-sample losses as a pure function of ``theta``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import warnings
+from typing import Iterator
 
 import torch
 from torch.func import functional_call
 
 from unlearnkit.models.base import UnlearnableModel
+
+
+@contextlib.contextmanager
+def differentiable_kernels(recurrent: bool = True) -> Iterator[None]:
+    """Route the forward pass through kernels that ``torch.func`` can differentiate in every mode.
+
+    In eval mode PyTorch runs ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` through
+    fused "fast path" kernels, and ``nn.LSTM`` / ``nn.GRU`` on the CPU through oneDNN (mkldnn)
+    kernels, and scaled dot-product attention through flash kernels; none has forward-mode
+    derivatives, which Hessian- and GGN-vector products need.
+    Inside this block they are switched off (the same mathematics through the composite
+    kernels; oneDNN only with ``recurrent=True``, as convolutions are faster with it); the
+    previous settings are restored on exit.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TF32 acceleration")  # printed by mkldnn.flags() on some builds
+            mkldnn = torch.backends.mkldnn.flags(enabled=False) if recurrent else contextlib.nullcontext()
+            mkldnn.__enter__()
+        try:
+            with sdpa_kernel(SDPBackend.MATH):
+                yield
+        finally:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="TF32 acceleration")
+                mkldnn.__exit__(None, None, None)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 class FlatModel:
@@ -23,10 +58,19 @@ class FlatModel:
     values, and the objective's regulariser counts only the selected ones. Default: every
     trainable parameter. The model itself is only read; :meth:`to_model` builds a new model from
     a vector.
+
+    Losses are those of the model in **evaluation mode**: a model with any submodule in training
+    mode (a wrapped user module, say) is deep-copied and the copy put in eval mode, so Dropout is
+    off and batch norm normalises with its running statistics, which enter as constant buffers
+    (never updated here). The caller's model and its ``.training`` flags are left as they are;
+    models built by :meth:`to_model` are in eval mode.
     """
 
     def __init__(self, model: UnlearnableModel, names: list[str] | None = None) -> None:
+        if any(m.training for m in model.modules()):
+            model = copy.deepcopy(model).eval()
         self.model = model
+        self.recurrent = any(isinstance(m, torch.nn.RNNBase) for m in model.modules())
         trainable = [name for name, p in model.named_parameters() if p.requires_grad]
         if names is not None:
             unknown = sorted(set(names) - set(trainable))
@@ -93,7 +137,8 @@ class FlatModel:
 
     def logits(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         """The model's logits with the selected parameters set to ``theta`` (the others as they are)."""
-        return functional_call(self.model, {**self.fixed, **self.unflatten(theta), **self.buffers}, (X,))
+        with differentiable_kernels(self.recurrent):
+            return functional_call(self.model, {**self.fixed, **self.unflatten(theta), **self.buffers}, (X,))
 
     def loss_sum(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``sum_i l(z_i, theta)`` over the batch (no regulariser)."""

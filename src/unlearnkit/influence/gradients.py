@@ -20,11 +20,17 @@ def per_sample_gradients(
 ) -> torch.Tensor:
     """``(m, p)`` matrix whose row ``i`` is ``grad_theta l(z_i, theta)``.
 
-    Memory is ``O(m p)`` for the result plus ``O(batch_size * p)`` working space.
+    Memory is ``O(m p)`` for the result plus ``O(batch_size * p)`` working space. Models with
+    PyTorch's recurrent layers (no ``vmap`` rules) are differentiated row by row.
     """
     theta = flat.theta() if theta is None else theta
-    fn = vmap(grad(flat.single_loss), in_dims=(None, 0, 0))
-    rows = [fn(theta, xb, yb) for xb, yb in data.batches(batch_size, device=flat.device, dtype=flat.dtype)]
+    if flat.recurrent:  # nn.LSTM / nn.GRU / nn.RNN have no vmap rules: one grad per row (the same numbers, slower)
+        one = grad(flat.single_loss)
+        rows = [torch.stack([one(theta, x, y) for x, y in zip(xb, yb)])
+                for xb, yb in data.batches(batch_size, device=flat.device, dtype=flat.dtype)]
+    else:
+        fn = vmap(grad(flat.single_loss), in_dims=(None, 0, 0))
+        rows = [fn(theta, xb, yb) for xb, yb in data.batches(batch_size, device=flat.device, dtype=flat.dtype)]
     if not rows:
         return torch.zeros((0, flat.n_params), dtype=flat.dtype, device=flat.device)
     return torch.cat(rows)

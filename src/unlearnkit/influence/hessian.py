@@ -12,7 +12,7 @@ gives the unbiased mini-batch estimate ``(n/|B|) sum_{z in B} H_z v + l2 v`` use
 ``curvature="ggn"`` replaces each ``H_z`` by its generalised Gauss-Newton part
 ``J_z^T (d^2 l / d logits^2) J_z`` (``J_z`` the Jacobian of the logits): positive
 semi-definite for any network, and equal to the Hessian for linear models such as logistic
-regression. Deep models at a non-minimum have indefinite Hessians, on which CG breaks down;
+regression; a wrapped model's own loss gets its ``d^2 l / d logits^2`` by autodiff). Deep models at a non-minimum have indefinite Hessians, on which CG breaks down;
 the GGN keeps CG well defined.
 """
 
@@ -60,16 +60,19 @@ class HessianOperator:
 
     def _batch_hvp(self, v: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         if self.curvature is Curvature.GGN:
-            return self._batch_ggn(v, xb)
+            return self._batch_ggn(v, xb, yb)
         return jvp(lambda t: self._grad(t, xb, yb), (self.theta,), (v,))[1]
 
-    def _batch_ggn(self, v: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+    def _batch_ggn(self, v: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         def logits(t):
             return self.flat.logits(t, xb)
 
         out, vjp_fn = vjp(logits, self.theta)
         _, jv = jvp(logits, (self.theta,), (v,))
-        if out.ndim == 1:  # binary logistic: d^2 l / dz^2 = p (1 - p)
+        if getattr(self.flat.model, "custom_loss", False):  # a user's loss: (d^2 l / dz^2) jv by autodiff in the logits
+            model = self.flat.model
+            hjv = jvp(grad(lambda z: model.per_sample_loss(z, yb).sum()), (out,), (jv,))[1]
+        elif out.ndim == 1:  # binary logistic: d^2 l / dz^2 = p (1 - p)
             hjv = torch.sigmoid(out) * torch.sigmoid(-out) * jv
         else:  # softmax cross-entropy: (diag(p) - p p^T) jv
             p = torch.softmax(out, dim=-1)

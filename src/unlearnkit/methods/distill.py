@@ -73,13 +73,13 @@ def _error(net, X: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> flo
 def incompetent_teacher(net, generator: torch.Generator):
     """A frozen, freshly initialised model of ``net``'s architecture, drawn from ``generator``.
 
-    Built as ``type(net)(**net.config)`` and re-initialised by
+    Built by ``net.fresh()`` (the architecture rebuilt, :meth:`~unlearnkit.models.base.UnlearnableModel.fresh`) and re-initialised by
     :func:`~unlearnkit.models.base.reset_parameters`, on ``net``'s device and dtype, in
     evaluation mode with gradients off. The same generator state gives the same network.
     """
     ref = next(net.parameters())
     with torch.random.fork_rng(devices=[]):  # the constructor's default initialisers must not move the global RNG
-        bad = type(net)(**net.config)
+        bad = net.fresh()
     reset_parameters(bad, generator)
     return frozen_copy(bad.to(device=ref.device, dtype=ref.dtype))
 
@@ -105,7 +105,7 @@ class BadTeacher(DeepMethod):
     """Bad Teacher: forget rows are distilled from an incompetent teacher, retain rows from the original.
 
     The competent teacher ``g`` is the frozen original model; the incompetent teacher ``b`` is
-    a freshly initialised model of the student's own architecture, ``type(net)(**net.config)``
+    a freshly initialised model of the student's own architecture, ``net.fresh()``
     re-initialised by :func:`~unlearnkit.models.base.reset_parameters` from the method's
     seeded generator (so it is the same network for a seed). Each epoch is one shuffled pass
     over ``retain + forget``; for a mini-batch ``B`` with forget indicator ``u_i``::

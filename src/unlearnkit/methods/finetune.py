@@ -429,7 +429,8 @@ class ExactUnlearningK(_LastBlocks):
     (same loss, optimiser and schedule; ``theta0`` is the re-initialised weights, so the L2
     term never pulls towards the original). The re-initialisation, drawn from the method's
     seed: convolution weights Kaiming-normal (fan-out mode, ReLU gain) and biases 0;
-    Linear weights Xavier-uniform (``U(+-sqrt(6 / (fan_in + fan_out)))``) and biases 0;
+    Linear weights Xavier-uniform (``U(+-sqrt(6 / (fan_in + fan_out)))``) and biases 0, an
+    attention layer's input projections likewise (its output projection is a Linear layer);
     batch-norm weight 1, bias 0 and fresh running statistics (layer / group norm: 1 and 0).
     ``epochs = 0`` does only the re-initialisation. The result is an exact unlearning of the
     re-initialised layers only: the frozen features still saw the forget set.
@@ -471,6 +472,14 @@ def _reinitialise(modules: list[nn.Module], generator: torch.Generator) -> list[
                         sub.bias.zero_()
                 elif reset_normalisation(sub):
                     pass
+                elif isinstance(sub, nn.MultiheadAttention) and sub.bias_k is None and sub.bias_v is None:
+                    for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                        w = getattr(sub, name, None)
+                        if w is not None:
+                            bound = math.sqrt(6.0 / (w.shape[0] + w.shape[1]))
+                            w.copy_((2 * rand_like(w, generator) - 1) * bound)
+                    if sub.in_proj_bias is not None:
+                        sub.in_proj_bias.zero_()
                 elif any(True for _ in sub.parameters(recurse=False)):
                     raise MethodError(f"eu-k cannot re-initialise a {type(sub).__name__} layer (it knows convolutions, "
                                       "linear and normalisation layers); use cf-k, or a model built from those layers.")

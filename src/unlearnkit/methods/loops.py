@@ -272,7 +272,7 @@ def require_convolutions(model: nn.Module, method: str) -> list[nn.Conv2d]:
     convs = convolutions(model)
     if not convs:
         raise MethodError(f"{method} acts on convolution kernels and the {getattr(model, 'kind', type(model).__name__)} "
-                          "model has none; use it with a cnn or resnet18 model.")
+                          "model has none; use it with a cnn, resnet18 or rescnn model.")
     return convs
 
 

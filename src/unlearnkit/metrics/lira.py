@@ -105,7 +105,7 @@ class RecipeTrainer:
         from unlearnkit.training import TrainConfig, train
 
         config = self.config or getattr(template, "train_config", None) or TrainConfig()
-        fresh = type(template)(**template.config)
+        fresh = template.fresh()
         return train(fresh, data, config=replace(config, seed=int(seed)), device=self.device)
 
     def key(self, template: UnlearnableModel) -> str:

@@ -22,7 +22,7 @@ import torch
 
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import MetricError, ModelError
-from unlearnkit.models.base import UnlearnableModel
+from unlearnkit.models.base import UnlearnableModel, evaluation
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,17 +92,12 @@ def logits_matrix(model: UnlearnableModel, data: Dataset, *, batch_size: int = 4
     device = torch.device(device) if device is not None else param.device
     net = model if param.device == device else _moved(model, device)
     out = []
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            for xb, _ in data.batches(batch_size, device=device, dtype=param.dtype):
-                z = net(xb)
-                if z.ndim == 1:  # binary logistic regression: p(y=1) = sigmoid(z)
-                    z = torch.stack([torch.zeros_like(z), z], dim=1)
-                out.append(z.detach().to("cpu", torch.float64).numpy())
-    finally:
-        net.train(was_training)
+    with evaluation(net), torch.no_grad():  # every submodule's mode restored after (a wrapped module's included)
+        for xb, _ in data.batches(batch_size, device=device, dtype=param.dtype):
+            z = net(xb)
+            if z.ndim == 1:  # binary logistic regression: p(y=1) = sigmoid(z)
+                z = torch.stack([torch.zeros_like(z), z], dim=1)
+            out.append(z.detach().to("cpu", torch.float64).numpy())
     if not out:
         return np.zeros((0, model.n_classes), dtype=np.float64)
     return np.concatenate(out)

@@ -9,16 +9,19 @@ from unlearnkit.models.ensemble import ShardedEnsemble
 from unlearnkit.models.linear import LogisticRegression
 from unlearnkit.models.lstm import CharLSTM, char_log_perplexity
 from unlearnkit.models.mlp import MLP
+from unlearnkit.models.rescnn import ResCNN
 from unlearnkit.models.resnet import ResNet18
+from unlearnkit.models.vit import SmallViT
+from unlearnkit.models.wrap import WrappedModel, wrap
 
-IMAGE_KINDS = ("cnn", "resnet18")
+IMAGE_KINDS = ("cnn", "resnet18", "rescnn", "vit")
 """Kinds whose input is an image ``(C, H, W)``; :func:`for_data` reads the shape from the data."""
 
-MODELS: dict[str, type[UnlearnableModel]] = {cls.kind: cls for cls in (LogisticRegression, MLP, SmallCNN, ResNet18, ShardedEnsemble, CharLSTM)}
+MODELS: dict[str, type[UnlearnableModel]] = {cls.kind: cls for cls in (LogisticRegression, MLP, SmallCNN, ResNet18, ResCNN, SmallViT, ShardedEnsemble, CharLSTM)}
 
 
 def build(kind: str, **config) -> UnlearnableModel:
-    """Build a model by kind (``logreg``, ``mlp``, ``cnn``, ``resnet18``, ``char-lstm``) from its constructor arguments."""
+    """Build a model by kind (``logreg``, ``mlp``, ``cnn``, ``resnet18``, ``rescnn``, ``vit``, ``char-lstm``) from its constructor arguments."""
     try:
         cls = MODELS[kind]
     except KeyError:
@@ -50,4 +53,4 @@ def for_data(kind: str, data, **config) -> UnlearnableModel:
     return build(kind, **config)
 
 
-__all__ = ["MODELS", "MLP", "CharLSTM", "LogisticRegression", "ResNet18", "ShardedEnsemble", "SmallCNN", "UnlearnableModel", "build", "char_log_perplexity", "for_data"]
+__all__ = ["MODELS", "MLP", "CharLSTM", "LogisticRegression", "ResCNN", "ResNet18", "ShardedEnsemble", "SmallCNN", "SmallViT", "UnlearnableModel", "build", "char_log_perplexity", "for_data", "WrappedModel", "wrap"]

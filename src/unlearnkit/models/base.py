@@ -18,8 +18,9 @@ minimise ``L / n`` instead, which has the same minimiser.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -59,6 +60,16 @@ class UnlearnableModel(nn.Module):
     def init_parameters(self, generator: torch.Generator) -> None:
         """Re-initialise every parameter from ``generator`` (deterministic for a seed); see :func:`reset_parameters`."""
         reset_parameters(self, generator)
+
+    def fresh(self) -> "UnlearnableModel":
+        """A new, untrained model of this architecture and objective (the one rebuild every retraining uses).
+
+        The zoo rebuilds from the constructor, ``type(self)(**self.config)``; a wrapped user module
+        (:class:`unlearnkit.models.wrap.WrappedModel`) is deep-copied and re-initialised instead.
+        Training re-initialises the parameters from its seed either way; the linear term of a
+        loss-perturbed model is not carried over (see :func:`unlearnkit.training.retrain`).
+        """
+        return type(self)(**self.config)
 
     # ------------------------------------------------------------------ adapter
     # Architecture-specific unlearning methods (MSG and CT act on convolutions, CF-k / EU-k on
@@ -122,18 +133,51 @@ def reset_parameters(module: nn.Module, generator: torch.Generator) -> None:
 
     Weights of linear and convolutional layers follow PyTorch's default (Kaiming-uniform with
     ``a = sqrt(5)``, i.e. uniform in ``+-1/sqrt(fan_in)``); their biases are uniform in
-    ``+-1/sqrt(fan_in)``. Batch-norm layers get weight 1, bias 0 and fresh running statistics.
+    ``+-1/sqrt(fan_in)``. Batch-norm layers get weight 1, bias 0 and fresh running statistics
+    (layer and group norms weight 1, bias 0). Embeddings are ``N(0, 1)`` with the padding row
+    zero; ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` weights and biases uniform in ``+-1/sqrt(hidden)``;
+    an attention layer's packed input projection uniform in ``+-1/sqrt(embed_dim)`` with zero
+    bias (its output projection is a linear layer), all PyTorch's defaults up to the exact
+    distribution of the attention projection. Layers are visited in ``module.modules()`` order.
     Draws happen on the CPU and are copied, so a seed gives the same values on every device.
+    Parameters owned directly by other module types are left alone.
     """
     with torch.no_grad():
         for sub in module.modules():
-            if isinstance(sub, (nn.Linear, nn.Conv2d)):
+            if isinstance(sub, (nn.Linear, nn.modules.conv._ConvNd)):
                 bound = 1.0 / math.sqrt(sub.weight[0].numel())
                 for p in (sub.weight, sub.bias):
                     if p is not None:
-                        p.copy_(torch.empty(p.shape, dtype=p.dtype).uniform_(-bound, bound, generator=generator))
+                        _uniform(p, bound, generator)
+            elif isinstance(sub, nn.Embedding):
+                sub.weight.copy_(torch.empty(sub.weight.shape, dtype=sub.weight.dtype).normal_(0.0, 1.0, generator=generator))
+                if sub.padding_idx is not None:
+                    sub.weight[sub.padding_idx].zero_()
+            elif isinstance(sub, nn.RNNBase):
+                bound = 1.0 / math.sqrt(sub.hidden_size)
+                for p in sub.parameters(recurse=False):
+                    _uniform(p, bound, generator)
+            elif isinstance(sub, nn.MultiheadAttention):
+                bound = 1.0 / math.sqrt(sub.embed_dim)
+                for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "bias_k", "bias_v"):
+                    p = getattr(sub, name, None)
+                    if p is not None:
+                        _uniform(p, bound, generator)
+                if sub.in_proj_bias is not None:
+                    sub.in_proj_bias.zero_()
             else:
                 reset_normalisation(sub)
+
+
+def _uniform(p: torch.Tensor, bound: float, generator: torch.Generator) -> None:
+    p.copy_(torch.empty(p.shape, dtype=p.dtype).uniform_(-bound, bound, generator=generator))
+
+
+def reset_layers(module: nn.Module) -> frozenset[int]:
+    """Ids of the parameters :func:`reset_parameters` re-initialises inside ``module``."""
+    kinds = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.RNNBase, nn.MultiheadAttention,
+             nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+    return frozenset(id(p) for sub in module.modules() if isinstance(sub, kinds) for p in sub.parameters(recurse=False))
 
 
 def reset_normalisation(module: nn.Module) -> bool:
@@ -151,6 +195,22 @@ def reset_normalisation(module: nn.Module) -> bool:
     if getattr(module, "track_running_stats", False):
         module.reset_running_stats()
     return True
+
+
+@contextlib.contextmanager
+def evaluation(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in evaluation mode for the ``with`` block; every submodule's own mode is restored after.
+
+    Restoring each submodule (not ``model.train(was_training)``) keeps mixed modes as they were,
+    e.g. a wrapped user module in training mode, or one with a frozen batch norm in eval mode.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def class_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -123,10 +123,7 @@ class CharLSTM(UnlearnableModel):
 
         Every draw comes from ``generator`` on the CPU, so a seed gives the same model everywhere.
         """
-        with torch.no_grad():
-            w = self.embedding.weight
-            w.copy_(torch.empty(w.shape, dtype=w.dtype).normal_(0.0, 1.0, generator=generator))
-        reset_parameters(self, generator)
+        reset_parameters(self, generator)  # the embedding (first in module order) is drawn N(0, 1) first
         with torch.no_grad():
             for layer in self.lstm:  # bias order i, f, g, o: remember by default early in training
                 layer.input_gates.bias[self.hidden:2 * self.hidden].fill_(1.0)
