@@ -23,14 +23,14 @@ def _readme_block(marker: str) -> str:
 
 
 def test_readme_quickstart_runs():
-    text = _readme_block("reference = uk.retrain(")
+    text = _readme_block("reference = uk.retrain(model, data, changes)")
     namespace: dict = {}
     exec(compile(text, "README quick start", "exec"), namespace)
     result, reference = namespace["result"], namespace["reference"]
     a, b = FlatModel(result.model).theta(), FlatModel(reference).theta()
     assert float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)) < 0.05
     # the evaluation snippet continues the quick start
-    exec(compile(_readme_block("uk.evaluate("), "README evaluation", "exec"), namespace)
+    exec(compile(_readme_block("table = uk.evaluate("), "README evaluation", "exec"), namespace)
     table = namespace["table"]
     assert table["relative_distance"].unlearned < table["relative_distance"].original
     assert "accuracy_test" in table and "mia_loss_test" in table
@@ -39,6 +39,22 @@ def test_readme_quickstart_runs():
     cert = namespace["result"].certificate
     assert not cert.retrained and cert.remaining > 0
     assert 0 < cert.exact_residual <= cert.cumulative_bound
+
+
+def test_readme_own_model_snippet_runs(capsys):
+    """The "your own model" section: a plain nn.Module trained by the user's loop, wrapped, unlearned, evaluated."""
+    namespace: dict = {}
+    exec(compile(_readme_block("train_fn=fit"), "README own model", "exec"), namespace)
+    net, model, result, retrained = (namespace[k] for k in ("net", "model", "result", "retrained"))
+    assert model.module is net and net.training  # wrapped, not copied; the user's mode untouched
+    assert result.method == "second-order" and type(retrained) is type(model)
+    forget = namespace["forget"]
+    # the update moves the forget rows' predictions towards the retrained model's
+    with torch.no_grad():
+        p = [torch.softmax(m(torch.as_tensor(forget.dense_rows())), 1) for m in (model, result.model, retrained)]
+    assert float((p[1] - p[2]).abs().sum()) < float((p[0] - p[2]).abs().sum())
+    out = capsys.readouterr().out
+    assert "accuracy_forget" in out and "rte" in out
 
 
 def test_readme_deep_methods_snippet_runs(capsys):

@@ -172,23 +172,55 @@ def scenario_cmd(
     console.print(f"report: {out / (name + '.md')} (+ .png, .json)", markup=False)
 
 
+_FACTORY_HELP = ("Your own model: 'package.module:function', a function that returns your torch.nn.Module "
+                 "(or a uk.wrap(...) model), e.g. --factory mynets:make_net.")
+_FACTORY_PATH_HELP = "Folder to import the --factory module from, when it is not installed (e.g. --factory-path src)."
+
+
+def _load_net(path: Path, factory: Optional[str], factory_path: Optional[Path]):
+    """A model file, or with ``--factory`` a weights file of the factory's module (same safety checks)."""
+    from unlearnkit import load_model
+
+    if factory is None:
+        return load_model(path)
+    return load_model(path, factory=factory, factory_path=factory_path)
+
+
+def _check_factory_options(factory: Optional[str], factory_path: Optional[Path]) -> None:
+    if factory_path is not None and factory is None:
+        _fail(_OptionError("--factory-path only applies with --factory (the model's factory, 'package.module:function')."))
+
+
 @app.command("train")
 def train_cmd(
     data: str = typer.Option(..., "--data", help="Training data: an embedded name (digits:train, breast-cancer, "
                              "synthetic:n=1000,d=20) or a .csv/.npz file."),
-    model: str = typer.Option("logreg", "--model", help="Architecture: logreg, mlp, cnn, resnet18, rescnn or vit."),
+    model: Optional[str] = typer.Option(None, "--model", help="Architecture: logreg (default), mlp, cnn, resnet18, "
+                                        "rescnn or vit; or your own with --factory."),
     out: Path = typer.Option(..., "--out", help="Where to write the model file."),
-    l2: float = typer.Option(1.0, help="L2 strength of the summed objective."),
+    l2: Optional[float] = typer.Option(None, help="L2 strength of the summed objective (default 1.0; with --factory, "
+                                       "the factory's wrapped model's own, else 0)."),
     epochs: int = typer.Option(10, help="Epochs (mlp, cnn)."),
     lr: float = typer.Option(1e-3, help="Learning rate (mlp, cnn)."),
     seed: int = typer.Option(0, help="Initialisation and shuffling seed."),
+    factory: Optional[str] = typer.Option(None, "--factory", help=_FACTORY_HELP + " A plain module is wrapped for the "
+                                          "data (its classes and example shape)."),
+    factory_path: Optional[Path] = typer.Option(None, "--factory-path", help=_FACTORY_PATH_HELP),
 ) -> None:
-    """Train a model on a dataset and save it (with its config and training recipe)."""
+    """Train a model on a dataset and save it (with its config and training recipe).
+
+    Your own PyTorch model: `unlearnkit train --factory mynets:make_net --factory-path src --data train.csv --out net.pt`; the file then loads with the same --factory (`unlearnkit unlearn --factory mynets:make_net --weights net.pt ...`).
+    """
     from unlearnkit import data as data_mod
     from unlearnkit import models, save_model
+    from unlearnkit.models.factory import from_factory
     from unlearnkit.training import MAX_EPOCHS, TrainConfig, accuracy, train
 
-    _check_number("--l2", l2)
+    _check_factory_options(factory, factory_path)
+    if factory is not None and model is not None:
+        _fail(_OptionError("Give --model (a zoo architecture) or --factory (your own), not both."))
+    if l2 is not None:
+        _check_number("--l2", l2)
     _check_number("--lr", lr, positive=True)
     if epochs < 1:
         _fail(_OptionError(f"--epochs must be >= 1; got {epochs}."))
@@ -198,8 +230,11 @@ def train_cmd(
     _check_out(out)
     try:
         ds = data_mod.load(data)
-        net = models.for_data(model, ds, l2=l2)
-        with console.status(escape(_plain(f"training {model} on {ds.name} ({len(ds)} rows)"))):
+        if factory is not None:
+            net = from_factory(factory, ds, search_path=factory_path, l2=l2)
+        else:
+            net = models.for_data(model or "logreg", ds, l2=1.0 if l2 is None else l2)
+        with console.status(escape(_plain(f"training {factory or model or 'logreg'} on {ds.name} ({len(ds)} rows)"))):
             trained = train(net, ds, config=TrainConfig(epochs=epochs, lr=lr, seed=seed))
         save_model(trained, out, metadata={"data": data, "data_fingerprint": ds.fingerprint()}, user_path=True)
     except UnlearnKitError as exc:
@@ -209,28 +244,48 @@ def train_cmd(
 
 @app.command()
 def unlearn(
-    model: Path = typer.Option(..., "--model", help="Model file written by `unlearnkit train` or save_model()."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model file written by `unlearnkit train` or "
+                                         "save_model(); for your own module use --factory and --weights instead."),
     data: str = typer.Option(..., "--data", help="The data the model was trained on (name or file)."),
     changes: Path = typer.Option(..., "--changes", help="Change set (JSON, see Changes.to_json)."),
     method: str = typer.Option("second-order", "--method", help="Unlearning method (see `unlearnkit methods`)."),
     out: Path = typer.Option(..., "--out", help="Where to write the unlearned model."),
     param: list[str] = typer.Option([], "--param", help="Method hyperparameter key=value (repeatable)."),
     compare: bool = typer.Option(False, "--compare-retrain", help="Also retrain and report the distance."),
+    factory: Optional[str] = typer.Option(None, "--factory", help=_FACTORY_HELP + " Use with --weights."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Weights of the --factory model: a file written by "
+                                           "torch.save(module.state_dict(), FILE), or a model file unlearnkit wrote for it."),
+    factory_path: Optional[Path] = typer.Option(None, "--factory-path", help=_FACTORY_PATH_HELP),
 ) -> None:
-    """Apply a change set to a trained model and save the unlearned model."""
-    from unlearnkit import Changes, load_model, save_model
+    """Apply a change set to a trained model and save the unlearned model.
+
+    Your own PyTorch model: name the function that builds it (--factory) and its weights (--weights), e.g. `unlearnkit unlearn --factory mynets:make_net --factory-path src --weights net.pt --data train.csv --changes c.json --method ft --out unlearned.pt`.
+
+    The weights are checked against the module the factory builds (names, shapes, dtypes) before they are loaded, and read with the same safety checks as model files. Reading the unlearned file back needs the same --factory (e.g. `unlearnkit evaluate --factory ...`).
+    """
+    from unlearnkit import Changes, save_model
     from unlearnkit import data as data_mod
     from unlearnkit.api import unlearn as unlearn_fn
     from unlearnkit.demo import rel_distance
     from unlearnkit.training import accuracy, retrain
 
+    _check_factory_options(factory, factory_path)
+    if factory is not None and (weights is None or model is not None):
+        _fail(_OptionError("--factory takes its weights from --weights FILE (a state_dict file or a model file of that "
+                           "model), not from --model; give --factory with --weights."))
+    if factory is None and weights is not None:
+        _fail(_OptionError("--weights needs --factory 'package.module:function' (the code that builds the module)."))
+    if model is None and weights is None:
+        _fail(_OptionError("Give the model: --model FILE (a model file), or --factory 'package.module:function' "
+                           "with --weights FILE (your own module)."))
     _check_out(out)
+    source = model if model is not None else weights
     try:
-        net = load_model(model)
+        net = _load_net(source, factory, factory_path)
         ds = data_mod.load(data)
         fingerprint = getattr(net, "metadata", {}).get("data_fingerprint")
         if fingerprint and fingerprint != ds.fingerprint():
-            err.print(f"[yellow]warning:[/] {escape(_plain(data))} differs from the data {escape(_plain(model))} was trained on; "
+            err.print(f"[yellow]warning:[/] {escape(_plain(data))} differs from the data {escape(_plain(source))} was trained on; "
                       "influence updates assume the training data.")
         ch = Changes.load(changes)
         with console.status(escape(_plain(f"{method}: unlearning {ch!r}"))):
@@ -287,9 +342,18 @@ def evaluate(
     fmt: str = typer.Option("table", "--format", help="table, markdown, csv or json."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the table (in --format, json for table) here."),
     seed: int = typer.Option(123, help="Seed of the attacks' shuffles and cross-validation."),
+    factory: Optional[str] = typer.Option(None, "--factory", help=_FACTORY_HELP + " Then --original, --unlearned and "
+                                          "--retrained are weights of that module: state_dict files or model files "
+                                          "unlearnkit wrote for it."),
+    factory_path: Optional[Path] = typer.Option(None, "--factory-path", help=_FACTORY_PATH_HELP),
 ) -> None:
-    """Evaluate an unlearned model against the original and the retrained one, metric by metric."""
-    from unlearnkit import Changes, load_model
+    """Evaluate an unlearned model against the original and the retrained one, metric by metric.
+
+    Your own PyTorch model: name the function that builds it, e.g. `unlearnkit evaluate --factory mynets:make_net --factory-path src --original net.pt --unlearned unlearned.pt --retrained retrained.pt --data train.csv --changes c.json`.
+
+    Without --retrained the original is retrained here, which needs its training recipe: a model file unlearnkit wrote after training it (`unlearnkit train --factory ...`), not a bare state_dict.
+    """
+    from unlearnkit import Changes
     from unlearnkit import data as data_mod
     from unlearnkit.metrics import Costs, EvalSplits
     from unlearnkit.metrics import evaluate as evaluate_fn
@@ -299,6 +363,7 @@ def evaluate(
     if fmt not in _FORMATS:
         _fail(ValueError(f"--format must be one of {', '.join(_FORMATS)}, got {fmt!r}."))
     _check_seed(seed)
+    _check_factory_options(factory, factory_path)
     if out is not None:
         _check_out(out)
     try:
@@ -307,8 +372,8 @@ def evaluate(
             if metric_info(name).cost == "expensive":  # an unknown name fails here too, before any work
                 raise MetricError(f"Metric {name!r} needs shadow models or a canary, which the command line cannot "
                                   "build; use unlearnkit.metrics.evaluate(..., shadow=..., method=...) from Python.")
-        orig = load_model(original)
-        unl = load_model(unlearned)
+        orig = _load_net(original, factory, factory_path)
+        unl = _load_net(unlearned, factory, factory_path)
         ds = data_mod.load(data)
         val_ds = data_mod.load(val) if val else None
         test_ds = data_mod.load(test) if test else None
@@ -321,7 +386,7 @@ def evaluate(
         info = getattr(unl, "metadata", {}).get("unlearned") or {}
         costs = {"unlearned": Costs.of(info) if "seconds" in info else None}
         if retrained is not None:
-            ref = load_model(retrained)
+            ref = _load_net(retrained, factory, factory_path)
             _check_fits(ref, ds, "the --retrained model", "--data")
         else:
             with console.status("retraining on the corrected data (the reference)"):

@@ -73,7 +73,8 @@ class TrainConfig:
     tol: Newton and L-BFGS stop when ``max |grad(L / n)| <= tol``.
     max_iter: Newton / L-BFGS iteration cap.
     seed: initial parameters and shuffling.
-    dtype: ``float64`` (default for convex models) or ``float32``.
+    dtype: ``float64`` (default for convex models) or ``float32``; by default a model made by
+        :func:`unlearnkit.wrap` trains in the dtype of its module's parameters.
     """
 
     optimizer: Optimizer | None = None
@@ -117,7 +118,14 @@ class TrainConfig:
         else:
             n_params = sum(p.numel() for p in model.parameters())
             opt = Optimizer.NEWTON if n_params <= NEWTON_MAX_PARAMS else Optimizer.LBFGS
-        dtype = self.dtype or ("float64" if model.convex else "float32")
+        if self.dtype is None and model.kind == "wrapped":  # a user's module trains in its own precision
+            dtype = str(model_dtype(model)).removeprefix("torch.")
+            if dtype not in ("float32", "float64"):
+                raise ModelError(f"The wrapped module's parameters are {dtype}; unlearnkit trains in float32 or float64. "
+                                 "Build the module in one of them, or pass TrainConfig(dtype='float32') (the trained "
+                                 "model then has that dtype).")
+        else:
+            dtype = self.dtype or ("float64" if model.convex else "float32")
         if dtype not in ("float32", "float64"):
             raise ModelError(f"dtype must be 'float32' or 'float64', got {dtype!r}.")
         if self.batch_size < 1 or self.epochs < 0 or self.max_iter < 1:
@@ -154,6 +162,7 @@ def train(
     data: Dataset,
     *,
     config: TrainConfig | None = None,
+    train_fn=None,
     device=None,
     init_from: UnlearnableModel | None = None,
     progress: Progress | None = None,
@@ -164,7 +173,24 @@ def train(
     parameters (warm start). The returned model carries ``train_config`` (the resolved
     config) so :func:`retrain` can repeat the procedure, and ``train_seconds`` (wall time of
     the optimisation, the retraining cost that run-time efficiency divides by).
+
+    ``train_fn(module, data)`` trains with the user's own loop instead of a config: it receives
+    the plain ``nn.Module`` of a re-initialised copy (for a model made by
+    :func:`unlearnkit.wrap`, the user's module class) and the :class:`~unlearnkit.Dataset`, and
+    trains the module in place (see :mod:`unlearnkit.user_training`); the result carries
+    ``train_fn`` so :func:`retrain` repeats it. Without ``config`` or ``train_fn`` the model's
+    own recipe is used (its ``train_fn``, else its ``train_config``, else ``TrainConfig()``).
     """
+    from unlearnkit.user_training import train_with_fn
+
+    _check_model(model)
+    if config is not None and train_fn is not None:
+        raise ModelError("Pass either config= (unlearnkit's training loop) or train_fn= (your own loop), not both.")
+    if config is None and train_fn is None and getattr(model, "train_fn", None) is not None:
+        train_fn = model.train_fn
+    if train_fn is not None:
+        return train_with_fn(model, data, train_fn, seed=int(getattr(model, "train_seed", 0) or 0), device=device,
+                             init_from=init_from)
     if len(data) == 0:
         raise ModelError(f"Cannot train on {data.name}: it has no rows.")
     model.check_data(data)
@@ -172,6 +198,8 @@ def train(
     device = torch.device(device) if device is not None else torch.device("cpu")
     dtype = torch_dtype(config.dtype)
     net = copy.deepcopy(model).to(device=device, dtype=dtype)
+    for attr in ("train_fn", "train_seed"):  # trained by unlearnkit's loop now, not the user's
+        net.__dict__.pop(attr, None)
     if init_from is not None:
         net.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in init_from.state_dict().items()})
     else:
@@ -199,6 +227,7 @@ def retrain(
     data: Dataset,
     changes: Changes | None = None,
     *,
+    train_fn=None,
     device=None,
     warm_start: bool = False,
     progress: Progress | None = None,
@@ -209,19 +238,51 @@ def retrain(
     it the reference every unlearning method is compared with. ``warm_start=True`` starts from
     ``model``'s parameters instead: the honest strong baseline for convex models.
 
+    ``train_fn(module, data)`` retrains with the user's own loop: a fresh copy of the model
+    (:meth:`~unlearnkit.models.base.UnlearnableModel.fresh`, re-initialised; the user's module
+    is never touched) hands its plain ``nn.Module`` and the corrected
+    :class:`~unlearnkit.Dataset` to the loop, which trains the module in place (or returns it);
+    the result is a model with the same objective and adapter (see
+    :mod:`unlearnkit.user_training`). A model trained with a ``train_fn`` is retrained with it
+    when none is passed; ``train_fn`` takes precedence over the model's ``train_config``.
+
     The retrained model minimises the same objective as ``model``: besides the architecture
     (and with it the per-parameter L2 weights), the linear term ``b . theta`` of a loss-perturbed
     (certified) model is kept, so the reference of a certified model is the minimiser of
     ``L_b(.; D~)`` with the *same* ``b`` — the point a second-order update approximates.
     """
+    _check_model(model)
     corrected = changes.apply(data) if changes is not None else data
+    train_fn = train_fn if train_fn is not None else getattr(model, "train_fn", None)
+    if train_fn is not None:
+        from unlearnkit.user_training import train_with_fn
+
+        if model.linear_term() is not None:
+            raise ModelError(f"The {model.kind} model's objective has a linear term b . theta (a loss perturbation) "
+                             "that a train_fn does not minimise; retrain it with its train_config instead.")
+        return train_with_fn(model, corrected, train_fn, seed=int(getattr(model, "train_seed", 0) or 0),
+                             device=device, init_from=model if warm_start else None)
     config = getattr(model, "train_config", None)
     if config is None:
-        raise ModelError("The model carries no train_config: train it with unlearnkit.train(...) first.")
+        raise ModelError(f"The {model.kind} model carries no train_config, so unlearnkit does not know how it was "
+                         "trained. Pass your own training loop, retrain(model, data, changes, train_fn=fn) with "
+                         "fn(module, data) training the module in place, or train the model with "
+                         "unlearnkit.train(model, data, config=TrainConfig(...)) first.")
     fresh = model.fresh().to(dtype=model_dtype(model))  # b keeps its precision
     _copy_linear_term(model, fresh)
     device = device if device is not None else model_device(model)
     return train(fresh, corrected, config=config, device=device, init_from=model if warm_start else None, progress=progress)
+
+
+def _check_model(model) -> None:
+    """Refuse what is not an unlearnkit model (a plain ``nn.Module`` is wrapped with :func:`unlearnkit.wrap`)."""
+    if isinstance(model, UnlearnableModel):
+        return
+    if isinstance(model, torch.nn.Module):
+        raise ModelError(f"model is a plain {type(model).__name__}; make it an unlearnkit model with "
+                         "unlearnkit.wrap(module) (it is not copied or changed), then train or retrain the wrapped model.")
+    raise ModelError(f"model must be an unlearnkit model (a model of unlearnkit.models, or unlearnkit.wrap(module) for "
+                     f"a torch.nn.Module), got {type(model).__name__}.")
 
 
 def _copy_linear_term(source: UnlearnableModel, target: UnlearnableModel) -> None:
@@ -385,17 +446,23 @@ def _fit_minibatch(net, data, config, device, dtype, progress) -> None:
     else:
         opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
     gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)
-    X_all, y_all = data.tensors(dtype=dtype) if not data.is_sparse else (None, None)
+    # in memory: one tensor, indexed per batch; CSR: each batch densified on its own; streamed: each epoch's
+    # shuffled batches read by one loader (its workers prefetch), never the whole set at once
+    streamed = getattr(data, "streaming", False)
+    X_all, y_all = data.tensors(dtype=dtype) if not (data.is_sparse or streamed) else (None, None)
     steps_per_epoch = len(batch_bounds(n, config.batch_size))
     total = config.epochs * steps_per_epoch
     step = 0
     net.train()
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=gen)
+        reads = data.read_batches([order[a:b].numpy() for a, b in batch_bounds(n, config.batch_size)]) if streamed else None
         for start, stop in batch_bounds(n, config.batch_size):
             idx = order[start:stop]
             if X_all is not None:
                 xb, yb = X_all[idx].to(device), y_all[idx].to(device)
+            elif reads is not None:
+                xb, yb = next(reads).to(device=device, dtype=dtype), torch.as_tensor(data.y[idx.numpy()], device=device)
             else:
                 sub = data.subset(idx.numpy())
                 xb, yb = sub.tensors(device=device, dtype=dtype)

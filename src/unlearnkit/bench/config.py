@@ -95,6 +95,7 @@ class Problem:
 
     dataset: str
     model: str
+    """A zoo model name, or the name a ``models.factories`` entry gives a user's model."""
     protocol: Protocol
 
     @property
@@ -114,6 +115,10 @@ class BenchConfig:
     split_seed: int = 123
     models: tuple[str, ...] = ("cnn",)
     model_options: dict = field(default_factory=dict)
+    factories: dict = field(default_factory=dict)
+    """User models: name -> factory path ``package.module:function`` (see :mod:`unlearnkit.models.factory`)."""
+    factory_path: str = ""
+    """A folder (absolute) the factories are imported from, or "" for installed packages only."""
     protocols: tuple[Protocol, ...] = (Protocol(),)
     methods: tuple[str, ...] = ("ft",)
     fixed: dict = field(default_factory=dict)
@@ -147,8 +152,10 @@ class BenchConfig:
         from unlearnkit.bench.space import describe_space, search_space
 
         d = self.to_dict()
-        for key in ("device", "threads_per_worker", "description"):
+        for key in ("device", "threads_per_worker", "description", "factory_path"):  # where, not what
             d.pop(key, None)
+        if not d["factories"]:
+            d.pop("factories")  # a configuration without user models keeps the fingerprint it always had
         # the search spaces come from the method registry: a changed range is a different benchmark
         d["spaces"] = {f"{p.key}/{m}": describe_space(search_space(m, self.recipe(p.dataset).epoch_cap, self.fixed.get(m)))
                        for p in self.problems for m in self.methods}
@@ -163,8 +170,10 @@ _SCHEMA: dict[str, dict[str, tuple[tuple, str]]] = {
              "rows": ((int,), "0 = every training row, else a seeded subsample of this many"),
              "val_fraction": ((float, int), "share of the training rows held out for validation"),
              "split_seed": ((int,), "seed of the one fixed split (DeepUnlearn: 123)")},
-    "models": {"names": ((list,), f"names from {', '.join(MODELS)}"),
-               "options": ((dict,), "per model, keyword arguments of its constructor")},
+    "models": {"names": ((list,), f"names from {', '.join(MODELS)}, or of models.factories"),
+               "options": ((dict,), "per model, keyword arguments of its constructor (of its factory for a user model)"),
+               "factories": ((dict,), "user models: name = \"package.module:function\""),
+               "factory_path": ((str,), "folder to import the factories from (relative: to the config file's folder)")},
     "methods": {"names": ((list,), "registered method names (unlearnkit methods)"),
                 "fixed": ((dict,), "per method, hyperparameters held fixed (never searched)")},
     "seeds": {"eval": ((list,), "model seeds the reported numbers come from"),
@@ -204,7 +213,8 @@ def load_config(source: str | Path | dict, overrides: list[str] | dict | None = 
         raw = copy.deepcopy(raw)
         for key, value in _parse_overrides(overrides).items():
             _set_dotted(raw, key, value)
-        config = _build(raw)
+        from_file = isinstance(source, (str, Path)) and str(source) not in PRESETS
+        config = _build(raw, base=Path(source).resolve().parent if from_file else Path.cwd())
     except RecursionError:
         raise BenchError("The configuration is nested too deeply (tables or lists inside one another without end); "
                          "a configuration has tables two or three levels deep (see the presets).") from None
@@ -342,7 +352,7 @@ def _names(where: str, value, valid, *, allow_empty=False) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _build(raw: dict) -> BenchConfig:
+def _build(raw: dict, base: Path | None = None) -> BenchConfig:
     import unlearnkit as uk
 
     if not isinstance(raw, dict):
@@ -379,8 +389,18 @@ def _build(raw: dict) -> BenchConfig:
         kw["val_fraction"] = values["data.val_fraction"]
     if "data.split_seed" in values:
         kw["split_seed"] = _bounded("data.split_seed", values["data.split_seed"], 0, MAX_INT, "a seed")
+    factories = _factories(values.get("models.factories", {}))
+    if "models.factory_path" in values:
+        kw["factory_path"] = _factory_path(values["models.factory_path"], base or Path.cwd())
+    for name, path in factories.items():
+        _import_factory(f"models.factories.{name}", path, kw.get("factory_path", ""))
+    kw["factories"] = factories
     if "models.names" in values:
-        kw["models"] = _names("models.names", values["models.names"], MODELS)
+        kw["models"] = _names("models.names", values["models.names"], MODELS + tuple(factories))
+    unused = sorted(set(factories) - set(kw.get("models", BenchConfig.models)))
+    if unused:
+        raise BenchError(f"models.factories names {unused}, which models.names does not list; add them to "
+                         "models.names (or remove the factories).")
     options = values.get("models.options", {})
     for model, opts in options.items():
         if model not in kw.get("models", BenchConfig.models):
@@ -442,6 +462,46 @@ def _build(raw: dict) -> BenchConfig:
     kw["protocols"] = _protocols(raw.get("protocol", [{}]))
     kw["recipes"] = _recipes(raw.get("train", {}), kw.get("datasets", BenchConfig.datasets))
     return BenchConfig(**kw)
+
+
+def _factories(table: dict) -> dict:
+    """``models.factories``: user model names (not zoo names) mapped to well-formed factory paths."""
+    from unlearnkit.errors import ModelError
+    from unlearnkit.models.factory import parse_factory
+
+    out = {}
+    for name, path in table.items():
+        where = f"models.factories.{name}"
+        if name in MODELS:
+            raise BenchError(f"{where}: {name!r} is a zoo model; give your model another name.")
+        if not isinstance(path, str):
+            raise BenchError(f"{where} must be a factory path \"package.module:function\", got {_show(path)}.")
+        try:
+            parse_factory(path)
+        except ModelError as exc:
+            raise BenchError(f"{where}: {exc}") from None
+        out[name] = path
+    return out
+
+
+def _factory_path(text: str, base: Path) -> str:
+    folder = Path(text).expanduser()
+    folder = folder if folder.is_absolute() else base / folder
+    if not folder.is_dir():
+        raise BenchError(f"models.factory_path {text!r} is not a folder ({folder}); give the folder that holds your "
+                         "factory's package (relative paths are read from the config file's folder).")
+    return str(folder.resolve())
+
+
+def _import_factory(where: str, path: str, search_path: str) -> None:
+    """Import a factory when the configuration is loaded, so a bad path fails before any job (it is called later)."""
+    from unlearnkit.errors import ModelError
+    from unlearnkit.models.factory import load_factory
+
+    try:
+        load_factory(path, search_path=search_path or None)
+    except ModelError as exc:
+        raise BenchError(f"{where}: {exc}") from None
 
 
 def _check_device(text: str) -> str:

@@ -77,7 +77,7 @@ def _unlearn(config: BenchConfig, problem: Problem, method: str, params: dict, o
     from unlearnkit.methods import make
 
     data = build_problem_data(config, problem)
-    original = model_from_bytes(original_blob, device=device)
+    original = model_from_bytes(original_blob, device=device, config=config, problem=problem)
     result = make(method, **params).unlearn(original, data.train, data.changes, val=data.val, device=device)
     return data, result
 
@@ -134,7 +134,7 @@ def cell(config: BenchConfig, problem: Problem, method: str, params: dict, seed:
         data, result = _unlearn(config, problem, method, params, ref["original"], device)
     except UnlearnKitError as exc:
         return {"params": params, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "env": env}
-    retrained = model_from_bytes(ref["retrained"], device=device)
+    retrained = model_from_bytes(ref["retrained"], device=device, config=config, problem=problem)
     rec = measure(result.model, data, device)
     ref_metrics = ref["metrics"]["retrained"]
     rec["retdev"] = retdev(rec, ref_metrics)

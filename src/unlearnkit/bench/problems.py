@@ -109,10 +109,24 @@ def _cached(key: str) -> ProblemData:
 
 
 def build_model(config: BenchConfig, problem: Problem, data: Dataset):
-    from unlearnkit.models import for_data
+    """The untrained model of a problem: a zoo model sized for ``data``, or a user model from its factory.
 
+    A factory (``models.factories``) is imported and called here, in the process that builds the
+    model (a worker or a Ray node), with ``models.options.<name>`` as keyword arguments; a plain
+    ``nn.Module`` it returns is wrapped for ``data`` (classes and example shape).
+    """
+    from unlearnkit.models import for_data
+    from unlearnkit.models.factory import from_factory
+
+    options = dict(config.model_options.get(problem.model, {}))
+    if problem.model in config.factories:
+        try:
+            return from_factory(config.factories[problem.model], data, search_path=config.factory_path or None,
+                                args=options)
+        except ModelError as exc:
+            raise ModelError(f"models.factories.{problem.model}: {exc}") from None
     try:
-        return for_data(problem.model, data, **dict(config.model_options.get(problem.model, {})))
+        return for_data(problem.model, data, **options)
     except TypeError as exc:
         raise ModelError(f"models.options.{problem.model}: {exc}") from None
 
@@ -135,13 +149,18 @@ def model_bytes(model) -> bytes:
     return buf.getvalue()
 
 
-def model_from_bytes(blob: bytes, device=None):
+def model_from_bytes(blob: bytes, device=None, config: BenchConfig | None = None, problem: Problem | None = None):
+    """A stored model back from its bytes; a user model (``config.factories``) is rebuilt by its factory."""
     from unlearnkit.models.io import model_from_payload
 
     try:
         payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise BenchError(f"A stored model is unreadable ({type(exc).__name__}); the results store is damaged.") from None
+    if config is not None and problem is not None and problem.model in config.factories:
+        return model_from_payload(payload, "a stored model", device=device, factory=config.factories[problem.model],
+                                  factory_path=config.factory_path or None,
+                                  factory_args=dict(config.model_options.get(problem.model, {})))
     return model_from_payload(payload, "a stored model", device=device)
 
 

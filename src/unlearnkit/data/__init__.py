@@ -28,6 +28,7 @@ from unlearnkit.data.sources import available, load
 from unlearnkit.data.splits import Splits, UnlearningSplit, forget_set, retain_forget, train_test_split, unlearning_split
 from unlearnkit.data.synthetic import make_classification
 from unlearnkit.data.text import CharVocab, Quote, attribution_name, char_windows, load_fortunes, python_docs_excerpt
+from unlearnkit.data.torchdata import StreamingDataset, from_retain_forget, from_torch, split_forget
 
 __all__ = [
     "CharVocab",
@@ -38,12 +39,15 @@ __all__ = [
     "Resolved",
     "Dataset",
     "Splits",
+    "StreamingDataset",
     "UnlearningSplit",
     "Quote",
     "attribution_name",
     "available",
     "char_windows",
     "forget_set",
+    "from_retain_forget",
+    "from_torch",
     "load",
     "load_breast_cancer",
     "load_digits",
@@ -61,6 +65,7 @@ __all__ = [
     "read_npz",
     "retain_forget",
     "save_npz",
+    "split_forget",
     "standardize",
     "train_test_split",
     "unlearning_split",

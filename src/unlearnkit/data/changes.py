@@ -323,6 +323,10 @@ class Changes:
         Raises :class:`ChangesError` for rows, columns or labels out of range and for
         feature edits whose value-by-row assignments disagree once "every non-zero row"
         edits are expanded.
+
+        On a streamed data set (:class:`~unlearnkit.data.torchdata.StreamingDataset`) the features
+        are never loaded whole: label edits and removals read none, an "every non-zero row" edit
+        scans them once in batches, and edited cells are applied as rows are read.
         """
         n_cols = data.n_features
         n_rows = len(data)
@@ -357,8 +361,9 @@ class Changes:
 
         # ---- features: expand to (row position, column) -> value, checking agreement. Cells are
         # kept as two flat arrays (key = position * n_cols + column, value), 16 bytes a cell.
-        X = data.X
-        flat = X if sp.issparse(X) else X.reshape(len(data), -1)
+        streaming = getattr(data, "streaming", False)  # features read from a source on demand: scanned in batches, edits kept as overrides
+        X = None if streaming else data.X
+        flat = None if streaming else (X if sp.issparse(X) else X.reshape(len(data), -1))
         removed_mask = np.zeros(len(data), dtype=bool)
         removed_mask[removed_pos] = True
         key_parts, value_parts = [], []
@@ -367,7 +372,10 @@ class Changes:
             if bad:
                 raise ChangesError(f"Feature edit: column(s) {bad[:5]} out of range; {data.name} has {n_cols} feature columns (0..{n_cols - 1}).")
             cols = np.asarray(edit.columns, dtype=np.int64)
-            if edit.rows is None:
+            if edit.rows is None and streaming:
+                rows_pos = data.nonzero_rows(cols)
+                rows_pos = rows_pos[~removed_mask[rows_pos]].astype(np.int64)
+            elif edit.rows is None:
                 sub = flat[:, cols]
                 nz = (sub != 0)
                 if sp.issparse(nz):
@@ -403,8 +411,8 @@ class Changes:
         # drop cells that do not actually change anything? No: a row named in an edit is
         # affected even if the value is already the target (its gradient term cancels).
         feat_rows = np.unique(ps)
-        new_X = flat.copy() if not sp.issparse(flat) else flat.tolil(copy=True)
-        if keys.size:
+        new_X = None if streaming else flat.copy() if not sp.issparse(flat) else flat.tolil(copy=True)
+        if keys.size and not streaming:
             if sp.issparse(flat):
                 new_X[ps, cs] = values
                 new_X = new_X.tocsr()
@@ -413,7 +421,7 @@ class Changes:
                 new_X[ps, cs] = values
         elif sp.issparse(flat):
             new_X = flat.copy()
-        if not sp.issparse(X):
+        if not streaming and not sp.issparse(X):
             new_X = new_X.reshape(X.shape)
 
         edited = np.union1d(feat_rows, np.asarray(label_pos, dtype=np.int64)).astype(np.int64)
@@ -425,7 +433,10 @@ class Changes:
         order = np.argsort(data.ids[affected], kind="stable")
         affected = affected[order]
 
-        changed = data.replace(X=new_X, y=new_labels)
+        if streaming:
+            changed = data.with_features(ps, cs, values).replace(y=new_labels)
+        else:
+            changed = data.replace(X=new_X, y=new_labels)
         keep = np.setdiff1d(np.arange(len(data)), removed_pos)
         corrected = changed.subset(keep, name=f"{data.name}~")
         Z = data.subset(affected, name=f"{data.name}[Z]")

@@ -83,29 +83,7 @@ class Dataset:
         if not np.all(np.isfinite(values)):
             bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
             raise DataError(f"{self.name}: X contains {bad} NaN or infinite values; clean or impute them first.")
-        y = np.asarray(self.y)
-        if y.ndim != 1 or y.shape[0] != X.shape[0]:
-            raise DataError(f"{self.name}: y must have shape ({X.shape[0]},) to match X; got {y.shape}.")
-        if y.size and y.dtype.kind not in "biuf":
-            raise DataError(f"{self.name}: labels must be integers (class indices); got dtype {y.dtype}.")
-        if y.size and not np.issubdtype(y.dtype, np.integer):
-            if not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)):
-                raise DataError(f"{self.name}: labels must be integers (class indices); got {y.dtype} values.")
-        if y.size and y.min() < 0:
-            raise DataError(f"{self.name}: labels must be >= 0; found {_show(y.min())}.")
-        if y.size and y.max() >= MAX_CLASSES:
-            raise DataError(
-                f"{self.name}: label {_show(y.max())} is beyond the limit of {MAX_CLASSES} classes. Labels must be "
-                "compact class codes 0..n_classes-1; map them with numpy.unique(y, return_inverse=True)."
-            )
-        y = y.astype(np.int64)
-        n_classes = self.n_classes
-        if n_classes is None:
-            n_classes = max(2, int(y.max()) + 1 if y.size else 2)
-        if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or not 2 <= n_classes <= MAX_CLASSES:
-            raise DataError(f"{self.name}: n_classes must be an integer in [2, {MAX_CLASSES}]; got {n_classes!r}.")
-        if y.size and y.max() >= n_classes:
-            raise DataError(f"{self.name}: label {int(y.max())} is out of range for n_classes={n_classes}.")
+        y, n_classes = check_labels(self.y, X.shape[0], self.n_classes, self.name)
         ids = np.arange(X.shape[0], dtype=np.int64) if self.ids is None else _check_ids(self.ids, X.shape[0], self.name)
         if self.feature_names is not None and len(self.feature_names) != _n_columns(X):
             raise DataError(
@@ -117,6 +95,10 @@ class Dataset:
         object.__setattr__(self, "n_classes", int(n_classes))
         if self.feature_names is not None:
             object.__setattr__(self, "feature_names", tuple(self.feature_names))
+
+    #: Whether the features are fetched from a source on demand (see
+    #: :class:`unlearnkit.data.torchdata.StreamingDataset`) rather than held in ``X``.
+    streaming = False
 
     # ------------------------------------------------------------------ shape
     def __len__(self) -> int:
@@ -223,6 +205,33 @@ class Dataset:
             f"Dataset(name={self.name!r}, n={len(self)}, feature_shape={self.feature_shape}, "
             f"n_classes={self.n_classes}, {kind})"
         )
+
+
+def check_labels(y, n: int, n_classes, name: str) -> tuple[np.ndarray, int]:
+    """Labels as ``(n,)`` int64 class codes and the number of classes, refused by name otherwise."""
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != n:
+        raise DataError(f"{name}: y must have shape ({n},) to match X; got {y.shape}.")
+    if y.size and y.dtype.kind not in "biuf":
+        raise DataError(f"{name}: labels must be integers (class indices); got dtype {y.dtype}.")
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)):
+            raise DataError(f"{name}: labels must be integers (class indices); got {y.dtype} values.")
+    if y.size and y.min() < 0:
+        raise DataError(f"{name}: labels must be >= 0; found {_show(y.min())}.")
+    if y.size and y.max() >= MAX_CLASSES:
+        raise DataError(
+            f"{name}: label {_show(y.max())} is beyond the limit of {MAX_CLASSES} classes. Labels must be "
+            "compact class codes 0..n_classes-1; map them with numpy.unique(y, return_inverse=True)."
+        )
+    y = y.astype(np.int64)
+    if n_classes is None:
+        n_classes = max(2, int(y.max()) + 1 if y.size else 2)
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or not 2 <= n_classes <= MAX_CLASSES:
+        raise DataError(f"{name}: n_classes must be an integer in [2, {MAX_CLASSES}]; got {n_classes!r}.")
+    if y.size and y.max() >= n_classes:
+        raise DataError(f"{name}: label {int(y.max())} is out of range for n_classes={n_classes}.")
+    return y, int(n_classes)
 
 
 def _n_columns(X) -> int:

@@ -93,8 +93,8 @@ class HessianOperator:
 
     def sample_matvec(self, v: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
         """Unbiased estimate ``(n/|B|) sum_{z in B} H_z v + l2 v`` on the rows ``positions``."""
-        sub = self.data.subset(positions)
-        xb, yb = sub.tensors(device=self.flat.device, dtype=self.flat.dtype)
+        sub = self.data.subset(positions)  # one block of exactly these rows (read from the stream for streamed data)
+        xb, yb = next(sub.batches(len(sub), device=self.flat.device, dtype=self.flat.dtype))
         scale = self.weight * len(self.data) / len(sub)
         return self.flat.reg * v + scale * self._batch_hvp(v, xb, yb)
 

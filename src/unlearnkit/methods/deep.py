@@ -25,7 +25,7 @@ import torch
 from unlearnkit.errors import MethodError
 from unlearnkit.influence.updates import UnlearnResult
 from unlearnkit.methods.base import Hyperparameter, Method, info
-from unlearnkit.methods.loops import Tensors, frozen_copy
+from unlearnkit.methods.loops import Tensors, frozen_copy, tensors_of
 from unlearnkit.methods.task import Task
 from unlearnkit.models.base import UnlearnableModel
 
@@ -69,7 +69,8 @@ class RunContext:
             data = getattr(self.task, part)
             if data is None:
                 raise MethodError(f"This method needs a {part} set; pass val=... to unlearn().")
-            self._tensors[part] = Tensors(data, device=self.device, dtype=self.dtype)
+            self._tensors[part] = tensors_of(data, device=self.device, dtype=self.dtype,
+                                             small=part in ("forget", "corrections"))
         return self._tensors[part]
 
     @property

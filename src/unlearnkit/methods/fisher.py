@@ -18,7 +18,7 @@ from unlearnkit.influence.functional import FlatModel
 from unlearnkit.influence.gradients import per_sample_gradients, summed_gradient
 from unlearnkit.methods.base import Hyperparameter, register
 from unlearnkit.methods.deep import DEEPUNLEARN, DU, SEED, DeepMethod
-from unlearnkit.methods.loops import Tensors, class_logits, cross_entropy, randn_like
+from unlearnkit.methods.loops import Tensors, class_logits, cross_entropy, randn_like, tensors_of
 
 _BATCH_RANGE = "{64, 128, 256} (DeepUnlearn search)"
 
@@ -353,7 +353,7 @@ class SelectiveSynapticDampening(DeepMethod):
 
     def run(self, net, task, ctx):
         net.eval()
-        training = Tensors(task.data, device=ctx.device, dtype=ctx.dtype)
+        training = tensors_of(task.data, device=ctx.device, dtype=ctx.dtype)  # streamed when the data is
         imp_d = squared_gradient_importance(net, training, batch_size=self.batch_size)
         imp_f = squared_gradient_importance(net, ctx.forget, batch_size=self.batch_size)
         dampened, total = 0, 0

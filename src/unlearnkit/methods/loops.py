@@ -7,6 +7,7 @@ made on the CPU and copied, so a seed gives the same numbers on every device).
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable, Iterator
 
@@ -19,6 +20,8 @@ from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import MethodError
 from unlearnkit.models.base import class_logits  # noqa: F401  (re-exported for the methods)
 from unlearnkit.training import batch_bounds as _training_batch_bounds
+
+log = logging.getLogger(__name__)
 
 
 class Tensors:
@@ -55,6 +58,98 @@ class Tensors:
         """``k`` rows drawn without replacement (all rows if ``k >= n``)."""
         idx = torch.randperm(len(self), generator=generator)[:k].to(self.y.device)
         return Tensors.of(self.X[idx], self.y[idx], n_classes=self.n_classes, name=self.name)
+
+
+class StreamingTensors(Tensors):
+    """A streamed data set (:class:`~unlearnkit.data.torchdata.StreamingDataset`) seen as :class:`Tensors`.
+
+    Labels are a tensor on the device; features are read only for the rows of each mini-batch, in
+    the same seeded order as :class:`Tensors` gives, so a method sees the same batches either way.
+    ``X`` (the whole set as one tensor) raises :class:`MethodError`: a method that needs it cannot run
+    on streamed data. Each pass (:meth:`batches`, :meth:`read`) uses one ``DataLoader``, so its
+    worker processes prefetch the next batches.
+    """
+
+    def __init__(self, data: Dataset, *, device, dtype) -> None:
+        self.name, self.n_classes, self.data = data.name, data.n_classes, data
+        self.device, self.dtype = device, dtype
+        self.y = torch.as_tensor(data.y, device=device)
+
+    @property
+    def X(self) -> torch.Tensor:  # noqa: N802
+        raise MethodError(
+            f"This method needs all {len(self)} rows of {self.name} as one tensor, but they are streamed from a "
+            f"{type(self.data.source).__name__}, and a streamed retain, training or validation set is only ever read "
+            "batch by batch. Use a method that works batch by batch (such as ft, ng+, srl or ssd), or load the data "
+            "in memory with from_torch(..., stream=False) if it fits."
+        )
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Features of the rows at positions ``idx`` (one read, in fetches of the data set's ``batch_size``)."""
+        return next(iter(self.read([idx.cpu()])))
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        groups = [order[start:stop] for start, stop in batch_bounds(n, batch_size)]
+        for idx, xb in zip(groups, self.read(groups)):  # one loader for the pass: its workers prefetch
+            yield xb, self.y[idx.to(self.y.device)]
+
+    def read(self, groups: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Features of each group of positions, on the device (one loader for all the groups)."""
+        for xb in self.data.read_batches([g.cpu().numpy() for g in groups]):
+            yield xb.to(device=self.device, dtype=self.dtype)
+
+    def sample(self, k: int, generator: torch.Generator) -> Tensors:
+        idx = torch.randperm(len(self), generator=generator)[:k]
+        return Tensors.of(self.rows(idx), self.y[idx.to(self.y.device)], n_classes=self.n_classes, name=self.name)
+
+
+class _Joined(StreamingTensors):
+    """The rows of ``first`` then ``second`` with labels ``y``, features read per batch (either part may be streamed)."""
+
+    def __init__(self, first: Tensors, second: Tensors, y: torch.Tensor, name: str) -> None:
+        self.first, self.second, self.y, self.name, self.n_classes = first, second, y, name, first.n_classes
+
+    @property
+    def X(self) -> torch.Tensor:  # noqa: N802
+        return self.first.X  # raises the streamed part's MethodError
+
+    def read(self, groups: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Features of each group, the rows of each part read by one loader for the whole pass."""
+        groups = [g.cpu() for g in groups]
+        split = len(self.first)
+        mine = [g < split for g in groups]
+
+        def reader(part: Tensors, selections: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+            if isinstance(part, StreamingTensors):
+                return part.read(selections)
+            return (part.X[i.to(part.y.device)] for i in selections)
+
+        firsts = reader(self.first, [g[m] for g, m in zip(groups, mine)])
+        seconds = reader(self.second, [g[~m] - split for g, m in zip(groups, mine)])
+        for g, m, a, b in zip(groups, mine, firsts, seconds):
+            out = a.new_empty((g.numel(), *a.shape[1:]))
+            out[m.to(out.device)] = a
+            out[(~m).to(out.device)] = b.to(a.dtype)
+            yield out
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        return next(iter(self.read([idx.cpu()])))
+
+
+def tensors_of(data: Dataset, *, device, dtype, small: bool = False) -> Tensors:
+    """:class:`Tensors` of ``data``; :class:`StreamingTensors` for streamed data.
+
+    In-memory data is one tensor on the device. Streamed data is read batch by batch, never
+    copied whole, except for a set the caller marks ``small`` (a forget set, corrected rows) whose
+    features fit in the data set's ``materialize_bytes``: that one is loaded as one tensor.
+    """
+    if getattr(data, "streaming", False):
+        if not (small and data.fits(dtype)):
+            return StreamingTensors(data, device=device, dtype=dtype)
+        log.debug("%s: %d streamed rows (%d bytes) loaded as one tensor", data.name, len(data), data.nbytes(dtype))
+    return Tensors(data, device=device, dtype=dtype)
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -218,11 +313,13 @@ def relabel_fit(
     """Random-relabel training (SRL, SalUn): each epoch the forget rows get fresh :func:`other_labels`,
     then one shuffled pass of the model's mean loss over ``retain`` and the relabelled forget rows
     together. Returns the number of optimiser steps."""
-    X = torch.cat([retain.X, forget.X])
+    streamed = isinstance(retain, StreamingTensors) or isinstance(forget, StreamingTensors)
+    X = None if streamed else torch.cat([retain.X, forget.X])
     steps = 0
     for _ in range(epochs):
-        union = Tensors.of(X, torch.cat([retain.y, other_labels(forget.y, n_classes, generator)]),
-                           n_classes=retain.n_classes, name=f"{retain.name}+relabelled {forget.name}")
+        y = torch.cat([retain.y, other_labels(forget.y, n_classes, generator)])
+        name = f"{retain.name}+relabelled {forget.name}"
+        union = _Joined(retain, forget, y, name) if streamed else Tensors.of(X, y, n_classes=retain.n_classes, name=name)
         steps += fit(model, union, epochs=1, batch_size=batch_size, optimizer=optimizer, generator=generator,
                      after_backward=after_backward)
     return steps

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from unlearnkit.errors import MethodError
 from unlearnkit.influence.updates import UnlearnResult
 from unlearnkit.methods.base import Method, register
 from unlearnkit.training import retrain
@@ -11,13 +12,18 @@ from unlearnkit.training import retrain
 
 @register(
     "retrain",
-    summary="train from scratch on the corrected data with the model's own training config (same seed)",
+    summary="train from scratch on the corrected data with the model's own training config or loop (same seed)",
     reference="The reference every method is measured against (exact unlearning).",
 )
 class Retrain(Method):
     warm_start = False
 
     def unlearn(self, model, data, changes, *, val=None, device=None):
+        if getattr(model, "train_config", None) is None and getattr(model, "train_fn", None) is None:
+            raise MethodError(f"{self.name} repeats the model's training recipe, and this {model.kind} model carries "
+                              "none (it was not trained by unlearnkit.train). Train it with unlearnkit.train(model, "
+                              "data, train_fn=your_loop) or config=TrainConfig(...), or call "
+                              "unlearnkit.retrain(model, data, changes, train_fn=your_loop) directly.")
         start = time.perf_counter()
         resolved = changes.resolve(data)
         new = retrain(model, resolved.corrected, device=device, warm_start=self.warm_start)

@@ -157,7 +157,9 @@ class Context:
 
     Metric functions read models with :meth:`model`, data with :meth:`data` and outputs with
     :meth:`outputs` (computed once per model and split), and expensive intermediate results
-    (shadow-model statistics) with :meth:`cached`.
+    (shadow-model statistics) with :meth:`cached`. ``train_fn`` is the user's training loop
+    (:mod:`unlearnkit.user_training`) when models are trained by one: the shadow setup trains
+    with it and the retrained model was produced by it.
     """
 
     models: dict[str, UnlearnableModel | None]
@@ -172,6 +174,7 @@ class Context:
     svc_max_samples: int = 2000
     batch_size: int = 4096
     device: Any = None
+    train_fn: Callable | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def model(self, subject: str) -> UnlearnableModel:

@@ -176,6 +176,7 @@ def evaluate(
     svc_max_samples: int = 2000,
     batch_size: int = 4096,
     device=None,
+    train_fn=None,
     progress: Progress | None = None,
 ) -> MetricTable:
     """Compute metrics for the original, unlearned and retrained models.
@@ -209,12 +210,39 @@ def evaluate(
         Seed of the attacks' shuffles and cross-validation (123, as DeepUnlearn).
     batch_size, device:
         Rows per forward pass and where to run them (default: each model's device).
+    train_fn:
+        The user's training loop ``train_fn(module, data)`` (see :mod:`unlearnkit.user_training`),
+        for models that unlearnkit did not train. With ``retrained=None`` the retrained
+        reference is ``unlearnkit.retrain(original, splits.corrected, train_fn=train_fn)``,
+        timed; splits without ``corrected`` (build them with :meth:`EvalSplits.from_changes`)
+        or a missing ``original`` are then refused. A ``shadow`` setup built without a
+        trainer is rebuilt to train its shadow models with ``train_fn``
+        (:meth:`~unlearnkit.metrics.lira.ShadowSetup.with_train_fn`, same pool, splits and
+        cache folder, a cache key naming ``train_fn``); one built with the same loop (the same
+        key, :func:`~unlearnkit.user_training.train_fn_key`) is used as it is, and one built with
+        another trainer or loop is refused.
     progress:
         ``progress(done, total, metric_name)`` after each metric.
     """
     if not isinstance(splits, EvalSplits):
         raise MetricError(f"splits must be an EvalSplits (EvalSplits.from_changes(train, changes, test=...)), "
                           f"got {type(splits).__name__}.")
+    if train_fn is not None and not callable(train_fn):
+        raise MetricError(f"train_fn must be a callable train_fn(module, data), got {type(train_fn).__name__}.")
+    if train_fn is not None and retrained is None:
+        if splits.corrected is None or original is None:
+            missing = "splits.corrected (the corrected training data)" if splits.corrected is None else "the original model"
+            raise MetricError(f"evaluate(train_fn=...) retrains the reference on the corrected training data from the "
+                              f"original model, but {missing} is missing: build the splits with "
+                              "EvalSplits.from_changes(train, changes, test=...) (or pass corrected=changes.apply(train)) "
+                              "and the original model, or pass retrained= (e.g. unlearnkit.retrain(original, train, "
+                              "changes, train_fn=fn)). For shadow models only, use ShadowSetup(..., train_fn=fn).")
+        if isinstance(original, UnlearnableModel):
+            from unlearnkit.training import retrain
+
+            retrained = retrain(original, splits.corrected, train_fn=train_fn, device=device)
+    if train_fn is not None and shadow is not None:
+        shadow = _shadow_with(shadow, train_fn)
     models = {"original": original, "unlearned": getattr(unlearned, "model", unlearned),
               "retrained": getattr(retrained, "model", retrained)}
     if models["unlearned"] is None:
@@ -222,7 +250,8 @@ def evaluate(
     present = {k: m for k, m in models.items() if m is not None}
     for name, model in present.items():
         if not isinstance(model, UnlearnableModel):
-            raise MetricError(f"The {name} model must be an unlearnkit model, got {type(model).__name__}.")
+            raise MetricError(f"The {name} model must be an unlearnkit model, got {type(model).__name__}; make a "
+                              "torch.nn.Module one with unlearnkit.wrap(module).")
     for name, model in present.items():
         if name != "unlearned":
             check_same_architecture(model, models["unlearned"], f"{name} and unlearned models")
@@ -238,7 +267,7 @@ def evaluate(
             raise MetricError(f"{label} must be an integer >= {low}, got {value!r}.")
     ctx = Context(models=models, splits=splits, costs=resolved_costs, shadow=shadow, method=method, canary=canary,
                   canary_scorer=canary_scorer, seed=int(seed), lira_fix_variance=lira_fix_variance,
-                  svc_max_samples=int(svc_max_samples), batch_size=int(batch_size), device=device)
+                  svc_max_samples=int(svc_max_samples), batch_size=int(batch_size), device=device, train_fn=train_fn)
     if metrics is None:
         names = default_metrics(ctx)
     else:
@@ -263,6 +292,21 @@ def evaluate(
         if progress is not None:
             progress(i + 1, len(names), name)
     return MetricTable(rows)
+
+
+def _shadow_with(shadow, train_fn):
+    """``shadow`` training its models with ``train_fn``; a setup already bound to another recipe is refused."""
+    from unlearnkit.metrics.lira import ShadowSetup
+    from unlearnkit.user_training import train_fn_key
+
+    if not isinstance(shadow, ShadowSetup):
+        raise MetricError(f"shadow must be a ShadowSetup, got {type(shadow).__name__}.")
+    if shadow.train_fn is not None and train_fn_key(shadow.train_fn) == train_fn_key(train_fn):
+        return shadow  # the same loop (also a bound method or partial made again)
+    if shadow.default_trainer:
+        return shadow.with_train_fn(train_fn)
+    raise MetricError("The shadow setup trains its models with another trainer than train_fn=; build it with "
+                      "ShadowSetup(..., train_fn=train_fn), or leave trainer/train_fn out of it.")
 
 
 def _failed_row(meta: base.MetricInfo, reason: str) -> MetricRow:

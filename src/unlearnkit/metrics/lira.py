@@ -8,8 +8,16 @@ membership in one split would change its population sizes in the others and bias
 leave-one-split-out fits of U-LiRA. For each split
 a shadow model is trained on its "in" half, and the "in" half is cut into ``P`` disjoint forget
 partitions of equal size. Shadow models are trained by a pluggable ``trainer(template, data,
-seed) -> model`` (by default the template's own training recipe, seed ``base + s``) and, with a
-``cache_dir``, saved with their outputs on the pool, so an interrupted evaluation resumes.
+seed) -> model`` (by default the template's own training recipe, seed ``base + s``), or by the
+user's own training loop ``train_fn(module, data)`` (:mod:`unlearnkit.user_training`: a
+re-initialised copy of the template's module, the loop run with the global generator seeded
+``base + s``) and, with a ``cache_dir``, saved with their outputs on the pool, so an
+interrupted evaluation resumes. The cache key names the recipe (the training config, or the
+``train_fn``'s key, :func:`~unlearnkit.user_training.train_fn_key`: its qualified name and a
+digest of its code and of what it captures) and, for a wrapped module, the architecture and
+loss (:func:`~unlearnkit.user_training.architecture_digest`), so two recipes or architectures
+never share shadow models. A shadow model read back from the cache carries the recipe a freshly
+trained one carries (its ``train_fn`` and ``train_seed``, or its ``train_config``).
 
 **LiRA** (Carlini et al., "Membership Inference Attacks From First Principles", IEEE S&P 2022).
 Statistic: the logit-scaled confidence ``phi(x, y) = log(p_y / (1 - p_y))``. For each target row,
@@ -62,6 +70,7 @@ from unlearnkit.errors import MetricError, UnlearnKitError
 from unlearnkit.metrics.base import Family, MetricValue, Need, register
 from unlearnkit.metrics.outputs import ModelOutputs, logits_matrix, model_outputs
 from unlearnkit.models.base import UnlearnableModel
+from unlearnkit.user_training import architecture_digest
 
 log = logging.getLogger(__name__)
 
@@ -93,26 +102,79 @@ def statistic(outputs: ModelOutputs, kind: Statistic | str) -> np.ndarray:
 
 
 class RecipeTrainer:
-    """The default shadow trainer: the template's own ``train_config`` with the seed replaced."""
+    """The default shadow trainer: the template's own recipe with the seed replaced.
+
+    The recipe is ``config`` if given, else the loop the template was trained with
+    (``template.train_fn``, see :class:`FnTrainer`), else its ``train_config``. A wrapped model
+    (:func:`unlearnkit.wrap`) that carries neither is refused: its shadow models must be trained
+    the way the user trained it, so pass ``train_fn=``.
+    """
 
     def __init__(self, config=None, *, device=None) -> None:
         self.config = config
         self.device = device
 
+    def _recipe(self, template: UnlearnableModel):
+        from unlearnkit.training import TrainConfig
+
+        if self.config is not None:
+            return self.config
+        if getattr(template, "train_fn", None) is not None:
+            return FnTrainer(template.train_fn, device=self.device)
+        config = getattr(template, "train_config", None)
+        if config is None and template.kind == "wrapped":
+            raise MetricError("The wrapped model carries no training recipe, so its shadow models cannot be trained "
+                              "the way it was: pass your training loop, ShadowSetup(..., train_fn=fn) or "
+                              "evaluate(..., train_fn=fn) with fn(module, data) training the module in place, or a "
+                              "TrainConfig as trainer=RecipeTrainer(config).")
+        return config or TrainConfig()
+
     def __call__(self, template: UnlearnableModel, data: Dataset, seed: int) -> UnlearnableModel:
         from dataclasses import replace
 
-        from unlearnkit.training import TrainConfig, train
+        from unlearnkit.training import train
 
-        config = self.config or getattr(template, "train_config", None) or TrainConfig()
+        recipe = self._recipe(template)
+        if isinstance(recipe, FnTrainer):
+            return recipe(template, data, seed)
         fresh = template.fresh()
-        return train(fresh, data, config=replace(config, seed=int(seed)), device=self.device)
+        return train(fresh, data, config=replace(recipe, seed=int(seed)), device=self.device)
 
     def key(self, template: UnlearnableModel) -> str:
-        from unlearnkit.training import TrainConfig
+        recipe = self._recipe(template)
+        if isinstance(recipe, FnTrainer):
+            return recipe.key(template)
+        return "recipe:" + json.dumps(recipe.to_dict(), sort_keys=True, default=str)
 
-        config = self.config or getattr(template, "train_config", None) or TrainConfig()
-        return "recipe:" + json.dumps(config.to_dict(), sort_keys=True, default=str)
+
+class FnTrainer:
+    """Shadow models trained by the user's loop ``train_fn(module, data)`` (:mod:`unlearnkit.user_training`).
+
+    Shadow ``s`` is a copy of the template re-initialised from seed ``base + s`` and trained by
+    ``train_fn`` with the global generator seeded the same way. Its cache key is
+    ``"train_fn:"`` + :func:`~unlearnkit.user_training.train_fn_key` (the qualified name and a
+    digest of the code and captured settings, or ``train_fn.cache_key``).
+    """
+
+    def __init__(self, train_fn, *, device=None) -> None:
+        from unlearnkit.user_training import check_train_fn
+
+        try:
+            check_train_fn(train_fn)
+        except UnlearnKitError as exc:
+            raise MetricError(str(exc)) from None
+        self.train_fn = train_fn
+        self.device = device
+
+    def __call__(self, template: UnlearnableModel, data: Dataset, seed: int) -> UnlearnableModel:
+        from unlearnkit.user_training import train_with_fn
+
+        return train_with_fn(template, data, self.train_fn, seed=int(seed), device=self.device)
+
+    def key(self, template: UnlearnableModel | None = None) -> str:
+        from unlearnkit.user_training import train_fn_key
+
+        return "train_fn:" + train_fn_key(self.train_fn)
 
 
 class ShadowSetup:
@@ -135,6 +197,10 @@ class ShadowSetup:
         ``trainer(template, data, seed) -> model`` (default: :class:`RecipeTrainer`). With a
         custom trainer and a ``cache_dir``, ``trainer_key`` (a string naming the recipe) is
         required so cached models of another recipe are never reused.
+    train_fn:
+        The user's training loop ``train_fn(module, data)`` (see :mod:`unlearnkit.user_training`
+        and :class:`FnTrainer`), instead of ``trainer``; its key
+        (:func:`~unlearnkit.user_training.train_fn_key`) enters the cache key.
     cache_dir:
         Where trained shadow models and their pool outputs are kept (resumable); ``None`` keeps
         them in memory.
@@ -146,19 +212,25 @@ class ShadowSetup:
 
     def __init__(self, pool: Dataset, template: UnlearnableModel, *, n_splits: int = 16, n_partitions: int = 4,
                  seed: int = 0, trainer: Trainer | None = None, trainer_key: str | None = None,
-                 cache_dir: str | Path | None = None, device=None, batch_size: int = 4096,
+                 train_fn=None, cache_dir: str | Path | None = None, device=None, batch_size: int = 4096,
                  progress: Progress | None = None) -> None:
         if not isinstance(pool, Dataset):
             raise MetricError(f"pool must be an unlearnkit Dataset, got {type(pool).__name__}.")
         if not isinstance(template, UnlearnableModel):
-            raise MetricError(f"template must be an unlearnkit model, got {type(template).__name__}.")
+            raise MetricError(f"template must be an unlearnkit model, got {type(template).__name__}; make a "
+                              "torch.nn.Module one with unlearnkit.wrap(module).")
         if not isinstance(n_splits, int) or n_splits < 4:
             raise MetricError(f"n_splits must be an integer >= 4, got {n_splits!r}.")
         if not isinstance(n_partitions, int) or n_partitions < 2:
             raise MetricError(f"n_partitions must be an integer >= 2, got {n_partitions!r}.")
         if len(pool) < 4 * n_partitions:
             raise MetricError(f"The pool has {len(pool)} rows; too few for {n_partitions} forget partitions of each half.")
-        if trainer is not None and cache_dir is not None and not trainer_key:
+        if trainer is not None and train_fn is not None:
+            raise MetricError("Pass either trainer= or train_fn= to ShadowSetup, not both.")
+        if train_fn is not None:
+            trainer = FnTrainer(train_fn, device=device)
+        if trainer is not None and not isinstance(trainer, (RecipeTrainer, FnTrainer)) and cache_dir is not None \
+                and not trainer_key:
             raise MetricError("A custom trainer with a cache_dir needs trainer_key='<name of the recipe>', so that "
                               "cached shadow models of another recipe are never reused.")
         try:
@@ -171,13 +243,32 @@ class ShadowSetup:
         self.n_partitions = n_partitions
         self.seed = int(seed)
         self.trainer = trainer or RecipeTrainer(device=device)
-        self.trainer_key = trainer_key or (self.trainer.key(template) if isinstance(self.trainer, RecipeTrainer) else "custom")
+        self.train_fn = train_fn
+        self._trainer_key = trainer_key
+        self._options = dict(n_splits=n_splits, n_partitions=n_partitions, seed=seed, cache_dir=cache_dir,
+                             device=device, batch_size=batch_size, progress=progress)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.device = device
         self.batch_size = int(batch_size)
         self.progress = progress
         self._memory: dict = {}
         self._masks = None
+
+    @property
+    def trainer_key(self) -> str:
+        """The name of the shadow models' recipe in the cache key (a wrapped template without a recipe is refused here)."""
+        if self._trainer_key:
+            return self._trainer_key
+        return self.trainer.key(self.template) if isinstance(self.trainer, (RecipeTrainer, FnTrainer)) else "custom"
+
+    @property
+    def default_trainer(self) -> bool:
+        """Whether shadow models are trained by the template's own recipe (no trainer or train_fn given)."""
+        return isinstance(self.trainer, RecipeTrainer) and self.trainer.config is None and self.train_fn is None
+
+    def with_train_fn(self, train_fn) -> "ShadowSetup":
+        """The same setup (pool, splits, seed, cache folder) with shadow models trained by ``train_fn``."""
+        return ShadowSetup(self.pool, self.template, train_fn=train_fn, **self._options)
 
     # ------------------------------------------------------------------ splits
     @property
@@ -222,6 +313,9 @@ class ShadowSetup:
         spec = {"pool": self.pool.fingerprint(), "n_splits": self.n_splits, "n_partitions": self.n_partitions,
                 "seed": self.seed, "kind": self.template.kind, "config": self.template.config,
                 "trainer": self.trainer_key}
+        architecture = architecture_digest(self.template)
+        if architecture:  # a wrapped module: its layers, parameter shapes and loss are not in its config
+            spec["architecture"] = architecture
         return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _dir(self) -> Path | None:
@@ -234,7 +328,8 @@ class ShadowSetup:
             atomic_write(manifest, lambda tmp: Path(tmp).write_text(json.dumps({
                 "pool": self.pool.name, "rows": len(self.pool), "n_splits": self.n_splits,
                 "n_partitions": self.n_partitions, "seed": self.seed, "kind": self.template.kind,
-                "config": self.template.config, "trainer": self.trainer_key}, indent=2, default=str)))
+                "config": self.template.config, "architecture": architecture_digest(self.template) or None,
+                "trainer": self.trainer_key}, indent=2, default=str)))
         return d
 
     def model(self, s: int) -> UnlearnableModel:
@@ -247,10 +342,8 @@ class ShadowSetup:
         path = d / f"original-s{s}.pt" if d is not None else None
         model = None
         if path is not None and path.exists():
-            from unlearnkit.models.io import load_model
-
             try:
-                model = load_model(path)
+                model = self._load(path, s)
                 if self.device is not None:
                     model = model.to(self.device)
             except UnlearnKitError as exc:
@@ -261,9 +354,33 @@ class ShadowSetup:
             if path is not None:
                 from unlearnkit.models.io import save_model
 
-                save_model(model, path, metadata={"shadow_setup": self.key, "split": s})
+                save_model(model, path, metadata={"shadow_setup": self.key, "split": s,
+                                                  "train_seconds": getattr(model, "train_seconds", None)})
         self._memory[key] = model
         return model
+
+    def _load(self, path: Path, s: int) -> UnlearnableModel:
+        """A cached shadow model carrying the recipe a freshly trained one carries.
+
+        A zoo model loads from its file; a wrapped one into a copy of the template (weights
+        checked). A model trained by a loop (``train_fn=``, or the loop the template carries)
+        gets that loop and its seed, one trained by a config the file's ``train_config``.
+        """
+        from unlearnkit.models.io import load_model
+        from unlearnkit.models.wrap import WrappedModel
+
+        wrapped = isinstance(self.template, WrappedModel)
+        model = load_model(path, module=self.template) if wrapped else load_model(path)
+        recipe = self.trainer._recipe(self.template) if isinstance(self.trainer, RecipeTrainer) else self.trainer
+        for attr in ("train_fn", "train_seed", "train_seconds"):
+            model.__dict__.pop(attr, None)
+        if isinstance(recipe, FnTrainer):
+            model.__dict__.pop("train_config", None)  # the template's, copied with it; the loop trained this one
+            model.__dict__.update(train_fn=recipe.train_fn, train_seed=self.seed + s)
+        seconds = getattr(model, "metadata", {}).get("train_seconds")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+            model.train_seconds = float(seconds)
+        return model.eval()
 
     def logits(self, role: str, s: int, f: int | None = None, *, build: Callable[[], UnlearnableModel] | None = None) -> np.ndarray:
         """``(n, C)`` logits on the pool of the model ``role`` for split ``s`` (and partition ``f``).

@@ -10,10 +10,22 @@ gigabytes is refused), and the architecture its config describes is first built 
 ``meta`` device (shapes only, no memory) and compared, tensor by tensor, with the weights in
 the file. A config that claims a model larger than its weights is refused before the model is
 built for real.
+
+**Wrapped user modules** (:func:`unlearnkit.wrap`) are saved in the same format: the module's
+``state_dict`` plus a config with the wrap options (``n_classes``, ``l2``, ``input_shape``,
+``head``, ``blocks``, ``first_layer``), the module's type and the factory path it was built with
+(if known). The architecture itself is code, not data, so loading one needs it from the user:
+``load_model(path, factory="pkg.mod:fn")`` or ``load_model(path, module=my_module)``. The same
+two arguments load a plain PyTorch weights file, ``torch.save(module.state_dict(), path)``,
+through the same checks. A custom loss callable is not saved (only the fact that there was one);
+make the factory return ``uk.wrap(module, loss=...)`` to get it back.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
+import math
 import os
 import stat
 import zipfile
@@ -25,7 +37,11 @@ from unlearnkit.atomic import atomic_write
 from unlearnkit.errors import ModelError
 from unlearnkit.models import MODELS, UnlearnableModel, build
 
+log = logging.getLogger(__name__)
+
 FORMAT = "unlearnkit.model/1"
+WRAPPED = "wrapped"
+"""The kind of a wrapped user module (:class:`~unlearnkit.models.wrap.WrappedModel`) in a model file."""
 
 #: Largest integer a model config may hold (sizes, counts, seeds): a signed 64-bit integer.
 _MAX_CONFIG_INT = 2**63 - 1
@@ -38,6 +54,9 @@ def save_model(model: UnlearnableModel, path: str | Path, *, metadata: dict | No
     link, a device or FIFO is refused (:class:`~unlearnkit.errors.OutputError`), and so is,
     with ``user_path=True`` (what the command line passes for ``--out``), any path inside a
     ledger folder.
+
+    A wrapped user module is written as its ``state_dict`` and a config (wrap options, module
+    type, factory path if known); a custom loss callable is not saved (see the module docstring).
     """
     payload = model_payload(model, metadata=metadata)
     return atomic_write(Path(path), lambda tmp: torch.save(payload, tmp), user_path=user_path)
@@ -48,18 +67,54 @@ def model_payload(model: UnlearnableModel, *, metadata: dict | None = None) -> d
     from unlearnkit.training import TrainConfig
 
     train_config = getattr(model, "train_config", None)
+    config = model.config
+    if model.kind == WRAPPED:
+        from unlearnkit.models.factory import wrap_options
+
+        config = {**wrap_options(model), "module_type": model.module_type, "factory": getattr(model, "factory", None),
+                  "custom_loss": bool(model.custom_loss)}
+        if model.custom_loss:
+            log.info("The custom loss of the wrapped %s is not saved; a factory that returns uk.wrap(module, loss=...) "
+                     "restores it when the file is loaded.", model.module_type)
     return {
         "format": FORMAT,
         "kind": model.kind,
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.items()},
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
         "train_config": train_config.to_dict() if isinstance(train_config, TrainConfig) else None,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metadata": dict(metadata or {}),
     }
 
 
-def load_model(path: str | Path, *, device=None) -> UnlearnableModel:
-    """Read a model written by :func:`save_model`; refuses anything else with a clear error."""
+def load_model(
+    path: str | Path, *, device=None, factory: str | None = None, module=None, factory_path: str | Path | None = None,
+    factory_args: dict | None = None,
+) -> UnlearnableModel:
+    """Read a model written by :func:`save_model`; refuses anything else with a clear error.
+
+    A zoo model loads from the file alone. A wrapped user module needs its architecture from the
+    caller, in one of two ways:
+
+    * ``factory="pkg.mod:fn"``: the function that builds the module (see
+      :mod:`unlearnkit.models.factory`; ``factory_path`` a folder to import it from,
+      ``factory_args`` keyword arguments for it);
+    * ``module=``: an ``nn.Module`` of the architecture (or a model made by ``uk.wrap``). It is
+      **not modified**: the weights are loaded into a deep copy.
+
+    With either, ``path`` may also be a plain PyTorch weights file,
+    ``torch.save(module.state_dict(), path)``. Every file passes the same safety checks (a
+    regular, uncompressed ``torch.save`` zip file read with ``weights_only=True``), and the
+    weights are compared with the built module tensor by tensor (names, shapes, dtypes) before
+    anything is loaded: a file that does not match raises :class:`~unlearnkit.errors.ModelError`
+    listing the first mismatches. The wrap options recorded in the file (``n_classes``, ``l2``,
+    ``input_shape``, ``head``, ``blocks``, ``first_layer``) must agree with those of a wrapped
+    model the factory returns; a plain module is wrapped with them (with ``uk.wrap``'s defaults
+    for a plain weights file, which records none). With an ``input_shape`` recorded, the loaded
+    module is then checked, in evaluation mode, on one example of that shape. A module on the
+    ``meta`` device or spread over several devices is refused, and so is a ``module=`` that
+    ``copy.deepcopy`` cannot copy (give ``factory=`` instead). A file saved with a custom loss needs a
+    factory (or ``module=``) that gives the loss again: the callable itself is never saved.
+    """
     path = Path(path)
     _check_model_file(path)
     try:
@@ -70,16 +125,37 @@ def load_model(path: str | Path, *, device=None) -> UnlearnableModel:
             "it is truncated, or it holds objects other than tensors and plain values, which are refused "
             "for safety. Save models with unlearnkit.save_model or `unlearnkit train`."
         ) from None
-    return model_from_payload(payload, str(path), device=device)
+    return model_from_payload(payload, str(path), device=device, factory=factory, module=module,
+                              factory_path=factory_path, factory_args=factory_args)
 
 
-def model_from_payload(payload, where: str, *, device=None) -> UnlearnableModel:
-    """Rebuild a model from :func:`model_payload`'s dict; ``where`` names its origin in errors."""
+def model_from_payload(
+    payload, where: str, *, device=None, factory: str | None = None, module=None, factory_path: str | Path | None = None,
+    factory_args: dict | None = None,
+) -> UnlearnableModel:
+    """Rebuild a model from :func:`model_payload`'s dict; ``where`` names its origin in errors.
+
+    ``factory``/``module`` (and ``factory_path``, ``factory_args``) as in :func:`load_model`.
+    """
     from unlearnkit.training import TrainConfig
 
+    if factory is not None or module is not None:
+        return _user_model(payload, where, device=device, factory=factory, module=module, factory_path=factory_path,
+                           factory_args=factory_args)
+    if _is_state_dict(payload):
+        raise ModelError(f"{where} is not an unlearnkit model file (expected format {FORMAT!r}): it is a plain PyTorch "
+                         "weights file (a state_dict), which holds no architecture. "
+                         "Load it with the code that builds the module: load_model(path, factory='pkg.mod:fn') or "
+                         "load_model(path, module=my_module) (command line: --factory pkg.mod:fn --weights FILE).")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{where} is not an unlearnkit model file (expected format {FORMAT!r}).")
     kind = payload.get("kind")
+    if kind == WRAPPED:
+        recorded = payload.get("config", {}).get("factory") if isinstance(payload.get("config"), dict) else None
+        named = f" (it was built by the factory {recorded[:200]!r})" if isinstance(recorded, str) else ""
+        raise ModelError(f"{where} holds a wrapped user module{named}, whose architecture is code, not data: "
+                         "pass the code that builds it, load_model(path, factory='pkg.mod:fn') or "
+                         "load_model(path, module=my_module) (command line: --factory pkg.mod:fn --weights FILE).")
     if not isinstance(kind, str) or kind not in MODELS:
         raise ModelError(f"{where}: unknown model kind {kind!r}; valid: {sorted(MODELS)}.")
     try:
@@ -104,6 +180,189 @@ def model_from_payload(payload, where: str, *, device=None) -> UnlearnableModel:
         ) from None
     model.eval()
     return model.to(device) if device is not None else model
+
+
+def _is_state_dict(payload) -> bool:
+    """Whether ``payload`` is a plain ``state_dict``: a non-empty mapping of names to tensors."""
+    return (isinstance(payload, dict) and bool(payload) and "format" not in payload
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items()))
+
+
+_MAX_DIMS = 16
+_MAX_EXAMPLE_SIZE = 2**24
+"""Largest example (values) a wrapped model file's input_shape may describe (16.7 million, e.g. 3 x 2048 x 2048): the
+loaded module is probed on one example of that shape."""
+
+_MAX_NAME = 200
+"""Longest name (module type, factory path, adapter view) a wrapped model file's config may hold."""
+
+_WRAPPED_CONFIG = ("n_classes", "l2", "input_shape", "head", "blocks", "first_layer", "module_type", "factory", "custom_loss")
+
+
+def _wrapped_config(config, n_tensors: int, where: str) -> dict:
+    """The config of a wrapped model file, its values checked (types and ranges) before use."""
+    bad = f"{where}: malformed unlearnkit model file"
+    if not isinstance(config, dict):
+        raise ModelError(f"{bad} (its config is not a table).")
+    unknown = sorted(set(config) - set(_WRAPPED_CONFIG))
+    if unknown:
+        raise ModelError(f"{bad} (unknown config keys {unknown[:5]} for a wrapped module).")
+    _check_config_values(config, max(n_tensors, _MAX_DIMS), where)  # a one-layer module may take a 3-d input
+    n_classes, l2 = config.get("n_classes"), config.get("l2", 0.0)
+    if not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes < 2:
+        raise ModelError(f"{bad} (config.n_classes = {n_classes!r}, expected an integer >= 2).")
+    if not isinstance(l2, (int, float)) or isinstance(l2, bool) or not math.isfinite(l2) or l2 < 0:
+        raise ModelError(f"{bad} (config.l2 = {l2!r}, expected a finite number >= 0).")
+    shape = config.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and shape
+                                  and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)):
+        raise ModelError(f"{bad} (config.input_shape = {shape!r}, expected a list of positive sizes).")
+    if shape is not None and (len(shape) > _MAX_DIMS or math.prod(shape) > _MAX_EXAMPLE_SIZE):
+        raise ModelError(f"{where}: config.input_shape = {shape} describes an example of more than "
+                         f"{_MAX_EXAMPLE_SIZE:,} values (or {_MAX_DIMS} axes); the file is corrupt or crafted.")
+    for key in ("head", "first_layer", "module_type", "factory"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            raise ModelError(f"{bad} (config.{key} must be a string).")
+    blocks = config.get("blocks")
+    if blocks is not None and not isinstance(blocks, str) and not (
+            isinstance(blocks, list) and all(isinstance(b, str) for b in blocks)):
+        raise ModelError(f"{bad} (config.blocks must be a name or a list of names).")
+    names = [(key, config.get(key)) for key in ("head", "first_layer", "module_type", "factory")]
+    names += [("blocks", b) for b in ([blocks] if isinstance(blocks, str) else blocks or [])]
+    for key, value in names:
+        if isinstance(value, str) and len(value) > _MAX_NAME:
+            raise ModelError(f"{bad} (config.{key} is {len(value):,} characters long, more than the {_MAX_NAME} a "
+                             "name may have; the file is corrupt or crafted).")
+    return {**config, "l2": float(l2), "input_shape": None if shape is None else tuple(shape)}
+
+
+def _user_model(payload, where: str, *, device, factory, module, factory_path, factory_args) -> UnlearnableModel:
+    """A model whose architecture the caller gives (factory or module), with the weights of ``payload``."""
+    from torch import nn
+
+    from unlearnkit.models.factory import call_factory, check_options
+    from unlearnkit.models.wrap import WrappedModel, check_placement, uncopyable, wrap
+    from unlearnkit.training import TrainConfig
+
+    if factory is not None and module is not None:
+        raise ModelError("Give the architecture once: factory= or module=, not both.")
+    if module is not None and not isinstance(module, nn.Module):
+        raise ModelError(f"module= must be a torch.nn.Module of the saved architecture, got {type(module).__name__}.")
+    source = f"the factory {factory!r}" if factory is not None else f"the module given ({type(module).__name__})"
+    if _is_state_dict(payload):
+        plain, config, state, extra = True, {}, payload, {}
+    elif isinstance(payload, dict) and payload.get("format") == FORMAT:
+        kind = payload.get("kind")
+        if kind != WRAPPED:
+            raise ModelError(f"{where} holds a {kind!r} model of the unlearnkit zoo, which loads from the file alone; "
+                             "leave out factory=/module= (and --factory on the command line).")
+        state = payload.get("state_dict")
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            raise ModelError(f"{where}: malformed unlearnkit model file (state_dict is not a dict of tensors).")
+        plain, config = False, _wrapped_config(payload.get("config"), len(state), where)
+        extra = payload
+    else:
+        raise ModelError(f"{where} is neither an unlearnkit model file nor a PyTorch state_dict (a dict of named "
+                         "tensors, as torch.save(module.state_dict(), path) writes).")
+    if factory is not None:
+        built = call_factory(factory, search_path=factory_path, args=factory_args)
+    else:
+        given = module.module if isinstance(module, WrappedModel) else module
+        check_placement(given, f"The module given ({type(module).__name__})")
+        try:
+            built = copy.deepcopy(module)  # the weights go into a copy: the caller's module is never modified
+        except ModelError as exc:
+            raise ModelError(f"{exc} To load a file, pass factory='pkg.mod:fn' (the function that builds the module) "
+                             "instead of module=.") from None
+        except Exception as exc:  # TypeError: cannot pickle '_thread.lock' object, and the like
+            raise ModelError(f"{uncopyable(given, exc)} To load a file, pass factory='pkg.mod:fn' (the function that "
+                             "builds the module) instead of module=.") from None
+    if isinstance(built, WrappedModel):  # a plain module is checked by wrap() below
+        check_placement(built.module, f"The module {source} gives")
+    options = {k: config.get(k) for k in ("n_classes", "l2", "input_shape", "head", "blocks", "first_layer")}
+    if isinstance(built, WrappedModel):
+        model = built
+        check_options(model, options, source)
+    elif isinstance(built, UnlearnableModel):
+        if not plain:
+            raise ModelError(f"{where} holds a wrapped user module, but {source} gives a {built.kind!r} zoo model; "
+                             "give the code that builds the module the file was saved from.")
+        model = built
+    else:
+        # the file's input_shape is set after wrapping: the module is probed once its weights are loaded (below)
+        try:
+            model = wrap(built, **{k: v for k, v in options.items() if v is not None and k != "input_shape"})
+        except ModelError as exc:
+            raise ModelError(f"{where} with {source}: {exc}") from None
+        if options["input_shape"] is not None:
+            model._input_shape = tuple(options["input_shape"])
+    if not plain and isinstance(model, WrappedModel):
+        if config.get("custom_loss") and not model.custom_loss:
+            raise ModelError(f"{where} was saved from a model with a custom loss, which a model file cannot hold; make "
+                             "the factory return uk.wrap(module, loss=your_loss, ...) (or pass module= such a model).")
+        if not config.get("custom_loss", False) and model.custom_loss:
+            raise ModelError(f"{where} was saved with the cross-entropy loss, but {source} gives a custom loss; the "
+                             "objective would differ from the one the weights were trained with.")
+        recorded = config.get("module_type")
+        if recorded and recorded != model.module_type:
+            log.warning("%s was saved from a %s; %s builds a %s (the weights match tensor by tensor).",
+                        where, recorded, source, model.module_type)
+    target = model.module if plain and isinstance(model, WrappedModel) else model
+    built_by = f"the module {source} builds" if factory is not None else f"the module given ({type(module).__name__})"
+    _check_weights(target.state_dict(), state, where, built_by)
+    target.load_state_dict(state, strict=True)
+    if isinstance(model, WrappedModel):
+        recorded_factory = config.get("factory")
+        if factory is not None or recorded_factory is not None:
+            model.factory = factory if factory is not None else recorded_factory
+    try:
+        if extra.get("train_config") is not None:
+            model.train_config = TrainConfig.from_dict(extra["train_config"])
+        model.metadata = dict(extra.get("metadata") or {})
+    except Exception as exc:
+        raise ModelError(f"{where}: malformed unlearnkit model file ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}).") from None
+    model.eval()
+    if isinstance(model, WrappedModel) and model.input_shape is not None and not model._checked:
+        try:
+            _probe_one(model)
+        except ModelError as exc:
+            raise ModelError(f"{where} with {source}: {exc}") from None
+    return model.to(device) if device is not None else model
+
+
+def _probe_one(model) -> None:
+    """Check a loaded wrapped model (in evaluation mode) on one seeded example of its input shape: it must return
+    finite ``(1, n_classes)`` logits and the loss one finite value (a file whose n_classes or input_shape does not
+    fit the module is refused here, before any use)."""
+    from unlearnkit.models.wrap import _dtype, _device, check_logits, check_loss, probe_logits
+
+    module = model.module
+    X = torch.rand((1, *model.input_shape), generator=torch.Generator(device="cpu").manual_seed(0), dtype=_dtype(module))
+    logits = probe_logits(module, X.to(_device(module)))
+    check_logits(logits, 1, model.n_classes, model.module_type)
+    check_loss(model, logits, torch.zeros(1, dtype=torch.long, device=logits.device))
+    model._checked = True
+
+
+def _check_weights(expected: dict, state: dict, where: str, source: str, limit: int = 5) -> None:
+    """ModelError listing the first mismatches (shapes, dtypes, then missing and unexpected names) between a
+    built module's state and a file's; ``source`` names the module (e.g. "the module the factory 'm:f' builds")."""
+    problems = []
+    for name, tensor in expected.items():
+        if name in state:
+            got = state[name]
+            if tuple(got.shape) != tuple(tensor.shape):
+                problems.append(f"{name!r} has shape {tuple(got.shape)} in the file, {tuple(tensor.shape)} in the module")
+            elif got.dtype != tensor.dtype:
+                problems.append(f"{name!r} is {got.dtype} in the file, {tensor.dtype} in the module")
+    problems += [f"missing {name!r}" for name in expected if name not in state]
+    problems += [f"unexpected {name!r}" for name in state if name not in expected]
+    if problems:
+        more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+        raise ModelError(f"{where}: the weights do not match {source}: {'; '.join(problems[:limit])}{more}. Build "
+                         "the architecture (sizes, dtype) the weights were saved from, or give the weights file of "
+                         "this architecture.")
 
 
 def _check_model_file(path: Path) -> None:

@@ -15,8 +15,9 @@ patching) and adds what unlearnkit needs around it:
 
   - ``head()``: the last ``nn.Linear`` in module order (``head=``);
   - ``blocks()``: the attributes ``layer1 .. layerN`` if the module has them, else the children
-    with parameters of the first ``nn.Sequential`` with at least two children, the head (and
-    any child holding it) left out (``blocks=``, a name or a list of names);
+    with parameters of the first ``nn.Sequential`` or ``nn.ModuleList`` (the ``layers`` of an
+    ``nn.TransformerEncoder``) with at least two children, the head (and any child holding it)
+    left out (``blocks=``, a name or a list of names);
   - ``first_layer()``: the first convolution, linear layer or embedding (``first_layer=``).
 
 The user's module is never modified: every unlearning method and every training run works on a
@@ -97,6 +98,21 @@ class WrappedModel(UnlearnableModel):
     def input_shape(self) -> tuple[int, ...] | None:
         return self._input_shape
 
+    def __deepcopy__(self, memo: dict) -> "WrappedModel":
+        """The default deep copy (what ``copy.deepcopy`` does for any module), with a named error when the user's
+        module holds an object that cannot be copied (a lock, an open file, a thread pool): training, retraining
+        and every unlearning method work on copies, so that the module itself is never modified."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        try:
+            state = copy.deepcopy(self.__getstate__(), memo)
+        except ModelError:
+            raise
+        except Exception as exc:  # TypeError: cannot pickle '_thread.lock' object, and the like
+            raise ModelError(uncopyable(self.module, exc)) from None
+        new.__setstate__(state)
+        return new
+
     def fresh(self) -> "WrappedModel":
         """A deep copy with every parameter re-initialised from a fixed seed (see :meth:`init_parameters`)."""
         new = copy.deepcopy(self)
@@ -149,7 +165,7 @@ class WrappedModel(UnlearnableModel):
         return linears[-1]
 
     def blocks(self) -> list[nn.Module]:
-        """The feature blocks: ``blocks=`` if given, else ``layer1..layerN``, else the first ``nn.Sequential``'s children."""
+        """The feature blocks: ``blocks=`` if given, else ``layer1..layerN``, else the children of the first ``nn.Sequential`` or ``nn.ModuleList`` (an ``nn.TransformerEncoder``'s ``layers``) with two or more."""
         names = self._names["blocks"]
         if names is not None:
             if isinstance(names, str):
@@ -164,13 +180,13 @@ class WrappedModel(UnlearnableModel):
             return layers
         head = self.head() if any(isinstance(m, nn.Linear) for m in self.module.modules()) or self._names["head"] else None
         for sub in self.module.modules():
-            if isinstance(sub, nn.Sequential) and len(sub) >= 2:
+            if isinstance(sub, (nn.Sequential, nn.ModuleList)) and len(sub) >= 2:
                 held = [c for c in sub.children()
                         if any(True for _ in c.parameters()) and not (head is not None and any(m is head for m in c.modules()))]
                 if held:
                     return held
         raise ModelError(f"No blocks found in the wrapped {self.module_type}: it has no attributes layer1..layerN and no "
-                         f"nn.Sequential with two or more children. Pass blocks='<attribute>' (an nn.Sequential or "
+                         f"nn.Sequential or nn.ModuleList with two or more children. Pass blocks='<attribute>' (an nn.Sequential or "
                          f"nn.ModuleList) or blocks=[names] to wrap(); {NEEDS['blocks']} need it.")
 
     def first_layer(self) -> nn.Module:
@@ -227,6 +243,30 @@ class WrappedModel(UnlearnableModel):
 
 
 # ---------------------------------------------------------------------------- checks
+def uncopyable(module: nn.Module, exc: BaseException) -> str:
+    """The message for a module that ``copy.deepcopy`` cannot copy (``exc`` the error it raised)."""
+    return (f"The {type(module).__name__} module cannot be copied (copy.deepcopy raised {type(exc).__name__}: "
+            f"{str(exc)[:200]}): unlearnkit trains and unlearns on copies so that your module is never modified. Keep "
+            "objects that cannot be copied (locks, open files, thread pools, data loaders) out of the module, e.g. as "
+            "arguments of the code that uses them, or give their class a __deepcopy__.")
+
+
+def check_placement(module: nn.Module, what: str) -> None:
+    """Refuse a module with parameters or buffers on the ``meta`` device (shapes without values) or spread over
+    several devices; ``what`` names the module in the message."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.is_meta for t in tensors):
+        raise ModelError(f"{what} has parameters or buffers on the 'meta' device, which hold shapes but no values, so "
+                         "it cannot be run or trained. Build it on a real device (without torch.device('meta')); to "
+                         "fill it from a weights file, build it on the CPU, or call module.to_empty(device='cpu'), and "
+                         "pass it to unlearnkit.load_model(path, module=...), which loads the weights into a copy.")
+    devices = sorted({str(t.device) for t in tensors})
+    if len(devices) > 1:
+        raise ModelError(f"{what} has parameters or buffers on several devices ({', '.join(devices)}); unlearnkit runs "
+                         "a model on one device. Move the whole module to one device (module.to('cpu')) and pass "
+                         "device= (--device on the command line) to run it elsewhere.")
+
+
 def _param(module: nn.Module) -> torch.Tensor:
     try:
         return next(module.parameters())
@@ -317,8 +357,8 @@ def wrap(
 
     **Adapter** (for the methods that act on parts of the network): ``head()`` is the last
     ``nn.Linear`` in module order; ``blocks()`` the attributes ``layer1..layerN`` if present, else
-    the children (with parameters, the head left out) of the first ``nn.Sequential`` with >= 2
-    children; ``first_layer()`` the first convolution, ``nn.Linear`` or ``nn.Embedding``.
+    the children (with parameters, the head left out) of the first ``nn.Sequential`` or
+    ``nn.ModuleList`` with >= 2 children; ``first_layer()`` the first convolution, ``nn.Linear`` or ``nn.Embedding``.
     ``head=``, ``blocks=`` (a name, or a list of names) and ``first_layer=`` override them by
     attribute name, dotted paths allowed. A view that cannot be found raises
     :class:`~unlearnkit.errors.ModelError` naming the methods that need it, when they ask.
@@ -340,6 +380,7 @@ def wrap(
     if not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 >= 0):
         raise ModelError(f"l2 must be a finite number >= 0, got {l2!r}.")
     param = _param(module)
+    check_placement(module, f"The {type(module).__name__} module")
     if input_shape is not None:
         input_shape = tuple(int(s) for s in input_shape)
         if any(s < 1 for s in input_shape):

@@ -14,11 +14,16 @@ returns one :class:`Row` per strategy, all on the same seed:
   (``retrain seconds / seconds``), per-sample gradients and Hessian-vector products computed.
 
 The original model gets seconds 0 and no speed-up; retraining is the reference (speed-up 1).
+The model may be any unlearnkit model, a user's module made one by :func:`unlearnkit.wrap`
+included; a model trained by the user's own loop is retrained with it (``train_fn=``, see
+:mod:`unlearnkit.user_training`), or with the loop it carries from :func:`unlearnkit.train`.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -27,10 +32,10 @@ import numpy as np
 from unlearnkit import methods
 from unlearnkit.data.changes import Changes
 from unlearnkit.data.dataset import Dataset
-from unlearnkit.errors import UnlearnKitError
+from unlearnkit.errors import ModelError, UnlearnKitError
 from unlearnkit.metrics.closeness import relative_distance
 from unlearnkit.models.base import UnlearnableModel
-from unlearnkit.training import predict
+from unlearnkit.training import predict, retrain
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +125,23 @@ def compare(
     strategies: list[Strategy],
     *,
     device=None,
+    train_fn=None,
     step: Callable[[str], None] = lambda message: None,
 ) -> list[Row]:
     """Solve ``problem`` with retraining, SISA (when the problem has an ensemble) and each strategy.
 
     A strategy that fails (diverges, refuses the model) gets a row with ``status`` saying why;
-    the others still run. ``step(message)`` reports progress.
+    the others still run. ``step(message)`` reports progress. The retraining reference repeats
+    the model's recipe (its ``train_fn`` or ``train_config``); ``train_fn(module, data)`` retrains
+    it with the user's own loop instead (:func:`unlearnkit.retrain` with ``train_fn``), timed
+    the same way, and the strategies receive the model carrying that loop (so ``retrain`` and
+    ``retrain-warm`` repeat it; the model itself is not changed).
     """
+    if not isinstance(problem.model, UnlearnableModel):
+        raise ModelError(f"Problem.model must be an unlearnkit model, got {type(problem.model).__name__}; "
+                         "make a torch.nn.Module one with unlearnkit.wrap(module).")
+    if train_fn is not None and not callable(train_fn):
+        raise ModelError(f"train_fn must be a callable train_fn(module, data), got {type(train_fn).__name__}.")
     resolved = problem.changes.resolve(problem.train)
     corrected = resolved.Z_tilde
     test = problem.test
@@ -146,10 +161,14 @@ def compare(
 
     step(f"{problem.name}: retraining from scratch (the reference)")
     reference = None
-    ref = methods.make("retrain").unlearn(problem.model, problem.train, problem.changes, device=device)
-    reference = ref.model
+    if train_fn is None:
+        ref = methods.make("retrain").unlearn(problem.model, problem.train, problem.changes, device=device)
+        reference, retrain_seconds = ref.model, ref.seconds
+    else:
+        start = time.perf_counter()
+        reference = retrain(problem.model, problem.train, problem.changes, train_fn=train_fn, device=device)
+        retrain_seconds = time.perf_counter() - start
     ref_preds = predict(reference, test, device=device)
-    retrain_seconds = ref.seconds
     original = measure(ORIGINAL, problem.model, ref_preds, True)
     original.seconds = 0.0
     retrained = measure(RETRAIN, reference, ref_preds, True)
@@ -167,11 +186,15 @@ def compare(
                                         _accuracy(predict(problem.sisa, test, device=device), test)})
         rows.append(row)
 
+    subject = problem.model
+    if train_fn is not None:  # the strategies retrain (retrain, retrain-warm) with the loop too
+        subject = copy.copy(problem.model)  # shallow: the same parameters, another attribute dict
+        subject.__dict__.update(train_fn=train_fn, train_seed=int(getattr(problem.model, "train_seed", 0) or 0))
     for strategy in strategies:
         step(f"{problem.name}: {strategy.label}")
         try:
             method = methods.make(strategy.method, **strategy.hyperparameters)
-            res = method.unlearn(problem.model, problem.train, problem.changes, device=device)
+            res = method.unlearn(subject, problem.train, problem.changes, device=device)
         except UnlearnKitError as exc:
             log.warning("%s failed on %s: %s", strategy.label, problem.name, exc)
             rows.append(Row(problem.scenario, problem.name, problem.seed, strategy.label, status=f"failed: {exc}",
