@@ -501,3 +501,25 @@ def test_errors_are_value_errors_too():
     # ChangesError is a ValueError, so generic handlers still catch it
     with pytest.raises(ValueError):
         Changes()
+
+
+def test_resolving_a_small_request_copies_only_the_affected_rows():
+    """A request of k rows costs O(k d): the corrected data set (a copy of X) is built only when asked for."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.normal(size=(20_000, 100)), rng.integers(0, 2, 20_000))
+    changes = (Changes.relabel(list(range(0, 200, 2)), [1] * 100) + Changes.remove([1, 3])
+               + Changes.set_features([4], [0.5], rows=[5, 7]))
+    tracemalloc.start()
+    resolved = changes.resolve(data)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < data.X.nbytes / 10, peak  # 16 MB of features; the request touches 104 rows (ids and labels are O(n))
+    # the lazily built corrected set agrees with Z~ row for row
+    corrected = resolved.corrected
+    assert len(corrected) == len(data) - 2 and corrected is resolved.corrected
+    at = corrected.positions(resolved.Z_tilde.ids)
+    np.testing.assert_array_equal(corrected.X[at], resolved.Z_tilde.X)
+    np.testing.assert_array_equal(corrected.y[at], resolved.Z_tilde.y)
+    assert resolved.Z_tilde.X[resolved.Z_tilde.positions([5])[0], 4] == 0.5

@@ -182,7 +182,6 @@ class PointRemoval:
         object.__setattr__(self, "rows", tuple(sorted(set(rows))))
 
 
-@dataclass(frozen=True)
 class Resolved:
     """A change set resolved against a dataset.
 
@@ -195,17 +194,46 @@ class Resolved:
     Z_tilde:
         Their corrected versions (removed points are absent), in the same id order.
     corrected:
-        The corrected dataset ``D~ = (D minus Z) union Z~``, in the original row order.
+        The corrected dataset ``D~ = (D minus Z) union Z~``, in the original row order. Built on
+        first access (it copies the data, ``O(n d)``); an update that needs only ``Z`` and ``Z~``
+        (a cached curvature factor) never pays for it.
     """
 
-    affected_ids: np.ndarray
-    Z: Dataset
-    Z_tilde: Dataset
-    corrected: Dataset
+    def __init__(self, affected_ids: np.ndarray, Z: Dataset, Z_tilde: Dataset, corrected) -> None:
+        self.affected_ids, self.Z, self.Z_tilde = affected_ids, Z, Z_tilde
+        self._corrected = corrected  # a Dataset, or a function building it
+
+    @property
+    def corrected(self) -> Dataset:
+        if callable(self._corrected):
+            self._corrected = self._corrected()
+        return self._corrected
 
     @property
     def n_affected(self) -> int:
         return int(self.affected_ids.size)
+
+
+def _edited_rows(data: Dataset, positions: np.ndarray, ps: np.ndarray, cs: np.ndarray, values: np.ndarray,
+                 labels: np.ndarray, *, name: str) -> Dataset:
+    """The rows at ``positions`` with the cell edits ``(ps, cs) -> values`` and ``labels`` applied."""
+    rows = data.subset(positions, name=name)
+    if positions.size == 0:
+        return rows
+    order = np.argsort(positions, kind="stable")
+    mine = np.isin(ps, positions)
+    local = order[np.searchsorted(positions[order], ps[mine])]
+    if sp.issparse(rows.X):
+        new_X = rows.X.tolil(copy=True)
+        if local.size:
+            new_X[local, cs[mine]] = values[mine]
+        new_X = new_X.tocsr()
+        new_X.eliminate_zeros()
+    else:
+        new_X = rows.X.reshape(len(rows), -1).copy()
+        new_X[local, cs[mine]] = values[mine]
+        new_X = new_X.reshape(rows.X.shape)
+    return rows.replace(X=new_X, y=labels[positions])
 
 
 @dataclass(frozen=True)
@@ -411,19 +439,6 @@ class Changes:
         # drop cells that do not actually change anything? No: a row named in an edit is
         # affected even if the value is already the target (its gradient term cancels).
         feat_rows = np.unique(ps)
-        new_X = None if streaming else flat.copy() if not sp.issparse(flat) else flat.tolil(copy=True)
-        if keys.size and not streaming:
-            if sp.issparse(flat):
-                new_X[ps, cs] = values
-                new_X = new_X.tocsr()
-                new_X.eliminate_zeros()
-            else:
-                new_X[ps, cs] = values
-        elif sp.issparse(flat):
-            new_X = flat.copy()
-        if not streaming and not sp.issparse(X):
-            new_X = new_X.reshape(X.shape)
-
         edited = np.union1d(feat_rows, np.asarray(label_pos, dtype=np.int64)).astype(np.int64)
         if edited.size == 0 and removed_pos.size == 0:
             raise ChangesError(
@@ -432,16 +447,34 @@ class Changes:
         affected = np.union1d(edited, removed_pos)
         order = np.argsort(data.ids[affected], kind="stable")
         affected = affected[order]
+        edited_sorted = affected[np.isin(affected, edited)]
+        Z = data.subset(affected, name=f"{data.name}[Z]")
+
+        def changed() -> Dataset:
+            """The whole data set with the edits applied (O(n d); only for the corrected data set)."""
+            if streaming:
+                return data.with_features(ps, cs, values).replace(y=new_labels)
+            if sp.issparse(flat) and not keys.size:
+                new_X = flat.copy()
+            elif sp.issparse(flat):
+                new_X = flat.tolil(copy=True)
+                new_X[ps, cs] = values
+                new_X = new_X.tocsr()
+                new_X.eliminate_zeros()
+            else:
+                new_X = flat.copy()
+                new_X[ps, cs] = values
+                new_X = new_X.reshape(X.shape)
+            return data.replace(X=new_X, y=new_labels)
+
+        def corrected() -> Dataset:
+            keep = np.setdiff1d(np.arange(len(data)), removed_pos)
+            return changed().subset(keep, name=f"{data.name}~")
 
         if streaming:
-            changed = data.with_features(ps, cs, values).replace(y=new_labels)
-        else:
-            changed = data.replace(X=new_X, y=new_labels)
-        keep = np.setdiff1d(np.arange(len(data)), removed_pos)
-        corrected = changed.subset(keep, name=f"{data.name}~")
-        Z = data.subset(affected, name=f"{data.name}[Z]")
-        edited_sorted = affected[np.isin(affected, edited)]
-        Z_tilde = changed.subset(edited_sorted, name=f"{data.name}[Z~]")
+            Z_tilde = changed().subset(edited_sorted, name=f"{data.name}[Z~]")
+        else:  # only the edited rows are copied: a request costs O(k d), not O(n d)
+            Z_tilde = _edited_rows(data, edited_sorted, ps, cs, values, new_labels, name=f"{data.name}[Z~]")
         return Resolved(np.asarray(data.ids[affected]), Z, Z_tilde, corrected)
 
     def apply(self, data: Dataset) -> Dataset:
