@@ -30,6 +30,10 @@ NOT_FORGETTING = {
     "scrub",
     # one gradient step of the line-minimising length barely moves a deep model (0 of 124 forget rows change class)
     "first-order",
+    # the trust-region guard (on by default for deep models) accepts only steps that lower the corrected objective;
+    # this 30-epoch CNN is not at an optimum, so only a short step qualifies and the class stays recognised
+    # (unguarded, the step forgets it but costs about 9 points of test accuracy: see the test below)
+    "second-order",
 }
 
 
@@ -75,6 +79,23 @@ def test_every_method_runs_on_the_digits_cnn(name, classwise, sharded):
     if name not in NOT_FORGETTING:  # at least three more of the 124 forget rows misclassified
         assert forget_after <= forget_before - 3 / len(split.forget), (
             f"{name}: forget accuracy {forget_before:.3f} -> {forget_after:.3f}")
+
+
+def test_unguarded_second_order_forgets_the_class_and_the_guard_keeps_the_objective(classwise):
+    split, model = classwise
+    corrected = split.changes().apply(split.train)
+    plain = uk.unlearn(model, split.train, split.changes(), method="second-order", guard=False)
+    guarded = uk.unlearn(model, split.train, split.changes(), method="second-order")
+    assert accuracy(plain.model, split.forget) < accuracy(model, split.forget) - 0.2
+    assert guarded.diagnostics["guard"]["status"] in ("accepted", "backtracked", "rejected")
+    from unlearnkit.influence.gradients import objective_value
+    from unlearnkit.influence import FlatModel
+
+    def objective(m):
+        flat = FlatModel(m)
+        return float(objective_value(flat, corrected))
+
+    assert objective(guarded.model) <= objective(model) + 1e-6
 
 
 def test_every_method_documents_its_hyperparameters():

@@ -154,7 +154,8 @@ def test_second_order_over_every_parameter_runs_through_gauss_newton_products(ki
     """All parameters, GGN curvature (forward-mode ``jvp`` through attention and eval-mode batch norm), CG."""
     split_, models = split
     model = models[kind]
-    result = uk.unlearn(model, split_.train, split_.changes(), method="second-order", max_iter=10)
+    # the update itself (guard off): the guard may refuse a step on a model this far from an optimum
+    result = uk.unlearn(model, split_.train, split_.changes(), method="second-order", max_iter=10, guard=False)
     assert result.model.config == model.config
     before, after = model.state_dict(), result.model.state_dict()
     changed = {k.rsplit(".", 1)[0] for k, v in before.items() if v.is_floating_point() and not torch.equal(after[k], v)}

@@ -11,6 +11,7 @@ Quick start::
 """
 
 from unlearnkit import bench, data, influence, methods, metrics, models, scenarios
+from unlearnkit import curvature
 from unlearnkit.api import unlearn
 from unlearnkit.data.changes import Changes
 from unlearnkit.data.dataset import Dataset
@@ -34,5 +35,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Changes", "ChangesError", "DataError", "Dataset", "EvalSplits", "MethodError", "MetricError", "ModelError", "SolverError", "TrainConfig",
     "UnlearnKitError", "UnlearnResult", "accuracy", "data", "evaluate", "influence", "load_model", "methods", "metrics", "models", "predict",
-    "retrain", "save_model", "scenarios", "bench", "train", "unlearn", "wrap", "__version__",
+    "retrain", "save_model", "scenarios", "bench", "train", "unlearn", "wrap", "__version__", "curvature",
 ]

@@ -185,7 +185,18 @@ class Dataset:
         return X, torch.as_tensor(self.y, device=device)
 
     def fingerprint(self) -> str:
-        """A short content hash (features, labels, ids) to tie a model file to its data."""
+        """A short content hash (features, labels, ids) to tie a model file to its data.
+
+        Computed once per data set and remembered: a data set is immutable (its arrays must not be
+        changed in place after construction; build a new one, e.g. with :meth:`replace`).
+        """
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            cached = self._compute_fingerprint()
+            object.__setattr__(self, "_fingerprint", cached)
+        return cached
+
+    def _compute_fingerprint(self) -> str:
         import hashlib
 
         h = hashlib.sha256()

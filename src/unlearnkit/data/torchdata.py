@@ -435,9 +435,9 @@ class StreamingDataset(Dataset):
         return Dataset(self.dense_rows(), self.y, self.ids, n_classes=self.n_classes, name=name or self.name,
                        feature_names=self.feature_names)
 
-    def fingerprint(self) -> str:
+    def _compute_fingerprint(self) -> str:
         """A short content hash of features (streamed in batches), labels and ids; equal to the fingerprint of an
-        in-memory :class:`Dataset` holding the same rows in the same dtype."""
+        in-memory :class:`Dataset` holding the same rows in the same dtype (remembered by :meth:`fingerprint`)."""
         h = hashlib.sha256()
         for _, xb in self._stream(0, len(self), self.batch_size):
             h.update(np.ascontiguousarray(xb.numpy()).tobytes())

@@ -112,7 +112,7 @@ from scipy import optimize, special
 from unlearnkit.data.changes import Changes, Resolved
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import CertificationError, SolverError
-from unlearnkit.influence.curvature import CachedCurvature
+from unlearnkit.influence.curvature import CachedCurvature, hessian_row_changes
 from unlearnkit.influence.functional import FlatModel
 from unlearnkit.influence.gradients import gradient_residual, objective_gradient, objective_value
 from unlearnkit.influence.updates import UnlearnResult, gradient_difference
@@ -654,15 +654,7 @@ class CertifiedModel:
         flat = FlatModel(model)
         G = gradient_difference(flat, resolved, batch_size=self.batch_size)
         # rows whose features change (or that go away) change the Hessian; label edits do not
-        z_pos = {int(i): k for k, i in enumerate(Z.ids)}
-        tilde_pos = np.asarray([z_pos[int(i)] for i in Zt.ids], dtype=np.int64)
-        Xz = Z.dense_rows().reshape(len(Z), -1)
-        Xt = Zt.dense_rows().reshape(len(Zt), -1) if len(Zt) else np.zeros((0, Xz.shape[1]))
-        feat_changed = np.any(Xt != Xz[tilde_pos], axis=1) if len(Zt) else np.zeros(0, bool)
-        removed = np.ones(len(Z), bool)
-        removed[tilde_pos] = False
-        old_rows = np.flatnonzero(removed | np.isin(np.arange(len(Z)), tilde_pos[feat_changed]))
-        new_rows = np.flatnonzero(feat_changed)
+        Xz, Xt, old_rows, new_rows, feat_changed, removed = hessian_row_changes(resolved)
         dt, dev = flat.dtype, flat.device
         anchor = self.curvature.anchor
         add = (model.hessian_factors(anchor, torch.as_tensor(Xt[new_rows], dtype=dt, device=dev))

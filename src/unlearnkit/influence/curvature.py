@@ -60,6 +60,7 @@ class CachedCurvature:
         p = self.H.shape[0]
         self.max_rank = int(max_rank) if max_rank is not None else max(8, p // 4)
         self.refactorisations = 0
+        self.data_fingerprint: str | None = None  # set by at(): the data the Hessian was computed on
         self._factorise()
 
     # ------------------------------------------------------------------ construction
@@ -81,7 +82,9 @@ class CachedCurvature:
             if null_space is not None and null_space.shape[0] != flat.n_params:
                 null_space = None
         H = HessianOperator(flat, data, theta, batch_size=batch_size).dense()
-        return cls(H, theta, null_space=null_space)
+        out = cls(H, theta, null_space=null_space)
+        out.data_fingerprint = data.fingerprint()
+        return out
 
     @property
     def n_params(self) -> int:
@@ -177,3 +180,26 @@ class CachedCurvature:
             raise SolverError(f"Malformed cached curvature ({exc}); recompute it from the data.") from None
         obj.W = obj._base_solve(obj.U) if obj.U.shape[1] else torch.zeros_like(obj.U)
         return obj
+
+
+def hessian_row_changes(resolved):
+    """How the rows a request touches change a Hessian that depends on features only (logistic regression).
+
+    Returns ``(Xz, Xt, old_rows, new_rows, feat_changed, removed)``: the flattened features of
+    ``Z`` and ``Z~``; the rows of ``Z`` whose Hessian terms go (removed rows and rows whose
+    features change); the rows of ``Z~`` whose terms come in (changed features); which rows of
+    ``Z~`` changed features; and which rows of ``Z`` are removed. Label edits change nothing.
+    """
+    import numpy as np
+
+    Z, Zt = resolved.Z, resolved.Z_tilde
+    z_pos = {int(i): k for k, i in enumerate(Z.ids)}
+    tilde_pos = np.asarray([z_pos[int(i)] for i in Zt.ids], dtype=np.int64)
+    Xz = Z.dense_rows().reshape(len(Z), -1)
+    Xt = Zt.dense_rows().reshape(len(Zt), -1) if len(Zt) else np.zeros((0, Xz.shape[1]))
+    feat_changed = np.any(Xt != Xz[tilde_pos], axis=1) if len(Zt) else np.zeros(0, bool)
+    removed = np.ones(len(Z), bool)
+    removed[tilde_pos] = False
+    old_rows = np.flatnonzero(removed | np.isin(np.arange(len(Z)), tilde_pos[feat_changed]))
+    new_rows = np.flatnonzero(feat_changed)
+    return Xz, Xt, old_rows, new_rows, feat_changed, removed

@@ -17,13 +17,22 @@ one is what makes the update match retraining.
 With ``tau="auto"`` the first-order step uses ``tau = G.G / G.H G``, the exact minimiser of the
 local quadratic model of ``L(.; D~)`` along ``-G`` (one extra Hessian-vector product).
 
+The second-order step can be **guarded** (:mod:`unlearnkit.influence.guard`): its damping is
+chosen by a Levenberg-Marquardt / trust-region rule on an estimate of ``L(.; D~)`` (the corrected
+affected rows plus a fixed random sample of the others), and a step that makes that estimate
+worse than at ``theta*`` is never returned (the original parameters come back with status
+``rejected`` and a warning instead). On by default for non-convex problems; off for convex
+ones, where the undamped exact step is the paper's update.
+
 The input model is never modified: the update builds a new model, and any failure raises
 before a model is returned.
 """
 
 from __future__ import annotations
 
+import copy
 import enum
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -36,9 +45,12 @@ from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import SolverError
 from unlearnkit.influence.functional import FlatModel
 from unlearnkit.influence.gradients import summed_gradient
+from unlearnkit.influence.guard import GuardStatus, SampledObjective, TrustRegion, relative_damping
 from unlearnkit.influence.hessian import HessianOperator
-from unlearnkit.influence.solvers import Exact
+from unlearnkit.influence.solvers import ConjugateGradient, Exact, LiSSA
 from unlearnkit.models.base import UnlearnableModel
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,6 +70,13 @@ class UnlearnResult:
             "method": self.method, "seconds": self.seconds, "n_affected": self.n_affected,
             "per_sample_gradients": self.per_sample_gradients, "hvps": self.hvps, **self.diagnostics,
         }
+
+    @property
+    def status(self) -> str | None:
+        """``diagnostics["status"]``: for a guarded update the guard's verdict (``accepted``,
+        ``backtracked``, or ``rejected``: the original parameters were returned); None when the
+        update states none."""
+        return self.diagnostics.get("status")
 
 
 def gradient_difference(flat: FlatModel, resolved: Resolved, *, batch_size: int = 1024) -> torch.Tensor:
@@ -169,11 +188,15 @@ def second_order_update(
     *,
     solver=None,
     hessian_rows: int | None = None,
-    curvature: str = "hessian",
+    curvature="hessian",
     params: str = "all",
     seed: int = 0,
     batch_size: int = 1024,
     device=None,
+    guard: bool | str | TrustRegion = "auto",
+    damping: float | None = None,
+    refine: float | None = None,
+    refine_max_steps: int | None = None,
 ) -> UnlearnResult:
     """``theta* - H~^{-1} G`` with ``H~`` the Hessian of ``L(.; D~)`` at ``theta*``.
 
@@ -185,23 +208,232 @@ def second_order_update(
     Gauss-Newton matrix instead of the Hessian (PSD; the same for logistic regression).
     ``params="head"`` updates only the classifier head: ``G`` and ``H`` are then the gradient and
     Hessian with respect to the head's parameters, the rest of the network held fixed.
+
+    ``curvature`` may also be a curvature object fitted once and reused (anything with
+    ``solve(v, damping=...)`` returning ``(H + damping I)^{-1} v``, and optionally ``matvec(v)``
+    and ``n_params``): it replaces the Hessian operator and ``solver``; ``hessian_rows`` then
+    does not apply.
+
+    ``guard`` applies the trust-region rule of :mod:`unlearnkit.influence.guard`: ``"auto"`` (the
+    default) guards non-convex problems and leaves convex ones (a convex model, or
+    ``params="head"``) to the paper's undamped step; ``True`` / ``False`` force it on / off; a
+    :class:`~unlearnkit.influence.guard.TrustRegion` gives its settings. ``damping`` is the
+    damping of the step (the guard's initial damping); None takes the solver's own
+    (``solver.damping``; for LiSSA its effective damping ``damping x scale``), or 0 for a
+    curvature object. A guarded result carries ``diagnostics["guard"]`` and :attr:`UnlearnResult.status`;
+    a rejected update returns a copy of the original parameters and logs a warning.
+
+    Convex models: ``curvature`` may be a :class:`~unlearnkit.influence.curvature.CachedCurvature`
+    of the model on the original data (computed once, reused for every request; a copy is updated
+    by Woodbury for the rows the request touches, ``O(k C p^2)``), and ``refine=tol`` continues
+    with chord / Newton steps until ``||grad L(theta; D~)||_2 / n~ <= tol`` (at most
+    ``refine_max_steps``); see :mod:`unlearnkit.influence.refine`.
     """
+    from unlearnkit.influence.refine import exact_factor
+
+    factor = exact_factor(model, data, curvature, refine=refine, guard=guard, damping=damping)
+    if refine is not None or factor is not None:
+        from unlearnkit.influence.refine import DEFAULT_MAX_STEPS, cached_second_order_update, check_refinable
+
+        check_refinable(model)
+        if (solver is not None and not isinstance(solver, Exact)) or getattr(solver, "damping", 0.0) or damping \
+                or hessian_rows is not None or getattr(params, "value", params) != "all" \
+                or (isinstance(curvature, str) and curvature != "hessian") or not (guard == "auto" or guard is False):
+            raise SolverError("refine= and a cached factor take exact undamped steps on the Hessian of all parameters on "
+                              "all rows (refine itself reaches the optimum): leave solver, damping, hessian_rows, params, "
+                              "curvature and guard at their defaults.")
+        return cached_second_order_update(
+            model, data, changes, curvature=factor, refine_tol=refine,
+            max_steps=DEFAULT_MAX_STEPS if refine_max_steps is None else refine_max_steps,
+            max_params=getattr(solver, "max_params", 5000), batch_size=batch_size, device=device)
     start = time.perf_counter()
-    solver = solver if solver is not None else Exact()
+    convex = model.convex or Params(params) is Params.HEAD
+    trust = _trust_region(guard, convex)
     flat, resolved = _prepare(model, data, changes, device, params)
     G = gradient_difference(flat, resolved, batch_size=batch_size)
-    corrected, weight = hessian_sample(resolved.corrected, hessian_rows, seed)
-    H = HessianOperator(flat, corrected, batch_size=batch_size, weight=weight, curvature=curvature)
-    step, report = solver.solve(H, G)
-    theta = flat.theta() - step
-    new = flat.to_model(theta)
+    cached = None if isinstance(curvature, str) else curvature
+    if cached is not None:
+        _check_curvature_object(cached, flat)
+        check = getattr(cached, "check", None)
+        if callable(check):  # a fitted curvature is tied to its model's parameters and its data: refused otherwise
+            check(model, data)
+        H, rows_used = None, None
+    else:
+        corrected, weight = hessian_sample(resolved.corrected, hessian_rows, seed)
+        H = HessianOperator(flat, corrected, batch_size=batch_size, weight=weight, curvature=curvature)
+        rows_used = len(corrected)
+    diagnostics = {"grad_diff_norm": float(torch.linalg.vector_norm(G))}
+    if rows_used is not None:
+        diagnostics["hessian_rows"] = rows_used
+    if trust is None:
+        if cached is not None:
+            d = 0.0 if damping is None else _check_damping(damping)
+            step = _solve_cached(cached, G, d)
+            report, hvps = {"solver": "curvature object", "damping": d}, 0
+        else:
+            solver = solver if solver is not None else Exact()
+            if damping is not None:
+                solver = _with_damping(solver, _check_damping(damping))
+            step, rep = solver.solve(H, G)
+            report, hvps = rep.to_dict(), rep.hvps
+        theta = flat.theta() - step
+        diagnostics.update(update_norm=float(torch.linalg.vector_norm(step)), solver=report)
+        return UnlearnResult(
+            flat.to_model(theta), "second-order", time.perf_counter() - start, resolved.n_affected,
+            per_sample_gradients=len(resolved.Z) + len(resolved.Z_tilde), hvps=hvps, diagnostics=diagnostics,
+        )
+    solve, matvec, initial, rule, counter = _damped_problem(cached, H, solver, damping)
+    objective = SampledObjective(flat, resolved.corrected, resolved.Z_tilde, rows=trust.rows, seed=trust.seed,
+                                 batch_size=batch_size)
+    theta0 = flat.theta()
+
+    def scale() -> float:
+        return relative_damping(matvec, flat.n_params, seed=seed, dtype=flat.dtype, device=flat.device)
+
+    outcome = trust.step(theta0, G, solve, objective, initial_damping=initial, matvec=matvec,
+                         scale=scale if matvec is not None else None, initial_damping_rule=rule)
+    guard_diag = {**outcome.diagnostics, "objective": objective.describe(), "objective_evaluations": objective.evaluations}
+    accepted = [r for d, r in counter["reports"] if d == outcome.damping]
+    diagnostics.update(update_norm=float(torch.linalg.vector_norm(outcome.step)),
+                       solver=accepted[0] if accepted else None, guard=guard_diag, status=outcome.status.value)
+    if outcome.status is GuardStatus.REJECTED:
+        logger.warning(
+            "second-order update rejected by its guard: no damping (tried %s) and no shortened step lowered the estimate "
+            "of the corrected objective below the original model's (%.6g); the original parameters are returned.",
+            [t["damping"] for t in guard_diag["tries"]], outcome.objective_original)
     return UnlearnResult(
-        new, "second-order", time.perf_counter() - start, resolved.n_affected,
-        per_sample_gradients=len(resolved.Z) + len(resolved.Z_tilde), hvps=report.hvps,
-        diagnostics={"grad_diff_norm": float(torch.linalg.vector_norm(G)),
-                     "update_norm": float(torch.linalg.vector_norm(step)), "hessian_rows": len(corrected),
-                     "solver": report.to_dict()},
+        flat.to_model(outcome.theta), "second-order", time.perf_counter() - start, resolved.n_affected,
+        per_sample_gradients=len(resolved.Z) + len(resolved.Z_tilde), hvps=counter["hvps"], diagnostics=diagnostics,
     )
+
+
+def _trust_region(guard, convex: bool) -> TrustRegion | None:
+    """The guard's settings for a ``guard`` argument (None: unguarded)."""
+    if isinstance(guard, TrustRegion):
+        guard.check()
+        return guard
+    if isinstance(guard, str) and guard == "auto":
+        return None if convex else TrustRegion()
+    if guard is True:
+        return TrustRegion()
+    if guard is False:
+        return None
+    raise SolverError(f"guard must be True, False, 'auto' or a TrustRegion, got {guard!r}.")
+
+
+def _check_damping(damping) -> float:
+    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not (math.isfinite(damping) and damping >= 0):
+        raise SolverError(f"damping must be a finite number >= 0 or None, got {damping!r}.")
+    return float(damping)
+
+
+def _check_curvature_object(cached, flat: FlatModel) -> None:
+    if not callable(getattr(cached, "solve", None)):
+        raise SolverError(f"curvature must be 'hessian', 'ggn' or a curvature object with solve(v, damping=...), got "
+                          f"{type(cached).__name__}.")
+    n = getattr(cached, "n_params", None)
+    if n is not None and int(n) != flat.n_params:
+        raise SolverError(f"The curvature object covers {int(n)} parameters but the update changes {flat.n_params}: it was "
+                          "fitted for another model or another parameter subset (params=). Fit it for this model and subset.")
+
+
+def _solve_cached(cached, v: torch.Tensor, damping: float) -> torch.Tensor:
+    out = cached.solve(v, damping=damping)
+    x = out[0] if isinstance(out, tuple) else out
+    if not isinstance(x, torch.Tensor) or x.shape != v.shape:
+        raise SolverError(f"The curvature object's solve returned {type(x).__name__} of shape {getattr(x, 'shape', None)}; "
+                          f"expected a tensor of shape {tuple(v.shape)}.")
+    return x.to(dtype=v.dtype, device=v.device)
+
+
+class _DenseOnce:
+    """A Hessian operator whose dense matrix is built once (the guard re-solves at several dampings)."""
+
+    def __init__(self, H: HessianOperator) -> None:
+        self._H = H
+        self._dense = None
+
+    def dense(self) -> torch.Tensor:
+        if self._dense is None:
+            self._dense = self._H.dense()
+        return self._dense.clone()
+
+    def __getattr__(self, name):
+        return getattr(self._H, name)
+
+
+def _with_damping(solver, damping: float):
+    """A copy of ``solver`` with effective damping ``damping`` (the input solver is not changed)."""
+    out = copy.copy(solver)
+    if isinstance(solver, LiSSA):
+        if solver.scale is None:
+            raise SolverError("LiSSA's damping is in units of its scale: give the solver an explicit scale= to set damping=.")
+        out.damping = damping / solver.scale
+    elif hasattr(solver, "damping"):
+        out.damping = damping
+    else:
+        raise SolverError(f"The solver {type(solver).__name__} has no damping to set; use exact, cg or lissa.")
+    return out
+
+
+def _damped_problem(cached, H, solver, damping):
+    """``solve(v, d)``, ``matvec``, the initial damping and its rule, and a counter of products and reports."""
+    counter = {"hvps": 0, "reports": []}
+    if cached is not None:
+        initial = 0.0 if damping is None else _check_damping(damping)
+        rule = "given (damping=)" if damping is not None else "0 (curvature object, no damping given)"
+        own = getattr(cached, "matvec", None)
+        matvec = None
+        if callable(own):
+            def matvec(v):
+                counter["hvps"] += 1
+                return own(v).to(dtype=v.dtype, device=v.device)
+
+        def solve(v, d):
+            x = _solve_cached(cached, v, d)
+            counter["reports"].append((d, {"solver": "curvature object", "damping": d}))
+            return x
+        return solve, matvec, initial, rule, counter
+    solver = solver if solver is not None else Exact()
+    if isinstance(solver, Exact):
+        op = _DenseOnce(H)
+    elif isinstance(solver, (ConjugateGradient, LiSSA)):
+        op = H
+    else:
+        raise SolverError(f"The guard needs a solver whose damping it can set (exact, cg or lissa), got {type(solver).__name__}.")
+    if isinstance(solver, LiSSA):
+        hvps_before = H.n_hvp
+        lam = solver.scale / 1.1 if solver.scale is not None else H.largest_eigenvalue(seed=solver.seed)
+        counter["hvps"] += H.n_hvp - hvps_before
+        own_damping = solver.damping * 1.1 * lam
+
+        def configure(d):
+            # LiSSA converges when every eigenvalue of (H + d I) / scale lies in (0, 2): rescale with the damping
+            out = copy.copy(solver)
+            out.scale = 1.1 * (lam + d)
+            out.damping = d / out.scale
+            return out
+    else:
+        own_damping = solver.damping
+
+        def configure(d):
+            out = copy.copy(solver)
+            out.damping = d
+            return out
+    initial = own_damping if damping is None else _check_damping(damping)
+    rule = f"given (damping=); solver {type(solver).__name__}" if damping is not None else \
+        f"the solver's own damping ({type(solver).__name__})"
+
+    def solve(v, d):
+        x, report = configure(d).solve(op, v)
+        counter["hvps"] += report.hvps
+        counter["reports"].append((d, report.to_dict()))
+        return x
+
+    def matvec(v):
+        counter["hvps"] += 1
+        return H.matvec(v)
+    return solve, matvec, initial, rule, counter
 
 
 def split_changes(changes: Changes, data: Dataset, chunks: int) -> list[Changes]:
@@ -257,20 +489,93 @@ def iterative_update(
     chunks: int,
     **kwargs,
 ) -> UnlearnResult:
-    """Apply ``update`` (first or second order) chunk by chunk, on the data corrected so far."""
+    """Apply ``update`` (first or second order) chunk by chunk, on the data corrected so far.
+
+    A guarded second-order update (see :func:`second_order_update`) is guarded per chunk: each
+    chunk starts from the damping the previous chunk's rule proposed, and a chunk whose step is
+    rejected is merged into the next one (its rows are not yet unlearned, so the data stays
+    uncorrected for them). At the end the estimate of the objective on the fully corrected data
+    (the guard's sample rule, drawn again on it) is compared at the original and the final
+    parameters: if the final ones are not strictly better, the original parameters are returned
+    with status ``rejected`` and a warning; otherwise the status is ``accepted`` when every chunk's
+    step was, ``backtracked`` when some chunk was shortened or deferred (``chunk_status`` lists
+    them). Rows a rejected last chunk left behind are counted in
+    ``diagnostics["guard"]["rows_not_unlearned"]`` (with a warning).
+    """
     start = time.perf_counter()
     current_model, current_data = model, data
     grads = hvps = 0
     resolved = changes.resolve(data)
     parts = _split_resolved(changes, resolved, chunks)
+    chunk_guards = []
+    pending = None  # changes of rejected chunks, merged into the next one
+    damping = kwargs.pop("damping", None)
     for part in parts:
-        result = update(current_model, current_data, part, **kwargs)
-        current_model = result.model
-        current_data = part.apply(current_data)
+        part = part if pending is None else pending + part
+        call = dict(kwargs) if damping is None else {**kwargs, "damping": damping}
+        result = update(current_model, current_data, part, **call)
         grads += result.per_sample_gradients
         hvps += result.hvps
+        guard = result.diagnostics.get("guard")
+        if guard is None:
+            current_model, current_data = result.model, part.apply(current_data)
+            continue
+        chunk_guards.append(guard)
+        damping = guard["next_damping"]
+        if guard["status"] == GuardStatus.REJECTED.value:
+            pending = part
+            continue
+        pending = None
+        current_model, current_data = result.model, part.apply(current_data)
+    diagnostics = {"chunks": len(parts)}
+    method = f"{result.method}-iterative"
+    if chunk_guards:
+        current_model, summary = _final_check(model, current_model, resolved, chunk_guards, pending, kwargs)
+        diagnostics.update(guard=summary, status=summary["status"])
     return UnlearnResult(
-        current_model, f"{result.method}-iterative", time.perf_counter() - start,
-        resolved.n_affected, per_sample_gradients=grads, hvps=hvps,
-        diagnostics={"chunks": len(parts)},
+        current_model, method, time.perf_counter() - start,
+        resolved.n_affected, per_sample_gradients=grads, hvps=hvps, diagnostics=diagnostics,
     )
+
+
+def _final_check(original: UnlearnableModel, final: UnlearnableModel, resolved: Resolved, chunk_guards: list[dict],
+                 pending: Changes | None, kwargs: dict) -> tuple[UnlearnableModel, dict]:
+    """Compare the objective estimate on the fully corrected data at the original and the final parameters."""
+    trust = _trust_region(kwargs.get("guard", "auto"), convex=False) or TrustRegion()
+    names = parameter_names(final, kwargs.get("params", Params.ALL))
+    flat = FlatModel(final, names)
+    theta_final = flat.theta()
+    theta0 = FlatModel(original, names).theta().to(dtype=flat.dtype, device=flat.device)
+    objective = SampledObjective(flat, resolved.corrected, resolved.Z_tilde, rows=trust.rows, seed=trust.seed,
+                                 batch_size=kwargs.get("batch_size", 1024))
+    f0, f = objective(theta0), objective(theta_final)
+    statuses = [g["status"] for g in chunk_guards]
+    summary = {"rule": chunk_guards[0]["rule"], "chunk_status": statuses, "chunks": chunk_guards,
+               "objective": objective.describe(), "objective_original": f0, "objective_final": f,
+               "rows_not_unlearned": 0}
+    if pending is not None:
+        summary["rows_not_unlearned"] = _n_rows(pending)
+        logger.warning("iterative second-order update: the last chunk's step was rejected by its guard; %d affected rows "
+                       "were not unlearned.", summary["rows_not_unlearned"])
+    if not f < f0:
+        summary["status"] = GuardStatus.REJECTED.value
+        summary["objective_final"] = f0
+        logger.warning(
+            "iterative second-order update rejected by its guard: the chunked updates did not lower the estimate of the "
+            "corrected objective (%.6g at the original parameters, %.6g after the chunks); the original parameters are "
+            "returned.", f0, f)
+        return flat.to_model(theta0), summary
+    summary["status"] = (GuardStatus.BACKTRACKED.value if any(s != GuardStatus.ACCEPTED.value for s in statuses)
+                         else GuardStatus.ACCEPTED.value)
+    return final, summary
+
+
+def _n_rows(changes: Changes) -> int:
+    """Rows a change set names explicitly (the chunks of :func:`_split_resolved` name every row)."""
+    rows = set(changes.removed_ids)
+    for edit in changes.label_edits:
+        rows.update(edit.rows)
+    for edit in changes.feature_edits:
+        if edit.rows is not None:
+            rows.update(edit.rows)
+    return len(rows)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import abc
+
 import time
 
-from unlearnkit.errors import MethodError
+from unlearnkit.errors import MethodError, SolverError
 from unlearnkit.influence.functional import FlatModel
+from unlearnkit.influence.refine import DEFAULT_MAX_STEPS as REFINE_MAX_STEPS
+from unlearnkit.influence.guard import SOURCE as TRUST_REGION_SOURCE
+from unlearnkit.influence.guard import TrustRegion
 from unlearnkit.influence.hessian import HessianOperator
 from unlearnkit.influence.solvers import make_solver
 from unlearnkit.influence.updates import (
@@ -70,6 +75,15 @@ cent along the directions the damped step uses, and each product then costs a fi
 data (the reference code's mini-batch Hessian, B = 500-1024)."""
 
 
+class CurvatureObject(abc.ABC):
+    """A curvature fitted once and reused (:func:`unlearnkit.curvature.fit`, or a
+    :class:`~unlearnkit.influence.curvature.CachedCurvature`): anything with ``solve(v, damping=...)``."""
+
+    @classmethod
+    def __subclasshook__(cls, other):
+        return callable(getattr(other, "solve", None)) or NotImplemented
+
+
 @register(
     "second-order",
     summary="theta - H~^-1 (g(Z~) - g(Z)), H~ the Hessian of the objective on the corrected data",
@@ -90,10 +104,33 @@ data (the reference code's mini-batch Hessian, B = 500-1024)."""
         Hyperparameter("hessian_rows", (int, str, type(None)), "auto", "estimate H~ (and the damping's eigenvalue) from this many "
                        "random rows of the corrected data, weighted n/m; None = all; auto = all for convex models, "
                        f"max({DEEP_HESSIAN_ROWS}, |Z|) otherwise", ">= 1, None or 'auto'", "paper code: mini-batch Hessian; the rule is ours"),
-        Hyperparameter("curvature", str, "auto", "hessian, or ggn (generalised Gauss-Newton: PSD, for deep models); auto = hessian "
-                       "for convex models, ggn otherwise", "auto|hessian|ggn", "paper: Hessian; GGN is ours"),
+        Hyperparameter("curvature", (str, CurvatureObject), "auto", "hessian, or ggn (generalised Gauss-Newton: PSD, for deep "
+                       "models); auto = hessian for convex models, ggn otherwise; or a curvature fitted once with "
+                       "unlearnkit.curvature.fit(...) (exact, kfac, ekfac), reused for every request: no solver, no "
+                       "damping estimate, no pass over the data for the curvature", "auto|hessian|ggn or a fitted curvature",
+                       "paper: Hessian; GGN and the cached curvature are ours"),
         Hyperparameter("seed", int, 0, "seed of the Hessian row sample, the power iteration and LiSSA", "", "engineering"),
         Hyperparameter("max_params", int, 5000, "exact solver refuses models larger than this", ">= 1", "engineering"),
+        Hyperparameter("refine", (float, type(None)), None, "convex models: after the one-step update, chord / Newton steps on "
+                       "the Cholesky factor until ||grad L(theta; D~)||_2 / n~ <= refine (the retrained optimum to that "
+                       "tolerance); None = the one-step update", "> 0 or None",
+                       "ours: simplified Newton method (Kelley, Iterative Methods for Linear and Nonlinear Equations, 1995)"),
+        Hyperparameter("refine_max_steps", int, REFINE_MAX_STEPS, "refine: most steps (one pass over the data each); the result's status "
+                       "says when refine was not reached", ">= 0", "engineering"),
+        Hyperparameter("guard", (bool, str), "auto", "choose the damping by a Levenberg-Marquardt / trust-region rule on an "
+                       "estimate of the corrected objective (Z~ plus a fixed sample of the other rows), starting from "
+                       "'damping', and never return a step that makes that estimate worse than the original model's "
+                       "(status 'rejected': the original parameters); auto = on for non-convex problems, off for convex "
+                       "ones (a convex model or params='head': the paper's undamped step)", "auto; or True/False",
+                       TRUST_REGION_SOURCE),
+        Hyperparameter("guard_eta", float, 0.1, "guard: accept a step when actual / predicted decrease > guard_eta", "[0, 1)",
+                       TRUST_REGION_SOURCE),
+        Hyperparameter("guard_tries", int, 6, "guard: dampings tried (x10 after each failure) before backtracking", ">= 1",
+                       TRUST_REGION_SOURCE),
+        Hyperparameter("guard_backtrack", int, 10, "guard: halvings of the best step tried last", ">= 0", TRUST_REGION_SOURCE),
+        Hyperparameter("guard_rows", (int, type(None)), 4096, "guard: rows of the corrected data (besides Z~) in the "
+                       "objective estimate, drawn with seed and weighted; None = all rows (the exact objective)", ">= 1",
+                       TRUST_REGION_SOURCE),
         _PARAMS,
         _CHUNKS,
         _BATCH,
@@ -103,7 +140,15 @@ data (the reference code's mini-batch Hessian, B = 500-1024)."""
 class SecondOrder(Method):
     def __init__(self, *, solver="auto", damping="auto", relative_damping=DEEP_RELATIVE_DAMPING, tol=1e-8, max_iter="auto",
                  scale=None, depth=1000, lissa_batch_size=None, hessian_rows="auto", curvature="auto", seed=0, max_params=5000,
-                 params="all", chunks=1, batch_size=1024) -> None:
+                 refine=None, refine_max_steps=REFINE_MAX_STEPS, guard="auto", guard_eta=0.1, guard_tries=6, guard_backtrack=10,
+                 guard_rows=4096, params="all", chunks=1, batch_size=1024) -> None:
+        self.guard = guard
+        self.guard_eta = guard_eta
+        self.guard_tries = guard_tries
+        self.guard_backtrack = guard_backtrack
+        self.guard_rows = guard_rows
+        self.refine = refine
+        self.refine_max_steps = refine_max_steps
         self.params = params
         self.hessian_rows = hessian_rows
         self.curvature = curvature
@@ -122,10 +167,13 @@ class SecondOrder(Method):
 
     def resolved(self, model, data, changes) -> dict:
         """The concrete solver, curvature, damping, Hessian rows and iteration cap the "auto" settings give for ``model``."""
+        cached = not isinstance(self.curvature, str)
         for key, value, allowed in (("solver", self.solver, ("auto", "exact", "cg", "lissa")),
-                                    ("curvature", self.curvature, ("auto", "hessian", "ggn"))):
+                                    ("curvature", "auto" if cached else self.curvature, ("auto", "hessian", "ggn"))):
             if value not in allowed:
                 raise MethodError(f"second-order: {key} must be one of {allowed}, got {value!r}.")
+        if cached:
+            return self._resolved_cached(model)
         names = parameter_names(model, self.params)
         flat = FlatModel(model, names)
         n_params = flat.n_params
@@ -143,8 +191,11 @@ class SecondOrder(Method):
             rows = None if convex else min(len(corrected), max(DEEP_HESSIAN_ROWS, resolved.n_affected))
         elif rows is not None and (isinstance(rows, str) or rows < 1):
             raise MethodError(f"second-order: hessian_rows must be an integer >= 1, None or 'auto', got {rows!r}.")
+        if not (isinstance(self.guard, bool) or self.guard == "auto"):
+            raise MethodError(f"second-order: guard must be 'auto', True or False, got {self.guard!r}.")
+        guarded = (not convex) if isinstance(self.guard, str) else self.guard
         out = {"solver": solver, "curvature": curvature, "max_iter": int(max_iter), "params": Params(self.params).value,
-               "n_params": n_params, "convex": convex, "hessian_rows": rows, "damping_hvps": 0}
+               "n_params": n_params, "convex": convex, "hessian_rows": rows, "damping_hvps": 0, "guard": guarded}
         if self.damping != "auto":
             if isinstance(self.damping, str) or not self.damping >= 0:
                 raise MethodError(f"second-order: damping must be a number >= 0 or 'auto', got {self.damping!r}.")
@@ -162,6 +213,25 @@ class SecondOrder(Method):
             out["damping_hvps"] = H.n_hvp
         return out
 
+    def _resolved_cached(self, model) -> dict:
+        """Settings with a fitted curvature: it replaces the solver, the row sample and the damping estimate."""
+        if self.chunks > 1:
+            raise MethodError("second-order: a fitted curvature answers one request at a time; use chunks=1 with curvature=.")
+        if self.solver != "auto" or self.hessian_rows != "auto":
+            raise MethodError("second-order: a fitted curvature replaces solver and hessian_rows; leave them at 'auto'.")
+        names = parameter_names(model, self.params)
+        convex = model.convex or names is not None
+        if not (isinstance(self.guard, bool) or self.guard == "auto"):
+            raise MethodError(f"second-order: guard must be 'auto', True or False, got {self.guard!r}.")
+        if self.damping != "auto" and (isinstance(self.damping, str) or not self.damping >= 0):
+            raise MethodError(f"second-order: damping must be a number >= 0 or 'auto', got {self.damping!r}.")
+        kind = getattr(self.curvature, "kind", None)
+        return {"solver": "cached", "curvature": getattr(kind, "value", kind) or type(self.curvature).__name__,
+                "max_iter": 0, "params": Params(self.params).value, "n_params": FlatModel(model, names).n_params,
+                "convex": convex, "hessian_rows": None, "damping_hvps": 0,
+                "guard": (not convex) if isinstance(self.guard, str) else self.guard,
+                "damping": 0.0 if self.damping == "auto" else float(self.damping)}
+
     def make_solver(self, settings: dict):
         if settings["solver"] == "exact":
             # an output layer alone is convex but only semi-definite (softmax shift): the min-norm solution is exact
@@ -172,12 +242,36 @@ class SecondOrder(Method):
         return make_solver("lissa", scale=self.scale, damping=settings["damping"], depth=self.depth,
                            batch_size=self.lissa_batch_size, seed=self.seed)
 
+    def trust_region(self) -> TrustRegion:
+        """The guard's rule with this method's settings (its objective sample drawn with ``seed``)."""
+        trust = TrustRegion(eta=self.guard_eta, max_tries=self.guard_tries, backtrack_steps=self.guard_backtrack,
+                            rows=self.guard_rows, seed=self.seed)
+        try:
+            trust.check()
+        except SolverError as exc:
+            raise MethodError(f"second-order: {exc}") from None
+        return trust
+
     def unlearn(self, model, data, changes, *, val=None, device=None):
         start = time.perf_counter()  # the damping estimate is part of the method's cost
+        if self.refine is not None:
+            from unlearnkit.influence.refine import check_refinable
+
+            check_refinable(model)
+            if self.chunks > 1:
+                raise MethodError("second-order: refine= reaches the optimum of the whole corrected data; use chunks=1 with it.")
         settings = self.resolved(model, data, changes)
-        kwargs = dict(solver=self.make_solver(settings), hessian_rows=settings["hessian_rows"], curvature=settings["curvature"],
-                      params=settings["params"],
+        if self.refine is not None and self.solver == "auto":
+            settings["solver"] = "exact"  # refine works on the Cholesky factor, whatever the size
+        cached = settings["solver"] == "cached"
+        kwargs = dict(solver=None if cached else self.make_solver(settings), hessian_rows=settings["hessian_rows"],
+                      curvature=self.curvature if cached else settings["curvature"],
+                      params=settings["params"], guard=self.trust_region() if settings["guard"] else False,
                       seed=self.seed, batch_size=self.batch_size, device=device)
+        if cached and settings["damping"]:
+            kwargs["damping"] = settings["damping"]
+        if self.refine is not None:
+            kwargs.update(refine=self.refine, refine_max_steps=self.refine_max_steps)
         if self.chunks > 1:
             result = iterative_update(second_order_update, model, data, changes, chunks=self.chunks, **kwargs)
         else:

@@ -365,21 +365,24 @@ def _check_weights(expected: dict, state: dict, where: str, source: str, limit: 
                          "this architecture.")
 
 
-def _check_model_file(path: Path) -> None:
-    """Refuse anything but a regular zip file whose entries are stored uncompressed."""
+def _check_model_file(path: Path, what: str = "model file") -> None:
+    """Refuse anything but a regular zip file whose entries are stored uncompressed (``what`` names the file in
+    the messages: ``"model file"``, ``"curvature file"``)."""
+    save = {"model file": "Save models with unlearnkit.save_model",
+            "curvature file": "Write curvature files with Curvature.save"}.get(what, f"Write {what}s with unlearnkit")
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise ModelError(f"Model file not found: {path}.") from None
+        raise ModelError(f"{what.capitalize()} not found: {path}.") from None
     except OSError as exc:
-        raise ModelError(f"Model file {path} cannot be read: {exc.strerror or exc}.") from None
+        raise ModelError(f"{what.capitalize()} {path} cannot be read: {exc.strerror or exc}.") from None
     if stat.S_ISDIR(st.st_mode):
-        raise ModelError(f"Model file not found: {path} is a folder; give the path of a model file.")
+        raise ModelError(f"{what.capitalize()} not found: {path} is a folder; give the path of a {what}.")
     if not stat.S_ISREG(st.st_mode):
-        raise ModelError(f"Model file {path} is not a regular file (a device, FIFO or socket); give a model file.")
+        raise ModelError(f"{what.capitalize()} {path} is not a regular file (a device, FIFO or socket); give a {what}.")
     unreadable = (
-        f"{path} is not a readable unlearnkit model file: it is not a PyTorch zip file as torch.save writes it, "
-        "or it is truncated. Save models with unlearnkit.save_model or `unlearnkit train`."
+        f"{path} is not a readable unlearnkit {what}: it is not a PyTorch zip file as torch.save writes it, "
+        f"or it is truncated. {save}{' or `unlearnkit train`' if what == 'model file' else ''}."
     )
     try:
         with zipfile.ZipFile(path) as archive:
@@ -389,14 +392,14 @@ def _check_model_file(path: Path) -> None:
     compressed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
     if compressed:
         raise ModelError(
-            f"{path} is not a readable unlearnkit model file: entries {compressed[:3]} are compressed, which "
+            f"{path} is not a readable unlearnkit {what}: entries {compressed[:3]} are compressed, which "
             "torch.save never does (a compressed entry can inflate to far more memory than the file's size). "
-            "Save models with unlearnkit.save_model."
+            f"{save}."
         )
     declared = sum(i.file_size for i in infos)
     if declared > st.st_size:
         raise ModelError(
-            f"{path} is not a readable unlearnkit model file: its entries declare {declared} bytes but the file "
+            f"{path} is not a readable unlearnkit {what}: its entries declare {declared} bytes but the file "
             f"has {st.st_size}; it is truncated or crafted."
         )
 

@@ -1,0 +1,369 @@
+"""A safe step for the second-order update: Levenberg-Marquardt damping chosen by a trust-region rule.
+
+The second-order update ``theta* - (H + lambda I)^{-1} G`` is Newton's step on the corrected
+objective ``L(theta; D~) = sum_{z in D~} l(z, theta) + (l2/2)||theta||^2`` from ``theta*``
+(``G = g(Z~) - g(Z)`` is its gradient there when ``theta*`` minimises the original objective).
+Newton's step trusts a quadratic model of ``L(.; D~)``; far from where that model holds (a
+confident label flipped on near-separable data, a non-convex network, a large change) the step
+overshoots and can leave the model *worse* on the corrected data than the original was. The
+rule here is the classical remedy (Levenberg 1944, Marquardt 1963; the trust-region view of
+Moré 1978 and Nocedal & Wright, *Numerical Optimization*, 2nd ed., ch. 4):
+
+1. **Objective estimate.** ``f(theta) = sum_{z in Z~} l(z, theta) + (n_rest / m) sum_{z in S}
+   l(z, theta) + regulariser``: the corrected affected rows ``Z~`` exactly, plus a fixed random
+   sample ``S`` of ``m`` of the ``n_rest`` other rows of ``D~`` (drawn once from ``seed``,
+   weighted ``n_rest / m``: an unbiased estimate of ``L(theta; D~)``; every row when ``m >=
+   n_rest``, which makes ``f`` the exact objective). The same sample is used for every
+   candidate, so differences of ``f`` are not blurred by resampling.
+2. **Ratio test.** For a damping ``lambda`` the step is ``s = (H + lambda I)^{-1} G`` and the
+   candidate ``theta* - s``. The predicted decrease is that of the *undamped* quadratic model,
+   ``pred = G.s - (1/2) s.H s`` (one curvature product; without a product, ``(1/2)(G.s +
+   lambda s.s)``, the same number when the solve is exact; Madsen, Nielsen & Tingleff, *Methods
+   for Non-Linear Least Squares Problems*, 2004, sec. 3.2). The actual decrease is
+   ``f(theta*) - f(theta* - s)``; the candidate is accepted when ``rho = actual / pred > eta``
+   (and the actual decrease is positive).
+3. **Damping update.** After a failed try ``lambda`` is multiplied by ``increase`` (10) and the
+   step recomputed, up to ``max_tries`` tries in all. From ``lambda = 0`` (the exact Newton
+   step, the default for convex models) the first increase goes to ``||G|| / ||s||``, the
+   curvature scale along the rejected step (an eigenvalue of ``H`` when ``s`` is an
+   eigenvector; adding it roughly halves the step). After a very successful step (``rho >
+   very_successful``) the damping proposed for the *next* step (the next chunk of an iterative
+   update) is ``lambda * decrease``; otherwise it stays ``lambda``.
+4. **Backtracking, last resort.** When every try failed, the direction of the try with the
+   lowest ``f`` is shortened, ``theta* - alpha s`` with ``alpha = 1/2, 1/4, ...``
+   (``backtrack_steps`` halvings), and the first ``alpha`` that passes the same ratio test
+   (an Armijo sufficient-decrease condition, ``pred(alpha) = alpha G.s - (alpha^2/2) s.H s``)
+   is returned, status ``backtracked``.
+5. **Guarantee.** If nothing lowers ``f`` below ``f(theta*)``, ``theta*`` itself is returned
+   with status ``rejected``: the result is never worse than the original model on ``f``. (If
+   the solver fails at every damping, so that there is no step to judge, its error is raised.)
+
+Every try is recorded (damping, ``f``, actual and predicted decrease, ``rho``, step norm, or the
+solver's error) in :attr:`GuardOutcome.diagnostics`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from unlearnkit.data.dataset import Dataset
+from unlearnkit.errors import SolverError
+from unlearnkit.influence.functional import FlatModel
+
+RULE = "levenberg-marquardt trust region (Nocedal & Wright, Numerical Optimization, ch. 4)"
+_STREAM = 1  # the objective sample's random stream next to its seed
+SOURCE = "engineering: trust-region rule (Nocedal & Wright, Numerical Optimization, ch. 4)"
+
+
+class GuardStatus(str, enum.Enum):
+    """How a guarded step ended."""
+
+    ACCEPTED = "accepted"        # a damped (or undamped) step passed the ratio test
+    BACKTRACKED = "backtracked"  # every damping failed; a shortened step passed the ratio test
+    REJECTED = "rejected"        # nothing lowered the objective estimate: the original parameters are returned
+
+
+class DampedSolve(Protocol):
+    """``solve(v, damping) -> x ~= (H + damping I)^{-1} v`` for the curvature ``H`` of the update."""
+
+    def __call__(self, v: torch.Tensor, damping: float) -> torch.Tensor: ...
+
+
+class SampledObjective:
+    """``f(theta)``: the corrected objective on ``Z~`` plus a fixed, weighted sample of the other rows.
+
+    ``f(theta) = sum_{z in Z~} l(z, theta) + w sum_{z in S} l(z, theta) + regulariser(theta)``
+    with ``S`` ``rows`` rows drawn without replacement (``seed``) from the rows of ``corrected``
+    whose ids are not in ``Z~`` and ``w = n_rest / |S|`` (unbiased for ``L(theta; D~)``); ``rows=None``
+    or ``rows >= n_rest`` uses every row with ``w = 1`` (``f`` is then ``L(theta; D~)`` exactly).
+    Values are accumulated in float64. The draw touches ``O(rows + |Z~|)`` rows, not ``n``; it uses
+    the random stream ``(seed, 1)``, independent of the Hessian row sample drawn with ``seed``
+    (:func:`unlearnkit.influence.updates.hessian_sample`), so that the step is judged on rows its
+    curvature was not estimated from.
+    """
+
+    def __init__(self, flat: FlatModel, corrected: Dataset, z_tilde: Dataset, *, rows: int | None = 4096,
+                 seed: int = 0, batch_size: int = 1024) -> None:
+        if rows is not None and (isinstance(rows, bool) or int(rows) < 1):
+            raise SolverError(f"The guard's sample size must be an integer >= 1 or None, got {rows!r}.")
+        self.flat = flat
+        self.z_tilde = z_tilde
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        n = len(corrected)
+        n_rest = n - len(z_tilde)
+        self.exact = rows is None or rows >= n_rest
+        if self.exact:  # every row of D~ (Z~ included) once: no copy of the data
+            self.sample, self.weight = corrected, 1.0
+        else:
+            # draw a few more than needed, drop the affected rows, keep the first `rows`: uniform over the others
+            rng = np.random.default_rng([self.seed, _STREAM])  # not the stream of the Hessian row sample drawn with `seed`
+            draw = rng.choice(n, size=min(n, int(rows) + len(z_tilde)), replace=False)
+            draw = draw[~np.isin(corrected.ids[draw], z_tilde.ids)][: int(rows)]
+            self.sample = corrected.subset(np.sort(draw))
+            self.weight = n_rest / len(self.sample)
+        self.rows_total = n
+        self.evaluations = 0
+
+    def _sum(self, data: Dataset, theta: torch.Tensor) -> tuple[float, float]:
+        total = magnitude = 0.0
+        for xb, yb in data.batches(self.batch_size, device=self.flat.device, dtype=self.flat.dtype):
+            losses = self.flat.losses(theta, xb, yb)
+            total += float(losses.double().sum())
+            magnitude += float(losses.double().abs().sum())
+        return total, magnitude
+
+    def __call__(self, theta: torch.Tensor) -> float:
+        with torch.no_grad():
+            value, magnitude = self._sum(self.sample, theta)
+            value, magnitude = self.weight * value, self.weight * magnitude
+            if not self.exact:
+                extra, extra_magnitude = self._sum(self.z_tilde, theta)
+                value, magnitude = value + extra, magnitude + extra_magnitude
+            reg = float(self.flat.reg_value(theta).double())
+            value, magnitude = value + reg, magnitude + abs(reg)
+        self.evaluations += 1
+        # losses computed in the model's dtype carry a relative rounding error of a few units of that dtype's
+        # precision each: differences of the objective below this floor are noise, not decrease
+        self.noise = ROUNDING_FACTOR * torch.finfo(self.flat.dtype).eps * magnitude
+        return value if math.isfinite(value) else math.inf
+
+    def describe(self) -> dict:
+        sampled = len(self.sample) - len(self.z_tilde) if self.exact else len(self.sample)
+        return {"rows_affected": len(self.z_tilde), "rows_sampled": sampled, "weight": self.weight,
+                "rows_total": self.rows_total, "seed": self.seed, "exact": self.exact}
+
+
+ROUNDING_FACTOR = 8.0
+"""A decrease of the objective must exceed ``ROUNDING_FACTOR x eps(dtype) x sum |l_i|`` to count (float32: 1e-6 relative)."""
+
+
+@dataclass
+class GuardOutcome:
+    """The parameters a guarded step returns, its status and the record of every try."""
+
+    theta: torch.Tensor
+    step: torch.Tensor
+    status: GuardStatus
+    damping: float | None
+    next_damping: float
+    objective_original: float
+    objective: float
+    diagnostics: dict = field(default_factory=dict)
+
+
+class TrustRegion:
+    """The Levenberg-Marquardt / trust-region rule of :mod:`unlearnkit.influence.guard` (hyperparameters only).
+
+    Parameters
+    ----------
+    eta:
+        Accept a step when ``rho = actual / predicted decrease > eta`` (Nocedal & Wright's
+        ``eta`` in ``[0, 1/4)``; 0.1).
+    very_successful:
+        ``rho`` above which the next step's damping is lowered (3/4, Nocedal & Wright Alg. 4.1).
+    decrease:
+        Factor on the damping after a very successful step (1/3, Moré 1978 / Nielsen 1999).
+    increase:
+        Factor on the damping after a failed try (10, Marquardt 1963).
+    max_tries:
+        Dampings tried before backtracking (6: from the initial damping up to ``1e5`` times it).
+    backtrack_steps:
+        Halvings of the best direction tried last (10: down to ``alpha = 1/1024``).
+    rows:
+        Rows of the corrected data (besides ``Z~``) sampled for the objective estimate; None = all.
+    seed:
+        Seed of that sample.
+    """
+
+    def __init__(self, *, eta: float = 0.1, very_successful: float = 0.75, decrease: float = 1 / 3,
+                 increase: float = 10.0, max_tries: int = 6, backtrack_steps: int = 10, rows: int | None = 4096,
+                 seed: int = 0) -> None:
+        self.eta = eta
+        self.very_successful = very_successful
+        self.decrease = decrease
+        self.increase = increase
+        self.max_tries = max_tries
+        self.backtrack_steps = backtrack_steps
+        self.rows = rows
+        self.seed = seed
+
+    def check(self) -> None:
+        """Raise :class:`SolverError` for settings outside their ranges."""
+        problems = []
+        if not 0 <= self.eta < 1:
+            problems.append(f"eta must be in [0, 1), got {self.eta!r}")
+        if not self.eta <= self.very_successful < 1:
+            problems.append(f"very_successful must be in [eta, 1), got {self.very_successful!r}")
+        if not 0 < self.decrease <= 1:
+            problems.append(f"decrease must be in (0, 1], got {self.decrease!r}")
+        if not self.increase > 1:
+            problems.append(f"increase must be > 1, got {self.increase!r}")
+        if isinstance(self.max_tries, bool) or not isinstance(self.max_tries, int) or self.max_tries < 1:
+            problems.append(f"max_tries must be an integer >= 1, got {self.max_tries!r}")
+        if isinstance(self.backtrack_steps, bool) or not isinstance(self.backtrack_steps, int) or self.backtrack_steps < 0:
+            problems.append(f"backtrack_steps must be an integer >= 0, got {self.backtrack_steps!r}")
+        if problems:
+            raise SolverError("The update guard's settings are invalid: " + "; ".join(problems) + ".")
+
+    def config(self) -> dict:
+        return {"eta": self.eta, "very_successful": self.very_successful, "decrease": self.decrease,
+                "increase": self.increase, "max_tries": self.max_tries, "backtrack_steps": self.backtrack_steps}
+
+    def step(
+        self,
+        theta0: torch.Tensor,
+        G: torch.Tensor,
+        solve: DampedSolve,
+        objective: Callable[[torch.Tensor], float],
+        *,
+        initial_damping: float,
+        matvec: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        scale: Callable[[], float] | None = None,
+        initial_damping_rule: str = "given",
+    ) -> GuardOutcome:
+        """Choose the damping of ``theta0 - (H + damping I)^{-1} G`` by the rule (see the module docstring).
+
+        ``solve(v, damping)`` applies ``(H + damping I)^{-1}``; ``matvec(v)`` (optional) applies
+        ``H`` for the predicted decrease; ``objective(theta)`` is the estimate ``f``. A solver
+        error at some damping counts as a failed try (recorded with its message); when every try
+        failed so, no step exists and the last :class:`SolverError` is raised. ``scale()``
+        (optional, called at most once) gives the damping to leave ``damping = 0`` by when the
+        solve fails there, so that no step exists to measure ``||G|| / ||s||`` on (e.g.
+        :func:`relative_damping` of the curvature); without it the rule stops and rejects.
+        """
+        self.check()
+        if not (math.isfinite(initial_damping) and initial_damping >= 0):
+            raise SolverError(f"The guard's initial damping must be a finite number >= 0, got {initial_damping!r}.")
+        f0 = objective(theta0)
+        noise = float(getattr(objective, "noise", 0.0))  # the rounding floor of the estimate (SampledObjective)
+        if not math.isfinite(f0):
+            raise SolverError("The corrected objective is not finite at the original parameters (NaN or infinite losses); "
+                              "check the model and the data. The model was not changed.")
+        diag = {"rule": RULE, **self.config(), "initial_damping": float(initial_damping),
+                "initial_damping_rule": initial_damping_rule,
+                "predicted": ("G.s - 0.5 s.Hs (undamped quadratic model, one curvature product)" if matvec is not None
+                              else "0.5 (G.s + damping s.s) (undamped quadratic model, assuming an exact damped solve)"),
+                "objective_original": f0, "rounding_floor": noise, "tries": [], "backtrack": []}
+        gnorm = float(torch.linalg.vector_norm(G))
+        if gnorm == 0:
+            diag.update(status=GuardStatus.ACCEPTED.value, accepted_damping=float(initial_damping),
+                        objective_final=f0, next_damping=float(initial_damping), step_norm=0.0,
+                        note="zero gradient difference: the update is the original parameters")
+            return GuardOutcome(theta0.clone(), torch.zeros_like(theta0), GuardStatus.ACCEPTED, float(initial_damping),
+                                float(initial_damping), f0, f0, diag)
+
+        def predicted(s: torch.Tensor, Hs: torch.Tensor | None, damping: float, alpha: float = 1.0) -> float:
+            gs = float(G.double() @ s.double())
+            sHs = float(s.double() @ Hs.double()) if Hs is not None else gs - damping * float(s.double() @ s.double())
+            return alpha * gs - 0.5 * alpha * alpha * sHs
+
+        damping = float(initial_damping)
+        best = None  # (f, s, Hs, damping) of the try with the lowest finite objective (only that one is kept)
+        for _ in range(self.max_tries):
+            record = {"damping": damping}
+            diag["tries"].append(record)
+            try:
+                s = solve(G, damping)
+                snorm = float(torch.linalg.vector_norm(s))
+                if not math.isfinite(snorm):
+                    raise SolverError("the solve returned NaN or infinite values")
+            except (SolverError, RuntimeError, ValueError, TypeError) as exc:  # a user's curvature object may raise anything
+                record["error"] = str(exc) if isinstance(exc, SolverError) else f"{type(exc).__name__}: {exc}"
+                if damping > 0:
+                    damping *= self.increase
+                    continue
+                damping = _scale_from(scale)
+                if damping is None:
+                    record["next"] = "no curvature scale to leave zero damping by: stopped"
+                    break
+                record["next"] = "scale(): the caller's curvature scale"
+                continue
+            record["step_norm"] = snorm
+            Hs = matvec(s) if matvec is not None else None
+            pred = predicted(s, Hs, damping)
+            candidate = theta0 - s
+            f = objective(candidate)
+            actual = f0 - f
+            rho = actual / pred if pred > 0 else None
+            record.update(objective=_num(f), actual=_num(actual), predicted=pred, rho=_num(rho))
+            if math.isfinite(f) and (best is None or f < best[0]):
+                best = (f, s, Hs, damping)
+            if math.isfinite(f) and actual > noise and rho is not None and rho > self.eta:
+                next_damping = damping * self.decrease if rho > self.very_successful else damping
+                diag.update(status=GuardStatus.ACCEPTED.value, accepted_damping=damping, objective_final=f,
+                            next_damping=next_damping, step_norm=snorm)
+                return GuardOutcome(candidate, s, GuardStatus.ACCEPTED, damping, next_damping, f0, f, diag)
+            if damping > 0:
+                damping *= self.increase
+            else:
+                damping = gnorm / snorm if snorm > 0 else None
+                record["next"] = "||G|| / ||s||, the curvature scale along the rejected step"
+                if damping is None:
+                    break
+        if best is None and all("error" in t for t in diag["tries"]):
+            # no damping gave a step at all: a solver failure (too many parameters, a diverging solve), not a verdict
+            raise SolverError(f"The solver failed at every damping the update's guard tried "
+                              f"({[t['damping'] for t in diag['tries']]}); the last error: {diag['tries'][-1]['error']}")
+        last_damping = diag["tries"][-1]["damping"] if diag["tries"] else float(initial_damping)
+        if best is not None and self.backtrack_steps:
+            _, s, Hs, d = best
+            diag["backtrack_direction_damping"] = d
+            for j in range(1, self.backtrack_steps + 1):
+                alpha = 0.5 ** j
+                pred = predicted(s, Hs, d, alpha)
+                candidate = theta0 - alpha * s
+                f = objective(candidate)
+                actual = f0 - f
+                rho = actual / pred if pred > 0 else None
+                diag["backtrack"].append({"alpha": alpha, "objective": _num(f), "actual": _num(actual), "predicted": pred,
+                                          "rho": _num(rho)})
+                if math.isfinite(f) and actual > noise and rho is not None and rho > self.eta:
+                    diag.update(status=GuardStatus.BACKTRACKED.value, accepted_damping=d, alpha=alpha, objective_final=f,
+                                next_damping=max(last_damping, d), step_norm=alpha * float(torch.linalg.vector_norm(s)))
+                    return GuardOutcome(candidate, alpha * s, GuardStatus.BACKTRACKED, d, max(last_damping, d),
+                                        f0, f, diag)
+        diag.update(status=GuardStatus.REJECTED.value, accepted_damping=None, objective_final=f0,
+                    next_damping=last_damping, step_norm=0.0)
+        return GuardOutcome(theta0.clone(), torch.zeros_like(theta0), GuardStatus.REJECTED, None, last_damping, f0, f0, diag)
+
+
+def _num(x) -> float | None:
+    """A finite float, or None (diagnostics stay valid JSON)."""
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _scale_from(scale: Callable[[], float] | None) -> float | None:
+    if scale is None:
+        return None
+    value = float(scale())
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def relative_damping(matvec: Callable[[torch.Tensor], torch.Tensor], n_params: int, *, relative: float = 1e-3,
+                     iterations: int = 20, seed: int = 0, dtype=torch.float32, device=None) -> float:
+    """``relative x lambda_max(H)`` by power iteration (``iterations`` products at most): the damping
+    scale of Madsen, Nielsen & Tingleff (2004, sec. 3.2), who start Levenberg-Marquardt at ``1e-3``
+    times the largest diagonal entry of the curvature (``lambda_max`` bounds it from above)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(n_params, generator=gen, dtype=dtype).to(device)
+    v /= torch.linalg.vector_norm(v)
+    lam = 0.0
+    for _ in range(iterations):
+        w = matvec(v)
+        lam_new = float(v @ w)
+        norm = torch.linalg.vector_norm(w)
+        if not torch.isfinite(norm) or norm == 0:
+            break
+        v = w / norm
+        converged = abs(lam_new - lam) <= 1e-3 * abs(lam_new)
+        lam = lam_new
+        if converged:
+            break
+    return relative * abs(lam)
