@@ -72,6 +72,8 @@ parameters.
 
 from __future__ import annotations
 
+import abc
+
 import enum
 import logging
 import math
@@ -295,20 +297,23 @@ def plan_layers(model: nn.Module, names: list[str], probe: torch.Tensor, mode: M
 
 
 # ---------------------------------------------------------------------------- blocks
-class Block:
+class Block(abc.ABC):
     """One diagonal block of the approximate GGN, over the parameters ``names``."""
 
     treatment: Treatment
     names: list[str]
 
+    @abc.abstractmethod
     def matvec(self, parts: list[torch.Tensor], reg: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """``(F_block + diag(reg)) v`` for ``v`` given as one tensor per parameter."""
 
+    @abc.abstractmethod
     def solve(self, parts: list[torch.Tensor], reg: torch.Tensor, damping: float) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """``(F_block + diag(reg) + damping I)^-1 v``."""
 
+    @abc.abstractmethod
     def state(self) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The tensors that define the block (what a curvature file stores)."""
 
     @property
     def nbytes(self) -> int:
