@@ -289,4 +289,7 @@ def test_unlearn_takes_a_fitted_curvature_for_convex_and_deep_models():
     ekfac = uk.curvature.fit(net, digits, kind="ekfac")
     result = uk.unlearn(net, digits, uk.Changes.remove(list(range(30))), method="second-order", curvature=ekfac)
     assert result.diagnostics["settings"]["curvature"] == "ekfac" and result.diagnostics["guard"]["status"]
+    # damping="auto": the usual rule (relative_damping x lambda_max), on the fitted curvature's own products
+    settings = result.diagnostics["settings"]
+    assert settings["damping"] > 0 and settings["largest_eigenvalue"] > 0 and result.diagnostics["guard"]["initial_damping"] == settings["damping"]
     assert result.status in ("accepted", "backtracked", "rejected")

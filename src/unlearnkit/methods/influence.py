@@ -10,7 +10,7 @@ from unlearnkit.errors import MethodError, SolverError
 from unlearnkit.influence.functional import FlatModel
 from unlearnkit.influence.refine import DEFAULT_MAX_STEPS as REFINE_MAX_STEPS
 from unlearnkit.influence.guard import SOURCE as TRUST_REGION_SOURCE
-from unlearnkit.influence.guard import TrustRegion
+from unlearnkit.influence.guard import TrustRegion, relative_damping
 from unlearnkit.influence.hessian import HessianOperator
 from unlearnkit.influence.solvers import make_solver
 from unlearnkit.influence.updates import (
@@ -226,11 +226,30 @@ class SecondOrder(Method):
         if self.damping != "auto" and (isinstance(self.damping, str) or not self.damping >= 0):
             raise MethodError(f"second-order: damping must be a number >= 0 or 'auto', got {self.damping!r}.")
         kind = getattr(self.curvature, "kind", None)
-        return {"solver": "cached", "curvature": getattr(kind, "value", kind) or type(self.curvature).__name__,
-                "max_iter": 0, "params": Params(self.params).value, "n_params": FlatModel(model, names).n_params,
-                "convex": convex, "hessian_rows": None, "damping_hvps": 0,
-                "guard": (not convex) if isinstance(self.guard, str) else self.guard,
-                "damping": 0.0 if self.damping == "auto" else float(self.damping)}
+        flat = FlatModel(model, names)
+        out = {"solver": "cached", "curvature": getattr(kind, "value", kind) or type(self.curvature).__name__,
+               "max_iter": 0, "params": Params(self.params).value, "n_params": flat.n_params,
+               "convex": convex, "hessian_rows": None, "damping_hvps": 0,
+               "guard": (not convex) if isinstance(self.guard, str) else self.guard}
+        matvec = getattr(self.curvature, "matvec", None)
+        if self.damping != "auto":
+            out["damping"] = float(self.damping)
+        elif convex or not callable(matvec):
+            out["damping"] = 0.0
+        else:  # the same rule as without a fitted curvature, on its own products (cheap: no pass over the data)
+            if not self.relative_damping > 0:
+                raise MethodError(f"second-order: relative_damping must be > 0, got {self.relative_damping!r}.")
+            counted = {"n": 0}
+
+            def products(v):
+                counted["n"] += 1
+                return matvec(v).to(dtype=v.dtype, device=v.device)
+
+            out["damping"] = relative_damping(products, flat.n_params, relative=self.relative_damping, seed=self.seed,
+                                              dtype=flat.dtype, device=flat.device)
+            out["largest_eigenvalue"] = out["damping"] / self.relative_damping
+            out["damping_hvps"] = counted["n"]
+        return out
 
     def make_solver(self, settings: dict):
         if settings["solver"] == "exact":
