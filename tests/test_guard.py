@@ -365,3 +365,62 @@ def test_a_curvature_object_that_raises_is_a_failed_try_not_a_crash():
 
     with pytest.raises(SolverError, match="RuntimeError: boom"):
         second_order_update(model, data, Changes.relabel([10], [1]), curvature=Broken(), guard=True)
+
+
+# ---------------------------------------------------------------------------- the untouched rows
+@pytest.mark.skipif(not os.path.isdir(FASHION_ROOT), reason="needs Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+def test_a_step_that_wrecks_the_untouched_rows_is_refused():
+    """The measured failure: every image of class 0 in 2,000 Fashion-MNIST rows relabelled 6, a CNN memorises it, and
+    the request relabels them back with a fitted EK-FAC curvature. The original model is so confidently wrong on the
+    corrected rows that a long step lowering their loss lowers the whole objective while wrecking the rest; the
+    untouched-rows test refuses it and accepts a more damped step that does help on held-out images."""
+    torch.manual_seed(0)
+    full = uk.data.load_fashion_mnist(FASHION_ROOT, split="train")
+    data = full.subset(np.sort(np.random.default_rng(123).permutation(len(full))[:2000]))
+    held_out = uk.data.load_fashion_mnist(FASHION_ROOT, split="test").subset(np.arange(2000))
+    ids = data.ids[data.y == 0]
+    poisoned = Changes.relabel(ids, np.full(len(ids), 6)).apply(data)
+    fix = Changes.relabel(ids, np.full(len(ids), 0))
+    model = train(uk.models.for_data("cnn", poisoned), poisoned,
+                  config=TrainConfig(optimizer="adam", epochs=10, lr=2e-3, batch_size=64, seed=0))
+    curvature = uk.curvature.fit(model, poisoned, kind="ekfac")
+    before = test_accuracy(model, held_out)
+
+    off = uk.unlearn(model, poisoned, fix, method="second-order", curvature=curvature, guard_untouched=1e12)
+    last = off.diagnostics["guard"]["tries"][-1]
+    assert off.status == "accepted" and last["untouched_rise"] > last["actual"] > 0  # the objective fell, the rest paid more
+    assert test_accuracy(off.model, held_out) < before - 0.05  # ... and the model got worse on images it never saw
+
+    on = uk.unlearn(model, poisoned, fix, method="second-order", curvature=curvature)
+    guard = on.diagnostics["guard"]
+    assert on.status == "accepted" and guard["accepted_damping"] > off.diagnostics["guard"]["accepted_damping"]
+    assert any(t.get("refused") == "the rows the request did not touch got worse" for t in guard["tries"])
+    final = guard["tries"][-1]
+    assert final["untouched_rise"] <= final["actual"]
+    assert test_accuracy(on.model, held_out) > before  # the refused step's damping x10 helps on unseen images
+
+
+def test_chunked_update_reuses_a_fitted_curvature_and_reports_its_drift(poisoned_mlp):
+    """One K-FAC fit serves all five chunks (checked once, against the original model and data; not refitted): every
+    chunk is guarded, the result is better than the original on the corrected objective and on held-out images, and
+    the drift of the parameters and the data since the fit is reported per chunk."""
+    data, test, model, changes = poisoned_mlp
+    curvature = uk.curvature.fit(model, data, kind="kfac")
+    resolved = changes.resolve(data)
+    exact = SampledObjective(FlatModel(model), resolved.corrected, resolved.Z_tilde, rows=None)
+    res = uk.unlearn(model, data, changes, method="second-order", curvature=curvature, chunks=5)
+    info = res.diagnostics["guard"]
+    assert res.status in ("accepted", "backtracked") and len(info["chunks"]) == 5 and info["rows_not_unlearned"] == 0
+    assert exact(FlatModel(res.model).theta()) < exact(FlatModel(model).theta())
+    assert test_accuracy(res.model, test) >= test_accuracy(model, test)
+    reuse = res.diagnostics["curvature"]
+    assert reuse["rule"].startswith("stale")
+    drift = reuse["drift"]
+    assert len(drift) == 5 and drift[0] == {"parameter_change": 0.0, "rows_corrected_share": 0.0}
+    shares = [d["rows_corrected_share"] for d in drift]
+    assert shares == sorted(shares) and shares[-1] == pytest.approx(160 / len(data))  # 4 of 5 chunks of 200 rows done
+    assert all(d["parameter_change"] > 0 for d in drift[1:] if d["rows_corrected_share"] > 0)
+    # the one check still refuses a curvature of other data up front
+    other = uk.curvature.fit(model, data.subset(np.arange(500)), kind="kfac")
+    with pytest.raises(uk.errors.UnlearnKitError, match="data"):
+        uk.unlearn(model, data, changes, method="second-order", curvature=other, chunks=5)

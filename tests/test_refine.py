@@ -278,8 +278,10 @@ def test_unlearn_takes_a_fitted_curvature_for_convex_and_deep_models():
     assert cached.diagnostics["settings"]["solver"] == "cached"
     for p, q in zip(fresh.model.parameters(), cached.model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-8)
-    with pytest.raises(MethodError, match="one request at a time"):
-        uk.unlearn(model, data, changes, method="second-order", curvature=fitted, chunks=2)
+    chunked = uk.unlearn(model, data, changes, method="second-order", curvature=fitted, chunks=2)  # the factor reused, stale
+    assert chunked.diagnostics["curvature"]["rule"].startswith("stale") and len(chunked.diagnostics["curvature"]["drift"]) == 2
+    with pytest.raises(MethodError, match="refine"):
+        uk.unlearn(model, data, changes, method="second-order", curvature=fitted, chunks=2, refine=1e-8)
     with pytest.raises(MethodError, match="replaces solver"):
         uk.unlearn(model, data, changes, method="second-order", curvature=fitted, solver="cg")
 

@@ -501,17 +501,40 @@ def iterative_update(
     step was, ``backtracked`` when some chunk was shortened or deferred (``chunk_status`` lists
     them). Rows a rejected last chunk left behind are counted in
     ``diagnostics["guard"]["rows_not_unlearned"]`` (with a warning).
+
+    A fitted curvature (``curvature=`` an object) is checked once against ``model`` and ``data``
+    and then serves every chunk as it is: the factors are not refitted after each chunk (that
+    would cost a pass over the data per chunk). How far each chunk starts from where they were
+    fitted is reported in ``diagnostics["curvature"]["drift"]``: the relative change of the
+    parameters and the share of rows already corrected.
     """
     start = time.perf_counter()
     current_model, current_data = model, data
     grads = hvps = 0
     resolved = changes.resolve(data)
     parts = _split_resolved(changes, resolved, chunks)
+    reuse = None
+    curvature = kwargs.get("curvature")
+    if curvature is not None and not isinstance(curvature, str):
+        check = getattr(curvature, "check", None)
+        if callable(check):  # tied to the model and data it was fitted on: checked here, before the first chunk
+            check(model, data)
+        kwargs["curvature"] = _Stale(curvature)
+        theta_fit = _all_parameters(model)
+        reuse = {"rule": "stale: fitted once on the original model and data, reused unchanged by every chunk",
+                 "drift": []}
+    corrected_rows = 0
     chunk_guards = []
     pending = None  # changes of rejected chunks, merged into the next one
     damping = kwargs.pop("damping", None)
     for part in parts:
         part = part if pending is None else pending + part
+        if reuse is not None:
+            theta = _all_parameters(current_model)
+            reuse["drift"].append({
+                "parameter_change": float(torch.linalg.vector_norm(theta - theta_fit)
+                                          / max(float(torch.linalg.vector_norm(theta_fit)), 1e-300)),
+                "rows_corrected_share": corrected_rows / max(len(data), 1)})
         call = dict(kwargs) if damping is None else {**kwargs, "damping": damping}
         result = update(current_model, current_data, part, **call)
         grads += result.per_sample_gradients
@@ -519,6 +542,7 @@ def iterative_update(
         guard = result.diagnostics.get("guard")
         if guard is None:
             current_model, current_data = result.model, part.apply(current_data)
+            corrected_rows += _n_rows(part)
             continue
         chunk_guards.append(guard)
         damping = guard["next_damping"]
@@ -527,7 +551,10 @@ def iterative_update(
             continue
         pending = None
         current_model, current_data = result.model, part.apply(current_data)
+        corrected_rows += _n_rows(part)
     diagnostics = {"chunks": len(parts)}
+    if reuse is not None:
+        diagnostics["curvature"] = reuse
     method = f"{result.method}-iterative"
     if chunk_guards:
         current_model, summary = _final_check(model, current_model, resolved, chunk_guards, pending, kwargs)
@@ -536,6 +563,26 @@ def iterative_update(
         current_model, method, time.perf_counter() - start,
         resolved.n_affected, per_sample_gradients=grads, hvps=hvps, diagnostics=diagnostics,
     )
+
+
+class _Stale:
+    """A fitted curvature used unchanged on later chunks: everything but its ``check`` (it was checked once, against
+    the model and data it was fitted on; later chunks see changed parameters and data on purpose) and its exact
+    ``factor`` (whose low-rank request updates assume the original data)."""
+
+    _hidden = frozenset({"check", "factor"})
+
+    def __init__(self, curvature) -> None:
+        self._curvature = curvature
+
+    def __getattr__(self, name):
+        if name in _Stale._hidden or name == "_curvature":  # (also while copying, before __init__ ran)
+            raise AttributeError(name)
+        return getattr(self._curvature, name)
+
+
+def _all_parameters(model) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1).double().cpu() for p in model.parameters()])
 
 
 def _final_check(original: UnlearnableModel, final: UnlearnableModel, resolved: Resolved, chunk_guards: list[dict],
@@ -548,22 +595,28 @@ def _final_check(original: UnlearnableModel, final: UnlearnableModel, resolved: 
     theta0 = FlatModel(original, names).theta().to(dtype=flat.dtype, device=flat.device)
     objective = SampledObjective(flat, resolved.corrected, resolved.Z_tilde, rows=trust.rows, seed=trust.seed,
                                  batch_size=kwargs.get("batch_size", 1024))
-    f0, f = objective(theta0), objective(theta_final)
+    f0 = objective(theta0)
+    u0, u0_noise = objective.untouched, objective.untouched_noise
+    f = objective(theta_final)
+    rise = objective.untouched - u0
     statuses = [g["status"] for g in chunk_guards]
     summary = {"rule": chunk_guards[0]["rule"], "chunk_status": statuses, "chunks": chunk_guards,
                "objective": objective.describe(), "objective_original": f0, "objective_final": f,
-               "rows_not_unlearned": 0}
+               "untouched_original": u0, "untouched_rise": rise, "rows_not_unlearned": 0}
     if pending is not None:
         summary["rows_not_unlearned"] = _n_rows(pending)
         logger.warning("iterative second-order update: the last chunk's step was rejected by its guard; %d affected rows "
                        "were not unlearned.", summary["rows_not_unlearned"])
-    if not f < f0:
+    worse = rise > trust.untouched_slack * max(f0 - f, 0.0) + max(u0_noise, objective.untouched_noise)
+    if not f < f0 or worse:
         summary["status"] = GuardStatus.REJECTED.value
         summary["objective_final"] = f0
         logger.warning(
-            "iterative second-order update rejected by its guard: the chunked updates did not lower the estimate of the "
-            "corrected objective (%.6g at the original parameters, %.6g after the chunks); the original parameters are "
-            "returned.", f0, f)
+            "iterative second-order update rejected by its guard: %s (%.6g at the original parameters, %.6g after the "
+            "chunks); the original parameters are returned.",
+            "the chunked updates made the rows the request did not touch worse" if worse else
+            "the chunked updates did not lower the estimate of the corrected objective",
+            u0 if worse else f0, objective.untouched if worse else f)
         return flat.to_model(theta0), summary
     summary["status"] = (GuardStatus.BACKTRACKED.value if any(s != GuardStatus.ACCEPTED.value for s in statuses)
                          else GuardStatus.ACCEPTED.value)

@@ -128,6 +128,10 @@ class CurvatureObject(abc.ABC):
         Hyperparameter("guard_tries", int, 6, "guard: dampings tried (x10 after each failure) before backtracking", ">= 1",
                        TRUST_REGION_SOURCE),
         Hyperparameter("guard_backtrack", int, 10, "guard: halvings of the best step tried last", ">= 0", TRUST_REGION_SOURCE),
+        Hyperparameter("guard_untouched", float, 1.0, "guard: the objective's part outside Z~ (the rows the request did "
+                       "not touch, and the L2 term) may rise by at most this multiple of the step's decrease of the "
+                       "estimate (1: never more than the whole objective gains, which retraining satisfies in the "
+                       "quadratic model; 0: must not rise)", ">= 0", TRUST_REGION_SOURCE),
         Hyperparameter("guard_rows", (int, type(None)), 4096, "guard: rows of the corrected data (besides Z~) in the "
                        "objective estimate, drawn with seed and weighted; None = all rows (the exact objective)", ">= 1",
                        TRUST_REGION_SOURCE),
@@ -141,12 +145,13 @@ class SecondOrder(Method):
     def __init__(self, *, solver="auto", damping="auto", relative_damping=DEEP_RELATIVE_DAMPING, tol=1e-8, max_iter="auto",
                  scale=None, depth=1000, lissa_batch_size=None, hessian_rows="auto", curvature="auto", seed=0, max_params=5000,
                  refine=None, refine_max_steps=REFINE_MAX_STEPS, guard="auto", guard_eta=0.1, guard_tries=6, guard_backtrack=10,
-                 guard_rows=4096, params="all", chunks=1, batch_size=1024) -> None:
+                 guard_untouched=1.0, guard_rows=4096, params="all", chunks=1, batch_size=1024) -> None:
         self.guard = guard
         self.guard_eta = guard_eta
         self.guard_tries = guard_tries
         self.guard_backtrack = guard_backtrack
         self.guard_rows = guard_rows
+        self.guard_untouched = guard_untouched
         self.refine = refine
         self.refine_max_steps = refine_max_steps
         self.params = params
@@ -215,8 +220,6 @@ class SecondOrder(Method):
 
     def _resolved_cached(self, model) -> dict:
         """Settings with a fitted curvature: it replaces the solver, the row sample and the damping estimate."""
-        if self.chunks > 1:
-            raise MethodError("second-order: a fitted curvature answers one request at a time; use chunks=1 with curvature=.")
         if self.solver != "auto" or self.hessian_rows != "auto":
             raise MethodError("second-order: a fitted curvature replaces solver and hessian_rows; leave them at 'auto'.")
         names = parameter_names(model, self.params)
@@ -264,7 +267,7 @@ class SecondOrder(Method):
     def trust_region(self) -> TrustRegion:
         """The guard's rule with this method's settings (its objective sample drawn with ``seed``)."""
         trust = TrustRegion(eta=self.guard_eta, max_tries=self.guard_tries, backtrack_steps=self.guard_backtrack,
-                            rows=self.guard_rows, seed=self.seed)
+                            untouched_slack=self.guard_untouched, rows=self.guard_rows, seed=self.seed)
         try:
             trust.check()
         except SolverError as exc:
