@@ -159,3 +159,26 @@ def test_subsampled_hessian_is_unbiased_and_close(binary_10k):
     # 20% of the rows estimate H well: far closer to retraining than the original model
     assert rel(sub_theta, ref) < 0.2 * rel(orig, ref)
     assert rel(full, ref) <= rel(sub_theta, ref)
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_closed_form_summed_gradient_of_logistic_regression_equals_autodiff(n_classes, fit_intercept, dtype):
+    from torch.func import grad
+
+    import unlearnkit as uk
+    from unlearnkit.models import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 7)) * 3
+    y = rng.integers(0, n_classes, 300)
+    y[:n_classes] = np.arange(n_classes)
+    data = uk.Dataset(X, y, n_classes=n_classes)
+    model = LogisticRegression(n_features=7, n_classes=n_classes, l2=0.5, fit_intercept=fit_intercept).to(dtype)
+    flat = FlatModel(model)
+    theta = torch.as_tensor(rng.normal(size=flat.n_params) * 2, dtype=dtype)  # large logits: the stable residual matters
+    auto = sum(grad(flat.loss_sum)(theta, xb, yb) for xb, yb in data.batches(64, dtype=dtype))
+    closed = summed_gradient(flat, data, theta, batch_size=64)
+    torch.testing.assert_close(closed, auto, rtol=1e-5 if dtype == torch.float32 else 1e-12,
+                               atol=1e-4 if dtype == torch.float32 else 1e-10)

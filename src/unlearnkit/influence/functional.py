@@ -50,6 +50,13 @@ def differentiable_kernels(recurrent: bool = True) -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
+def _same_in_training_mode(model) -> bool:
+    """Whether ``model`` declares (class attribute ``same_in_training_mode``) that its function does not depend on
+    ``.training``, and every submodule is a plain ``nn.Linear`` (which cannot): then it is evaluated as it is."""
+    return bool(getattr(type(model), "same_in_training_mode", False)) and all(
+        type(m) is torch.nn.Linear for m in model.modules() if m is not model)
+
+
 class FlatModel:
     """``theta -> per-sample losses`` for an :class:`UnlearnableModel`, with ``theta`` flat.
 
@@ -60,14 +67,15 @@ class FlatModel:
     a vector.
 
     Losses are those of the model in **evaluation mode**: a model with any submodule in training
-    mode (a wrapped user module, say) is deep-copied and the copy put in eval mode, so Dropout is
+    mode (a wrapped user module, say) is deep-copied and the copy put in eval mode (unless the model
+    class declares ``same_in_training_mode`` and holds only ``nn.Linear`` layers), so Dropout is
     off and batch norm normalises with its running statistics, which enter as constant buffers
     (never updated here). The caller's model and its ``.training`` flags are left as they are;
     models built by :meth:`to_model` are in eval mode.
     """
 
     def __init__(self, model: UnlearnableModel, names: list[str] | None = None) -> None:
-        if any(m.training for m in model.modules()):
+        if any(m.training for m in model.modules()) and not _same_in_training_mode(model):
             model = copy.deepcopy(model).eval()
         self.model = model
         self.recurrent = any(isinstance(m, torch.nn.RNNBase) for m in model.modules())
@@ -154,7 +162,7 @@ class FlatModel:
             from unlearnkit.errors import SolverError
 
             raise SolverError("The updated parameters contain NaN or infinite values; the model was not changed.")
-        new = copy.deepcopy(self.model)
+        new = copy.deepcopy(self.model).eval()
         if hasattr(new, "train_seconds"):
             del new.train_seconds  # the original's training time is not this model's cost
         with torch.no_grad():

@@ -12,7 +12,7 @@ from torch.func import grad, vmap
 
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.influence.functional import FlatModel
-from unlearnkit.models.linear import SparseRows, sparse_path
+from unlearnkit.models.linear import LogisticRegression, SparseRows, sparse_path
 
 
 def per_sample_gradients(
@@ -45,7 +45,8 @@ def summed_gradient(
         rows = SparseRows(data, dtype=flat.dtype, device=flat.device)
         return flat.model.sparse_loss_gradient(theta, rows, torch.as_tensor(data.y, device=flat.device))
     total = torch.zeros(flat.n_params, dtype=flat.dtype, device=flat.device)
-    g = grad(flat.loss_sum)
+    closed = flat.sparse_rows_ok and isinstance(flat.model, LogisticRegression)
+    g = flat.model.dense_loss_gradient if closed else grad(flat.loss_sum)
     for xb, yb in data.batches(batch_size, device=flat.device, dtype=flat.dtype):
         total += g(theta, xb, yb)
     return total
