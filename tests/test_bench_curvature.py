@@ -15,6 +15,7 @@ FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 TINY = ["--part", "deep", "--sizes", "200", "--epochs", "1", "--reps", "1", "--threads", "1",
         "--ihvp-rows", "40", "--ihvp-rhs", "1", "--cg-max-iter", "30"]
 METHODS = ["retrain", "original (do nothing)", "second-order kfac (cached)", "second-order ekfac (cached)",
+           "second-order ekfac (cached, no val)", "second-order ekfac (cached, 5 chunks)",
            "second-order ggn-cg (old rule, guard off)", "second-order ggn-cg (old rule, guarded)"]
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(FASHION_ROOT),

@@ -130,6 +130,11 @@ def test_rejected_returns_exactly_the_original_parameters_and_says_so(tabular, c
     assert info["accepted_damping"] is None and info["step_norm"] == 0.0
     assert len(info["tries"]) == 1 and info["tries"][0]["actual"] < 0
     assert info["objective_final"] == info["objective_original"]
+    # a next chunk starts again from this step's initial damping, not from where the failed search ended
+    res = second_order_update(model, data, changes, guard=TrustRegion(max_tries=3, backtrack_steps=0), damping=1e-9)
+    info = res.diagnostics["guard"]
+    assert res.status == GuardStatus.REJECTED.value and len(info["tries"]) == 3
+    assert info["next_damping"] == info["initial_damping"] == 1e-9
 
 
 def test_backtracking_is_the_last_resort(tabular):
@@ -139,6 +144,7 @@ def test_backtracking_is_the_last_resort(tabular):
     res = second_order_update(model, data, changes, guard=TrustRegion(max_tries=1))
     info = res.diagnostics["guard"]
     assert res.status == GuardStatus.BACKTRACKED.value
+    assert info["next_damping"] == info["accepted_damping"] == info["backtrack_direction_damping"]
     assert info["backtrack"] and info["alpha"] == info["backtrack"][-1]["alpha"] < 1
     assert info["backtrack"][-1]["rho"] > info["eta"]
     assert corrected_objective(res.model, data, changes) < f0
@@ -212,6 +218,72 @@ def test_ratio_is_one_on_a_quadratic():
         assert out.status is GuardStatus.ACCEPTED
         assert out.diagnostics["tries"][0]["rho"] == pytest.approx(1.0, rel=1e-9)
         assert out.next_damping == pytest.approx(0.5 / 3)  # very successful: lower the damping for the next step
+
+
+def test_held_out_rows_that_get_worse_refuse_a_step():
+    """A quadratic objective whose Newton step raises a (linear) held-out loss, while the heavily damped step, close
+    to a gradient step, lowers it: without the held-out rows the Newton step is accepted; with them it is refused and
+    a more damped one accepted, never one that raises the held-out loss."""
+    gen = torch.Generator().manual_seed(0)
+    A = torch.diag(torch.tensor([1.0, 4.0, 9.0, 16.0, 25.0], dtype=torch.float64))
+    G = torch.randn(5, generator=gen, dtype=torch.float64)
+    theta0 = torch.zeros(5, dtype=torch.float64)
+    newton = torch.linalg.solve(A, G)
+    beta = 0.5 * (float(G @ newton) / float(G @ G) + float(newton @ newton) / float(G @ newton))
+    c = newton - beta * G  # c . newton > 0 (the Newton step raises h), c . G < 0 (a gradient step lowers it)
+    assert float(c @ newton) > 0 > float(c @ G)
+
+    def f(theta):
+        return float(G @ theta + 0.5 * theta @ A @ theta)
+
+    def h(theta):
+        return float(c @ (theta0 - theta))  # h(theta0 - s) - h(theta0) = c . s
+
+    def solve(v, damping):
+        return torch.linalg.solve(A + damping * torch.eye(5, dtype=torch.float64), v)
+
+    plain = TrustRegion().step(theta0, G, solve, f, initial_damping=0.0, matvec=lambda v: A @ v)
+    assert plain.status is GuardStatus.ACCEPTED and plain.damping == 0.0
+    guarded = TrustRegion().step(theta0, G, solve, f, initial_damping=0.0, matvec=lambda v: A @ v, held_out=h)
+    tries = guarded.diagnostics["tries"]
+    assert guarded.status is GuardStatus.ACCEPTED and guarded.damping > 0
+    assert tries[0]["refused"] == "the held-out rows got worse" and tries[0]["held_out_rise"] > 0
+    assert tries[-1]["held_out_rise"] <= 0 and h(guarded.theta) <= h(theta0)
+    assert guarded.diagnostics["held_out_original"] == h(theta0)
+
+
+def test_val_reaches_the_guard_and_a_step_it_disagrees_with_is_rejected(poisoned_mlp, caplog):
+    """Held-out rows labelled like the poisoned data (the flips the request corrects applied to them too): every step
+    that corrects the flips raises their loss, so the guard rejects the update and returns the original model."""
+    data, test, model, changes = poisoned_mlp
+    plain = uk.unlearn(model, data, changes, method="second-order", solver="cg", hessian_rows=256)
+    assert plain.status in ("accepted", "backtracked")
+    assert plain.diagnostics["settings"]["guard_held_out_rows"] == 0 and "held_out" not in plain.diagnostics["guard"]
+
+    agree = uk.unlearn(model, data, changes, method="second-order", solver="cg", hessian_rows=256, val=test)
+    assert agree.diagnostics["settings"]["guard_held_out_rows"] == len(test)
+    assert agree.diagnostics["guard"]["held_out"]["evaluations"] >= 2
+    assert all(t["held_out_rise"] <= 0 for t in agree.diagnostics["guard"]["tries"] if "held_out_rise" in t
+               and "refused" not in t)
+
+    y = test.y.copy()
+    y = 9 - y  # the poisoning rule of the fixture (class s -> 9 - s), applied to every held-out row
+    against = test.replace(y=y)
+    with caplog.at_level(logging.WARNING, logger="unlearnkit.influence.updates"):
+        res = uk.unlearn(model, data, changes, method="second-order", solver="cg", hessian_rows=256, val=against)
+    assert res.status == "rejected"
+    assert torch.equal(FlatModel(res.model).theta(), FlatModel(model).theta())
+    assert any(t.get("refused") == "the held-out rows got worse" for t in res.diagnostics["guard"]["tries"])
+    off = uk.unlearn(model, data, changes, method="second-order", solver="cg", hessian_rows=256, val=against,
+                     guard_val=False)
+    assert off.status in ("accepted", "backtracked")  # the check is what rejected it
+    with pytest.raises(uk.errors.MethodError, match="label"):
+        uk.unlearn(model, data, changes, method="second-order", val=test.replace(y=np.full(len(test), 12), n_classes=13))
+    # a removal: forgetting may rightly raise the held-out loss (a forgotten class does): the test is not applied
+    removal = uk.unlearn(model, data, Changes.remove(data.ids[:50].tolist()), method="second-order", solver="cg",
+                         hessian_rows=256, val=against)
+    assert removal.diagnostics["guard"]["held_out"]["applied"] is False
+    assert not any("held_out_rise" in t for t in removal.diagnostics["guard"]["tries"])
 
 
 def test_sampled_objective_is_a_fixed_weighted_sample(tabular):

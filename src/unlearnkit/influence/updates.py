@@ -45,7 +45,7 @@ from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import SolverError
 from unlearnkit.influence.functional import FlatModel
 from unlearnkit.influence.gradients import summed_gradient
-from unlearnkit.influence.guard import GuardStatus, SampledObjective, TrustRegion, relative_damping
+from unlearnkit.influence.guard import GuardStatus, HeldOutLoss, SampledObjective, TrustRegion, relative_damping
 from unlearnkit.influence.hessian import HessianOperator
 from unlearnkit.influence.solvers import ConjugateGradient, Exact, LiSSA
 from unlearnkit.models.base import UnlearnableModel
@@ -197,6 +197,7 @@ def second_order_update(
     damping: float | None = None,
     refine: float | None = None,
     refine_max_steps: int | None = None,
+    held_out: Dataset | None = None,
 ) -> UnlearnResult:
     """``theta* - H~^{-1} G`` with ``H~`` the Hessian of ``L(.; D~)`` at ``theta*``.
 
@@ -221,7 +222,9 @@ def second_order_update(
     damping of the step (the guard's initial damping); None takes the solver's own
     (``solver.damping``; for LiSSA its effective damping ``damping x scale``), or 0 for a
     curvature object. A guarded result carries ``diagnostics["guard"]`` and :attr:`UnlearnResult.status`;
-    a rejected update returns a copy of the original parameters and logs a warning.
+    a rejected update returns a copy of the original parameters and logs a warning. ``held_out``
+    (rows the model was not trained on, e.g. a validation split) adds the guard's held-out test: a
+    guarded step must not raise their summed loss (unguarded updates do not look at them).
 
     Convex models: ``curvature`` may be a :class:`~unlearnkit.influence.curvature.CachedCurvature`
     of the model on the original data (computed once, reused for every request; a copy is updated
@@ -285,14 +288,19 @@ def second_order_update(
     solve, matvec, initial, rule, counter = _damped_problem(cached, H, solver, damping)
     objective = SampledObjective(flat, resolved.corrected, resolved.Z_tilde, rows=trust.rows, seed=trust.seed,
                                  batch_size=batch_size)
+    check = HeldOutLoss(flat, held_out, batch_size=batch_size) if _held_out_applies(held_out, resolved) else None
     theta0 = flat.theta()
 
     def scale() -> float:
         return relative_damping(matvec, flat.n_params, seed=seed, dtype=flat.dtype, device=flat.device)
 
     outcome = trust.step(theta0, G, solve, objective, initial_damping=initial, matvec=matvec,
-                         scale=scale if matvec is not None else None, initial_damping_rule=rule)
+                         scale=scale if matvec is not None else None, initial_damping_rule=rule, held_out=check)
     guard_diag = {**outcome.diagnostics, "objective": objective.describe(), "objective_evaluations": objective.evaluations}
+    if check is not None:
+        guard_diag["held_out"] = {**check.describe(), "evaluations": check.evaluations}
+    elif held_out is not None:
+        guard_diag["held_out"] = {"rows": len(held_out), "applied": False, "reason": HELD_OUT_SKIPPED}
     accepted = [r for d, r in counter["reports"] if d == outcome.damping]
     diagnostics.update(update_norm=float(torch.linalg.vector_norm(outcome.step)),
                        solver=accepted[0] if accepted else None, guard=guard_diag, status=outcome.status.value)
@@ -305,6 +313,15 @@ def second_order_update(
         flat.to_model(outcome.theta), "second-order", time.perf_counter() - start, resolved.n_affected,
         per_sample_gradients=len(resolved.Z) + len(resolved.Z_tilde), hvps=counter["hvps"], diagnostics=diagnostics,
     )
+
+
+HELD_OUT_SKIPPED = ("a removal: forgetting rows may rightly raise the loss on held-out rows like them (a removed "
+                    "class, say), so the held-out test applies only to requests that correct rows")
+
+
+def _held_out_applies(held_out: Dataset | None, resolved: Resolved) -> bool:
+    """The guard's held-out test applies to requests with corrected rows (relabels, feature edits), not removals."""
+    return held_out is not None and len(resolved.Z_tilde) > 0
 
 
 def _trust_region(guard, convex: bool) -> TrustRegion | None:
@@ -599,15 +616,26 @@ def _final_check(original: UnlearnableModel, final: UnlearnableModel, resolved: 
     u0, u0_noise = objective.untouched, objective.untouched_noise
     f = objective(theta_final)
     rise = objective.untouched - u0
+    held_out = kwargs.get("held_out")
+    check = (HeldOutLoss(flat, held_out, batch_size=kwargs.get("batch_size", 1024))
+             if _held_out_applies(held_out, resolved) else None)
+    held_out_rise = check(theta_final) - check(theta0) if check is not None else None
     statuses = [g["status"] for g in chunk_guards]
     summary = {"rule": chunk_guards[0]["rule"], "chunk_status": statuses, "chunks": chunk_guards,
                "objective": objective.describe(), "objective_original": f0, "objective_final": f,
-               "untouched_original": u0, "untouched_rise": rise, "rows_not_unlearned": 0}
+               "untouched_original": u0, "untouched_rise": rise, "held_out_rise": held_out_rise, "rows_not_unlearned": 0}
     if pending is not None:
         summary["rows_not_unlearned"] = _n_rows(pending)
         logger.warning("iterative second-order update: the last chunk's step was rejected by its guard; %d affected rows "
                        "were not unlearned.", summary["rows_not_unlearned"])
     worse = rise > trust.untouched_slack * max(f0 - f, 0.0) + max(u0_noise, objective.untouched_noise)
+    held_out_worse = held_out_rise is not None and not held_out_rise <= check.noise
+    if held_out_worse:
+        summary["status"] = GuardStatus.REJECTED.value
+        summary["objective_final"] = f0
+        logger.warning("iterative second-order update rejected by its guard: the chunked updates raised the loss on the "
+                       "held-out rows by %.6g; the original parameters are returned.", held_out_rise)
+        return flat.to_model(theta0), summary
     if not f < f0 or worse:
         summary["status"] = GuardStatus.REJECTED.value
         summary["objective_final"] = f0

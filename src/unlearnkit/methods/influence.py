@@ -10,6 +10,7 @@ from unlearnkit.errors import MethodError, SolverError
 from unlearnkit.influence.functional import FlatModel
 from unlearnkit.influence.refine import DEFAULT_MAX_STEPS as REFINE_MAX_STEPS
 from unlearnkit.influence.guard import SOURCE as TRUST_REGION_SOURCE
+from unlearnkit.methods.task import check_val
 from unlearnkit.influence.guard import TrustRegion, relative_damping
 from unlearnkit.influence.hessian import HessianOperator
 from unlearnkit.influence.solvers import make_solver
@@ -132,6 +133,10 @@ class CurvatureObject(abc.ABC):
                        "not touch, and the L2 term) may rise by at most this multiple of the step's decrease of the "
                        "estimate (1: never more than the whole objective gains, which retraining satisfies in the "
                        "quadratic model; 0: must not rise)", ">= 0", TRUST_REGION_SOURCE),
+        Hyperparameter("guard_val", bool, True, "guard: when val is given and the request corrects rows (relabels, "
+                       "feature edits; not removals), a step must also not raise the summed loss on those held-out rows "
+                       "(a network can keep its training rows while unseen rows change class)",
+                       "True/False", TRUST_REGION_SOURCE),
         Hyperparameter("guard_rows", (int, type(None)), 4096, "guard: rows of the corrected data (besides Z~) in the "
                        "objective estimate, drawn with seed and weighted; None = all rows (the exact objective)", ">= 1",
                        TRUST_REGION_SOURCE),
@@ -145,13 +150,14 @@ class SecondOrder(Method):
     def __init__(self, *, solver="auto", damping="auto", relative_damping=DEEP_RELATIVE_DAMPING, tol=1e-8, max_iter="auto",
                  scale=None, depth=1000, lissa_batch_size=None, hessian_rows="auto", curvature="auto", seed=0, max_params=5000,
                  refine=None, refine_max_steps=REFINE_MAX_STEPS, guard="auto", guard_eta=0.1, guard_tries=6, guard_backtrack=10,
-                 guard_untouched=1.0, guard_rows=4096, params="all", chunks=1, batch_size=1024) -> None:
+                 guard_untouched=1.0, guard_val=True, guard_rows=4096, params="all", chunks=1, batch_size=1024) -> None:
         self.guard = guard
         self.guard_eta = guard_eta
         self.guard_tries = guard_tries
         self.guard_backtrack = guard_backtrack
         self.guard_rows = guard_rows
         self.guard_untouched = guard_untouched
+        self.guard_val = guard_val
         self.refine = refine
         self.refine_max_steps = refine_max_steps
         self.params = params
@@ -294,6 +300,10 @@ class SecondOrder(Method):
             kwargs["damping"] = settings["damping"]
         if self.refine is not None:
             kwargs.update(refine=self.refine, refine_max_steps=self.refine_max_steps)
+        if settings["guard"] and self.guard_val and val is not None:
+            check_val(data, val, model)
+            kwargs["held_out"] = val
+        settings["guard_held_out_rows"] = len(val) if "held_out" in kwargs else 0
         if self.chunks > 1:
             result = iterative_update(second_order_update, model, data, changes, chunks=self.chunks, **kwargs)
         else:

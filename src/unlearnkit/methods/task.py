@@ -28,6 +28,23 @@ from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import MethodError
 
 
+def check_val(data: Dataset, val: Dataset | None, model=None) -> None:
+    """Raise :class:`MethodError` unless ``val`` is None or held-out rows shaped like ``data`` (labels the model knows)."""
+    if val is None:
+        return
+    if not isinstance(val, Dataset):
+        raise MethodError(f"val must be an unlearnkit Dataset or None, got {type(val).__name__}.")
+    if tuple(val.feature_shape) != tuple(data.feature_shape):
+        raise MethodError(f"val has examples of shape {val.feature_shape}, the training data {data.feature_shape}.")
+    n_classes = getattr(model, "n_classes", None)
+    if n_classes is not None and len(val) and int(np.max(val.y)) >= n_classes:
+        raise MethodError(f"val has label {int(np.max(val.y))}, but the model has {n_classes} classes (0..{n_classes - 1}).")
+    shared = np.intersect1d(val.ids, data.ids)
+    if shared.size and _same_rows(val, data, shared):
+        raise MethodError(f"{shared.size} validation row(s) are also training rows (e.g. id {int(shared[0])}); "
+                          "validation data must be held out.")
+
+
 @dataclass(frozen=True)
 class Task:
     """Training data, change set and the derived retain / forget / validation sets."""
@@ -43,15 +60,7 @@ class Task:
             raise MethodError(f"data must be an unlearnkit Dataset, got {type(data).__name__}.")
         if not isinstance(changes, Changes):
             raise MethodError(f"changes must be an unlearnkit Changes, got {type(changes).__name__}.")
-        if val is not None:
-            if not isinstance(val, Dataset):
-                raise MethodError(f"val must be an unlearnkit Dataset or None, got {type(val).__name__}.")
-            if tuple(val.feature_shape) != tuple(data.feature_shape):
-                raise MethodError(f"val has examples of shape {val.feature_shape}, the training data {data.feature_shape}.")
-            shared = np.intersect1d(val.ids, data.ids)
-            if shared.size and _same_rows(val, data, shared):
-                raise MethodError(f"{shared.size} validation row(s) are also training rows (e.g. id {int(shared[0])}); "
-                                  "validation data must be held out.")
+        check_val(data, val)
         resolved = changes.resolve(data)
         if len(resolved.corrected) == 0:
             raise MethodError("The change set removes every training row: nothing is left to retain; train a new model.")
