@@ -45,7 +45,7 @@ from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import SolverError
 from unlearnkit.influence.functional import FlatModel
 from unlearnkit.influence.gradients import summed_gradient
-from unlearnkit.influence.guard import GuardStatus, HeldOutLoss, SampledObjective, TrustRegion, relative_damping
+from unlearnkit.influence.guard import GuardStatus, HeldOutErrors, SampledObjective, TrustRegion, relative_damping
 from unlearnkit.influence.hessian import HessianOperator
 from unlearnkit.influence.solvers import ConjugateGradient, Exact, LiSSA
 from unlearnkit.models.base import UnlearnableModel
@@ -224,7 +224,8 @@ def second_order_update(
     curvature object. A guarded result carries ``diagnostics["guard"]`` and :attr:`UnlearnResult.status`;
     a rejected update returns a copy of the original parameters and logs a warning. ``held_out``
     (rows the model was not trained on, e.g. a validation split) adds the guard's held-out test: a
-    guarded step must not raise their summed loss (unguarded updates do not look at them).
+    guarded step that corrects rows must not misclassify more of them (unguarded updates and
+    removals do not look at them).
 
     Convex models: ``curvature`` may be a :class:`~unlearnkit.influence.curvature.CachedCurvature`
     of the model on the original data (computed once, reused for every request; a copy is updated
@@ -288,7 +289,7 @@ def second_order_update(
     solve, matvec, initial, rule, counter = _damped_problem(cached, H, solver, damping)
     objective = SampledObjective(flat, resolved.corrected, resolved.Z_tilde, rows=trust.rows, seed=trust.seed,
                                  batch_size=batch_size)
-    check = HeldOutLoss(flat, held_out, batch_size=batch_size) if _held_out_applies(held_out, resolved) else None
+    check = HeldOutErrors(flat, held_out, batch_size=batch_size) if _held_out_applies(held_out, resolved) else None
     theta0 = flat.theta()
 
     def scale() -> float:
@@ -617,7 +618,7 @@ def _final_check(original: UnlearnableModel, final: UnlearnableModel, resolved: 
     f = objective(theta_final)
     rise = objective.untouched - u0
     held_out = kwargs.get("held_out")
-    check = (HeldOutLoss(flat, held_out, batch_size=kwargs.get("batch_size", 1024))
+    check = (HeldOutErrors(flat, held_out, batch_size=kwargs.get("batch_size", 1024))
              if _held_out_applies(held_out, resolved) else None)
     held_out_rise = check(theta_final) - check(theta0) if check is not None else None
     statuses = [g["status"] for g in chunk_guards]
@@ -633,8 +634,8 @@ def _final_check(original: UnlearnableModel, final: UnlearnableModel, resolved: 
     if held_out_worse:
         summary["status"] = GuardStatus.REJECTED.value
         summary["objective_final"] = f0
-        logger.warning("iterative second-order update rejected by its guard: the chunked updates raised the loss on the "
-                       "held-out rows by %.6g; the original parameters are returned.", held_out_rise)
+        logger.warning("iterative second-order update rejected by its guard: the chunked updates misclassify %d more "
+                       "held-out rows; the original parameters are returned.", int(held_out_rise))
         return flat.to_model(theta0), summary
     if not f < f0 or worse:
         summary["status"] = GuardStatus.REJECTED.value

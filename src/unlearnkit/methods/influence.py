@@ -134,8 +134,8 @@ class CurvatureObject(abc.ABC):
                        "estimate (1: never more than the whole objective gains, which retraining satisfies in the "
                        "quadratic model; 0: must not rise)", ">= 0", TRUST_REGION_SOURCE),
         Hyperparameter("guard_val", bool, True, "guard: when val is given and the request corrects rows (relabels, "
-                       "feature edits; not removals), a step must also not raise the summed loss on those held-out rows "
-                       "(a network can keep its training rows while unseen rows change class)",
+                       "feature edits; not removals), a step must also not misclassify more of those held-out rows than the "
+                       "original model (a network can keep its training rows while unseen rows change class)",
                        "True/False", TRUST_REGION_SOURCE),
         Hyperparameter("guard_rows", (int, type(None)), 4096, "guard: rows of the corrected data (besides Z~) in the "
                        "objective estimate, drawn with seed and weighted; None = all rows (the exact objective)", ">= 1",
