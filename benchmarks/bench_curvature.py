@@ -99,6 +99,10 @@ Run: ``python benchmarks/bench_curvature.py --part convex`` (n = 1e4, 1e5; a few
 cores); ``--full`` adds n = 1e6; ``--out`` writes elsewhere (trial runs).
 ``python benchmarks/bench_curvature.py --part deep`` (10 epochs of training and retraining per
 size: about an hour on 2 cores); ``--part deep --quick`` for a smoke run.
+``python benchmarks/bench_curvature.py --part latency``: the per-request latency grid of
+``benchmarks/curvature_latency.py`` (the ledger against one fsync'd SQLite commit plus the update
+in numpy, the in-memory cached path against that update alone; n = 1e4, 1e5, 1e6 and k = 1, 10,
+100, 1000; a few minutes).
 """
 
 from __future__ import annotations
@@ -569,7 +573,21 @@ def run_deep(args, log) -> dict:
             "cases": cases, "summary": summary}
 
 
-PARTS = {"convex": run_convex, "deep": run_deep}
+def run_latency(args, log) -> dict:
+    """Per-request latency grid (``benchmarks/curvature_latency.py``): the ledger against its durable floor and the
+    in-memory cached path against its compute floor, n = 1e4, 1e5, 1e6 (``--sizes``) and k = 1, 10, 100, 1000."""
+    import curvature_latency
+
+    sizes = args.sizes or curvature_latency.SIZES
+    reps = max(args.reps, 5)
+    log("the ledger against its durable floor (one fsync'd SQLite commit + the O(kp + p^2) update)")
+    result = curvature_latency.run_latency(sizes, curvature_latency.KS, reps, args.seed, log)
+    log("\nthe in-memory cached path (uk.unlearn with a fitted curvature) against its compute floor")
+    result["in_memory"] = curvature_latency.run_in_memory(sizes, curvature_latency.KS, reps, args.seed, log)
+    return result
+
+
+PARTS = {"convex": run_convex, "deep": run_deep, "latency": run_latency}
 
 
 def machine_info() -> dict:
