@@ -345,6 +345,10 @@ class Ledger:
         self.key = _check_key(key)
         self.committed: Head | None = None
         """The head of the entry this object committed last (None before it wrote one)."""
+        self._written_model: tuple | None = None  # (name, recorded hash, bytes) of the model file this object wrote last
+        self._conn: sqlite3.Connection | None = None  # the writer's connection while it holds the writer lock
+        self._conn_identity: tuple | None = None  # (device, inode) of the database file that connection opened
+        self._data_checked: tuple | None = None  # (signature, fingerprint) of the data files this object checked last
         db = self.path / DB_NAME
         if not db.is_file():
             raise LedgerError(f"No ledger at {self.path} ({DB_NAME} not found). Create one with `unlearnkit ledger init`.")
@@ -660,20 +664,26 @@ class Ledger:
         that entry number is taken.
         """
         current, seq, now = self.last["model_file"], self.seq, time.time()
+        names = os.listdir(self.path)  # (a file added after this listing is left for the next writer)
         # what an init killed after it completed the ledger left (it held this same lock, so it is dead)
-        for build in self.path.glob(f"{INIT_BUILD_PREFIX}*"):
-            if build.is_dir() and not build.is_symlink():
-                shutil.rmtree(build)
-            elif build.name == INIT_MARKER:
-                build.unlink(missing_ok=True)
+        for name in names:
+            if name.startswith(INIT_BUILD_PREFIX):
+                build = self.path / name
+                if build.is_dir() and not build.is_symlink():
+                    shutil.rmtree(build)
+                elif name == INIT_MARKER:
+                    build.unlink(missing_ok=True)
+        if not any(_MODEL_RE.match(n) or _TEMP_RE.match(n) for n in names if n != current):
+            return  # nothing to delete: readers are not held up
         with FolderLock(self.path, FILES_LOCK):
-            for f in self.path.iterdir():
-                m = _MODEL_RE.match(f.name)
+            for name in names:
+                f = self.path / name
+                m = _MODEL_RE.match(name)
                 if m:
-                    if f.name != current and int(m.group(1)) <= seq:
+                    if name != current and int(m.group(1)) <= seq:
                         f.unlink(missing_ok=True)
                     continue
-                t = _TEMP_RE.match(f.name)
+                t = _TEMP_RE.match(name)
                 if t:
                     try:
                         stale = int(t.group(1)) <= seq or now - f.lstat().st_mtime > STALE_TEMP_SECONDS
@@ -686,11 +696,15 @@ class Ledger:
         row = conn.execute("SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
         return None if row is None else (int(row[0]), row[1])
 
-    def _refresh(self) -> None:
-        """Reload if another process committed since this object last read the ledger."""
+    def _refresh(self, conn: sqlite3.Connection | None = None) -> None:
+        """Reload if another process committed since this object last read the ledger (through
+        ``conn`` when given: a writer's connection, held for the whole request)."""
         try:
-            with closing(self._connect()) as conn:
+            if conn is not None:
                 head = self._head_in_db(conn)
+            else:
+                with closing(self._connect()) as conn:
+                    head = self._head_in_db(conn)
         except sqlite3.DatabaseError as exc:
             raise self._corrupt(exc) from None
         if head != (self.seq, self.last["entry_hash"]):
@@ -713,12 +727,15 @@ class Ledger:
         if sig != self._loaded_signature:  # the files were replaced since they were mapped: map the new ones
             self._load()
         expected = self.data_meta["fingerprint"]
+        if self._data_checked == (sig, expected):  # checked by this object, and not changed since
+            return
         cache = self.path / "data" / DATA_CHECK_CACHE
         try:
             cached = json.loads(cache.read_text())
             if cached.get("signature") == sig and cached.get("fingerprint") == expected and (
                     self.key is None
                     or hmac.compare_digest(str(cached.get("mac", "")), _cache_mac(self.key, sig, expected))):
+                self._data_checked = (sig, expected)
                 return
         except (OSError, ValueError, RecursionError, AttributeError):
             pass  # no cache or an unreadable one: hash the files
@@ -728,11 +745,12 @@ class Ledger:
                               "created with (fingerprint mismatch): they were modified. Nothing was applied; restore "
                               "them from a backup and run `unlearnkit ledger verify`.")
         _cache_data_check(self.path / "data", sig, expected, self.key)
+        self._data_checked = (sig, expected)
 
-    def _check_key_for_write(self) -> None:
+    def _check_key_for_write(self, conn: sqlite3.Connection) -> None:
         """Refuse to write on state :meth:`verify` would reject, at O(1) cost: the key use, the
         metadata against the hash the first entry recorded, the first entry's own hash and link,
-        and (keyed) the HMACs of the first and the latest entry."""
+        and (keyed) the HMACs of the first and the latest entry. Reads through the writer's ``conn``."""
         keyed = self.meta.get("mac") == MAC_ALGORITHM
         if keyed and self.key is None:
             raise LedgerError(f"The ledger at {self.path} is keyed (every entry carries an HMAC): give its key "
@@ -741,17 +759,21 @@ class Ledger:
             raise LedgerError(f"The ledger at {self.path} was created without a key; a key cannot be added later. "
                               f"Unset ${KEY_ENV} (or drop --key-file) to write to it.")
         try:
-            with closing(self._connect()) as conn:
-                conn.execute("BEGIN")
-                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-                cur = conn.execute("SELECT * FROM entries WHERE seq = 0")
-                row0 = cur.fetchone()
-                first = None if row0 is None else dict(zip([c[0] for c in cur.description], row0))
-                second = conn.execute("SELECT prev_hash FROM entries WHERE seq = 1").fetchone()
-                macs = dict(conn.execute("SELECT seq, mac FROM macs WHERE seq IN (0, ?)", (self.seq,)).fetchall())
-                any_mac = conn.execute("SELECT 1 FROM macs LIMIT 1").fetchone() is not None
-                conn.execute("COMMIT")
+            conn.execute("BEGIN")  # one snapshot
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            cur = conn.execute("SELECT * FROM entries WHERE seq = 0")
+            row0 = cur.fetchone()
+            first = None if row0 is None else dict(zip([c[0] for c in cur.description], row0))
+            second = conn.execute("SELECT prev_hash FROM entries WHERE seq = 1").fetchone()
+            macs = dict(conn.execute("SELECT seq, mac FROM macs WHERE seq IN (0, ?)", (self.seq,)).fetchall())
+            any_mac = conn.execute("SELECT 1 FROM macs LIMIT 1").fetchone() is not None
+            conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # closing the connection rolls back too
             raise self._corrupt(exc) from None
         tampered = ("the database was edited. Nothing was applied; run `unlearnkit ledger verify`"
                     + (" with the key." if keyed else "."))
@@ -779,47 +801,65 @@ class Ledger:
         """Run a state-changing step under the writer lock, from the latest committed state.
 
         On any failure the last committed state is reloaded; a failed write (disk full, a
-        read-only folder, a file-size limit) is reported as a LedgerError naming the cause.
+        read-only folder, a file-size limit) is reported as a LedgerError naming the cause. One
+        database connection, opened under the lock, serves the checks and the transaction.
         """
-        with FolderLock(self.path, WRITER_LOCK):
-            self._refresh()
-            self._check_key_for_write()
+        with FolderLock(self.path, WRITER_LOCK), closing(self._connect()) as conn:
+            self._refresh(conn)
+            self._check_key_for_write(conn)
             self._check_model_file()
             self._check_data()
             self.certified.rows.check_overlay()  # cheap: rows the overlay table must not hold
             with _Write(what):
                 self._cleanup_files()  # leftovers of a writer that crashed
+            self._conn = conn  # the transaction of _record uses it
+            self._conn_identity = _file_identity(self.path / DB_NAME)
             try:
                 with _Write(what):
                     return fn()
             except BaseException:
                 self._load()
                 raise
+            finally:
+                self._conn = None
 
     def _check_model_file(self) -> None:
+        """Refuse to write when the current model file does not hold the parameters its entry recorded.
+
+        When this object wrote that file itself (the latest entry is its own, by name and recorded
+        parameter hash), the file's bytes are compared with the bytes it wrote, which held those
+        parameters: ``O(p)``, no unpickling. Otherwise (a new object, another writer's entry) the
+        file is loaded and its parameters hashed. :meth:`verify` always loads and hashes.
+        """
         name = str(self.last["model_file"])
         if not _MODEL_RE.match(name):
             raise LedgerError(f"Entry {self.seq} names the model file {name!r}, which is not a ledger model file name: "
                               "the database was edited. Nothing was applied; run `unlearnkit ledger verify`.")
         f = self.path / name
+        recorded = self.last["params_after"]
+        written = self._written_model
+        if written is not None and written[:2] == (name, recorded) and _same_bytes(f, written[2]):
+            return
         try:
             current = load_model(f)
         except ModelError as exc:
             raise LedgerError(f"The ledger's model file is unusable: {exc} Run `unlearnkit ledger verify`.") from None
-        if parameter_hash(current) != self.last["params_after"]:
+        if parameter_hash(current) != recorded:
             raise LedgerError(f"{f} differs from the parameters the ledger recorded for entry {self.seq}: it was modified "
                               "outside the ledger. Run `unlearnkit ledger verify`; nothing was applied.")
 
     # ------------------------------------------------------------------ entries
     @staticmethod
     def _entry(seq, kind, reason, changes, n_affected, residual_bound, worst_case_bound, cm: CertifiedModel,
-               params_before, cert, details, model_file, *, prev_hash) -> dict:
+               params_before, cert, details, model_file, *, prev_hash, cert_dict: dict | None = None) -> dict:
+        """The entry's record and its hash (``cert_dict``: ``cert.to_dict()`` when the caller has it already)."""
         entry = {
             "seq": seq, "kind": kind, "time": _now(), "reason": str(reason), "changes": changes,
             "n_affected": int(n_affected), "residual_bound": residual_bound, "worst_case_bound": worst_case_bound,
             "cumulative_bound": cm.state.cumulative_bound, "exact_residual": cert.exact_residual,
             "params_before": params_before, "params_after": parameter_hash(cm.model),
-            "certificate": json.dumps(cert.to_dict(), sort_keys=True), "state": json.dumps(cm.state.to_dict(), sort_keys=True),
+            "certificate": json.dumps(cert.to_dict() if cert_dict is None else cert_dict, sort_keys=True),
+            "state": json.dumps(cm.state.to_dict(), sort_keys=True),
             "details": json.dumps(details, sort_keys=True, default=float), "model_file": model_file, "prev_hash": prev_hash,
         }
         entry["entry_hash"] = _entry_hash(entry)
@@ -835,15 +875,16 @@ class Ledger:
         conn.execute(f"INSERT INTO entries ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", [entry[c] for c in cols])
         theta, b = _param_arrays(cm.model)
         conn.execute("INSERT INTO params VALUES (?, ?, ?)", (entry["seq"], theta.tobytes(), b.tobytes()))
-        for row_id, removed, label, x in overlay:
-            conn.execute("INSERT OR REPLACE INTO overlay VALUES (?, ?, ?, ?, ?)", (row_id, removed, label, x, entry["seq"]))
+        conn.executemany("INSERT OR REPLACE INTO overlay VALUES (?, ?, ?, ?, ?)",
+                         [(row_id, removed, label, x, entry["seq"]) for row_id, removed, label, x in overlay])
         if curvature is not None:
             conn.execute("INSERT OR REPLACE INTO curvature VALUES (1, ?, ?)", (curvature, entry["seq"]))
         if key is not None:
             conn.execute("INSERT INTO macs VALUES (?, ?)", (entry["seq"], _mac(key, entry["seq"], entry["entry_hash"])))
 
     def _record(self, kind: str, reason: str, changes: Changes | None, n_affected: int, cert, details: dict, *,
-                overlay=(), curvature: bool, residual_bound=None, worst_case_bound=None) -> dict:
+                overlay=(), curvature: bool, residual_bound=None, worst_case_bound=None,
+                cert_dict: dict | None = None) -> dict:
         """Write the model file, then the entry and everything it changed in one transaction.
 
         Runs under the writer lock (see :meth:`_guarded`). The model file's name carries the entry
@@ -860,9 +901,12 @@ class Ledger:
             details = {**details, "curvature_hash": hashlib.sha256(blob).hexdigest()}
         entry = self._entry(seq, kind, reason, None if changes is None else changes.to_json(), n_affected,
                             residual_bound, worst_case_bound, cm, self.last["params_after"], cert, details, model_file,
-                            prev_hash=self.last["entry_hash"])
-        _write_model_file(cm.model, self.path / model_file, metadata={"ledger": str(self.path), "entry": seq})
-        conn = self._connect()
+                            prev_hash=self.last["entry_hash"], cert_dict=cert_dict)
+        written = _write_model_file(cm.model, self.path / model_file, metadata={"ledger": str(self.path), "entry": seq})
+        # the writer's connection, unless the database file was replaced since it was opened (a backup restored with
+        # mv, say): a connection to the unlinked file could not commit, so open the file that is there now
+        own = self._conn is None or _file_identity(self.path / DB_NAME) != self._conn_identity
+        conn = self._connect() if own else self._conn
         committed = False
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -882,9 +926,11 @@ class Ledger:
                 (self.path / model_file).unlink(missing_ok=True)  # this writer's own file (its name is unique)
             raise
         finally:
-            conn.close()
+            if own:
+                conn.close()
         self.seq, self.last = seq, entry
         self.committed = Head(seq, entry["entry_hash"])
+        self._written_model = (model_file, entry["params_after"], written)  # see _check_model_file
         try:
             self._cleanup_files()
         except OSError as exc:  # committed: a superseded file left behind is removed by the next writer
@@ -966,7 +1012,8 @@ class Ledger:
                     f"> budget {self.spec.budget:.6g}")
             self._record("retrain" if cert.retrained else "unlearn", reason, changes, result.n_affected, cert, details,
                          overlay=overlay, curvature=cert.retrained or result.diagnostics.get("low_rank_update", 0) > 0,
-                         residual_bound=cert.residual_bound, worst_case_bound=cert.worst_case_bound)
+                         residual_bound=cert.residual_bound, worst_case_bound=cert.worst_case_bound,
+                         cert_dict=result.diagnostics.get("certificate"))
             return result
 
         return self._guarded("Recording the request", step)
@@ -1318,8 +1365,9 @@ def _check_key(key) -> bytes | None:
     return bytes(key)
 
 
-def _write_model_file(model: LogisticRegression, path: Path, *, metadata: dict) -> None:
-    """Write a new model file (the format of :func:`unlearnkit.save_model`) atomically and durably.
+def _write_model_file(model: LogisticRegression, path: Path, *, metadata: dict) -> bytes:
+    """Write a new model file (the format of :func:`unlearnkit.save_model`) atomically and durably;
+    returns the bytes written.
 
     The bytes go to a temporary file that is synced to disk, then published under ``path`` with a
     hard link, which fails if the name exists: an existing file is never replaced. The folder is
@@ -1355,6 +1403,28 @@ def _write_model_file(model: LogisticRegression, path: Path, *, metadata: dict) 
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+    return blob
+
+
+def _same_bytes(path: Path, expected: bytes) -> bool:
+    """Whether the regular file ``path`` holds exactly ``expected`` (False if it cannot be read)."""
+    try:  # non-blocking open: a FIFO put in its place must not hang the writer
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size != len(expected):
+                return False
+            return fh.read(len(expected) + 1) == expected
+    except OSError:
+        return False
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """``(device, inode)`` of ``path``, or None when it cannot be read: a file replaced by another has another."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _data_signature(folder: Path) -> list:

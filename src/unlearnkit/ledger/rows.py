@@ -61,12 +61,14 @@ class LedgerRows:
         self.name = name
         self.edited: dict[int, tuple[np.ndarray, int]] = {}  # id -> (features, label)
         self.removed: set[int] = set()
+        self._unchecked: set[int] | None = None  # ids committed since check_overlay passed (None: check all)
 
     # ------------------------------------------------------------------ overlay
     def load_overlay(self, records) -> None:
         """``records``: ``(id, removed, label, features bytes or None)`` rows from the store."""
         self.edited.clear()
         self.removed.clear()
+        self._unchecked = None
         d = self.X.shape[1]
         for row_id, removed, label, blob in records:
             if removed:
@@ -80,14 +82,23 @@ class LedgerRows:
     def check_overlay(self) -> None:
         """Refuse an overlay that no sequence of requests can have written: every edited or
         removed id must be a row of the base data (requests never add rows), every edited label
-        one of the classes. Costs ``O(k log n)`` for ``k`` overlay rows (the stored ids are sorted).
-        The full check, replaying every entry, is :meth:`Ledger.verify`."""
-        bad_label = next((i for i, (_, lab) in self.edited.items() if not 0 <= lab < self.n_classes), None)
+        one of the classes. Costs ``O(k log n)`` for ``k`` overlay rows (the stored ids are sorted);
+        once it passed, later calls check only the rows :meth:`commit` added since, until the
+        overlay is loaded again. The full check, replaying every entry, is :meth:`Ledger.verify`."""
+        if self._unchecked is None:
+            self._check_rows(self.removed | self.edited.keys())
+        else:
+            self._check_rows(self._unchecked)
+        self._unchecked = set()
+
+    def _check_rows(self, ids) -> None:
+        edited = ((i, self.edited[i]) for i in ids if i in self.edited)
+        bad_label = next((i for i, (_, lab) in edited if not 0 <= lab < self.n_classes), None)
         if bad_label is not None:
             raise LedgerError(f"The ledger's overlay gives row {bad_label} the label {self.edited[bad_label][1]}, "
                               f"outside 0..{self.n_classes - 1}: the overlay table was edited (or the database is "
                               "corrupt). Nothing was changed; run `unlearnkit ledger verify`.")
-        ids = sorted(self.removed | self.edited.keys())
+        ids = sorted(ids)
         if not ids:
             return
         missing = next((i for i in ids if not -(2**63) <= i < 2**63), None)
@@ -108,15 +119,20 @@ class LedgerRows:
 
     def overlay_records(self, resolved: Resolved) -> list[tuple[int, int, int | None, bytes | None]]:
         """The overlay rows a resolved request writes: ``(id, removed, label, features)``."""
-        out = []
-        kept = set(int(i) for i in resolved.Z_tilde.ids)
+        return [(i, removed, label, None if x is None else x.tobytes())
+                for i, removed, label, x in self._overlay_rows(resolved)]
+
+    @staticmethod
+    def _overlay_rows(resolved: Resolved) -> list[tuple[int, int, int | None, np.ndarray | None]]:
+        """:meth:`overlay_records` with the features as float64 rows of one contiguous array."""
         Zt = resolved.Z_tilde
-        flat = Zt.dense_rows().reshape(len(Zt), -1) if len(Zt) else None
-        for k, row_id in enumerate(Zt.ids):
-            out.append((int(row_id), 0, int(Zt.y[k]), np.ascontiguousarray(flat[k], dtype=np.float64).tobytes()))
-        for row_id in resolved.affected_ids:
-            if int(row_id) not in kept:
-                out.append((int(row_id), 1, None, None))
+        ids = [int(i) for i in np.asarray(Zt.ids).tolist()]
+        out = []
+        if ids:
+            flat = np.ascontiguousarray(Zt.dense_rows().reshape(len(Zt), -1), dtype=np.float64)
+            out = [(i, 0, int(label), flat[k]) for k, (i, label) in enumerate(zip(ids, np.asarray(Zt.y).tolist()))]
+        kept = set(ids)
+        out += [(int(i), 1, None, None) for i in resolved.affected_ids if int(i) not in kept]
         return out
 
     # ------------------------------------------------------------------ access
@@ -134,15 +150,18 @@ class LedgerRows:
     def current(self, ids) -> Dataset:
         """The current version of the rows ``ids`` (refusing removed ones)."""
         ids = np.asarray(sorted(set(int(i) for i in ids)), dtype=np.int64)
-        gone = [int(i) for i in ids if int(i) in self.removed]
+        listed = ids.tolist()
+        gone = [i for i in listed if i in self.removed] if self.removed else []
         if gone:
             raise ChangesError(f"Row id(s) {gone[:5]} were removed by an earlier request of this ledger.")
         pos = self._positions(ids)
         X = np.array(self.X[pos], dtype=np.float64)
         y = np.array(self.y[pos], dtype=np.int64)
-        for k, row_id in enumerate(ids.tolist()):
-            if row_id in self.edited:
-                X[k], y[k] = self.edited[row_id]
+        if self.edited:
+            for k, row_id in enumerate(listed):
+                edited = self.edited.get(row_id)
+                if edited is not None:
+                    X[k], y[k] = edited
         return Dataset(X.reshape(len(ids), *self.feature_shape), y, ids, n_classes=self.n_classes, name=self.name)
 
     def _nonzero_rows(self, columns) -> set[int]:
@@ -178,12 +197,14 @@ class LedgerRows:
         return changes.resolve(self.current(sorted(ids)))
 
     def commit(self, resolved: Resolved) -> None:
-        for row_id, removed, label, blob in self.overlay_records(resolved):
+        for row_id, removed, label, x in self._overlay_rows(resolved):
+            if self._unchecked is not None:
+                self._unchecked.add(row_id)
             if removed:
                 self.removed.add(row_id)
                 self.edited.pop(row_id, None)
             else:
-                self.edited[row_id] = (np.frombuffer(blob, dtype=np.float64).copy(), label)
+                self.edited[row_id] = (x.copy(), label)
 
     def full(self) -> Dataset:
         """The whole current corrected data (``O(n d)``: for retraining and exact residuals)."""
