@@ -428,3 +428,110 @@ def test_bad_arguments_are_named(mlp_case):
     with pytest.raises(SolverError, match="damping > 0"):
         uk.curvature.fit(unpenalised, data.subset([0]), kind="kfac").solve(
             torch.ones(sum(p.numel() for p in unpenalised.parameters()), dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------- the cost of fitting
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.parametrize("config", [
+    dict(in_channels=2, out_channels=3, kernel_size=3, padding=1),
+    dict(in_channels=2, out_channels=3, kernel_size=(2, 3), stride=2, padding=(1, 0)),
+    dict(in_channels=1, out_channels=2, kernel_size=3, dilation=2, padding="same"),
+    dict(in_channels=3, out_channels=2, kernel_size=(1, 2), padding="same", bias=False),
+])
+def test_conv_patches_and_per_row_gradients_match_unfold(config):
+    """The strided channel-major patches equal ``F.unfold``'s, and the grouped-convolution per-row weight
+    gradients equal ``sum_r g_r a_r^T`` from them (strides, dilation, 'same' and asymmetric padding)."""
+    from unlearnkit.influence.kfac import _conv_patches, _conv_sample_grads, _mean_patch
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(**config).double()
+    x = torch.randn(5, conv.in_channels, 7, 6, dtype=torch.float64)
+    padded = nn.functional.pad(x, conv._reversed_padding_repeated_twice)  # padding as the layer applies it
+    reference = nn.functional.unfold(padded, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
+    patches = _conv_patches(conv, x)  # (d, m, R)
+    assert patches.is_contiguous()
+    assert torch.equal(patches.permute(1, 0, 2), reference)
+    assert torch.allclose(_mean_patch(conv, x), reference.mean(2), rtol=1e-12, atol=1e-14)
+    g = torch.randn_like(conv(x))
+    per_row = torch.bmm(g.flatten(2), reference.transpose(1, 2))  # (m, out, d)
+    assert torch.allclose(_conv_sample_grads(conv, x, g), per_row, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["cnn_case", "layouts_case", "twice_case"])
+def test_ekfac_kept_gradients_equal_a_second_pass(case, request, monkeypatch):
+    """EK-FAC's first pass keeps the per-row gradients that fit its memory budget and needs no second pass over
+    those rows: the eigenvalues are the same whether all, some or none of the rows were kept."""
+    from unlearnkit.influence import kfac
+
+    model, data = request.getfixturevalue(case)
+    n = len(data)
+    fits = {"all": uk.curvature.fit(model, data, kind="ekfac", batch_size=4, mc_samples=None)}
+    kept = fits["all"].diagnostics["layers"][0]["eigenvalue_correction"]
+    assert kept["rows_kept_from_first_pass"] == n and kept["rows_in_second_pass"] == 0
+    assert 0 < kept["bytes_kept"] <= kept["budget_bytes"] == kfac.EKFAC_CACHE_BYTES
+    assert fits["all"].diagnostics["passes"] == 1
+    for name, budget in (("some", kept["bytes_kept"] // 2), ("none", 0)):
+        monkeypatch.setattr(kfac, "EKFAC_CACHE_BYTES", budget)
+        fits[name] = uk.curvature.fit(model, data, kind="ekfac", batch_size=4, mc_samples=None)
+        note = fits[name].diagnostics["layers"][0]["eigenvalue_correction"]
+        rows = note["rows_kept_from_first_pass"]
+        assert (0 < rows < n) if name == "some" else rows == 0
+        assert rows % 4 == 0 and note["rows_in_second_pass"] == n - rows and note["bytes_kept"] <= budget
+        assert fits[name].diagnostics["passes"] == 2
+    for name in ("some", "none"):
+        for a, b in zip(fits["all"].blocks, fits[name].blocks):
+            if isinstance(a, KroneckerBlock):
+                assert torch.equal(a.QA, b.QA) and torch.equal(a.QB, b.QB)
+                assert torch.allclose(a.S, b.S, rtol=1e-10, atol=1e-14 * float(a.S.max()))
+
+
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="x86 flush-to-zero")
+def test_denormal_flushing_is_scoped_to_the_fit():
+    from unlearnkit.influence.kfac import _flush_denormals
+
+    def tiny():
+        return float((torch.tensor([1e-30], dtype=torch.float32) * 1e-10)[0])
+
+    assert tiny() > 0
+    with _flush_denormals():
+        assert tiny() == 0.0
+    assert tiny() > 0  # restored
+
+
+def test_conv_reduce_factors(cnn_case):
+    """``conv_factor="reduce"``: the input factor of the first convolution is ``sum_n [abar_n, 1][abar_n, 1]^T``
+    with ``abar_n`` the row's patches averaged over the output pixels; it is named per layer; a convolution with one
+    output pixel has the same factors either way; an unknown name is refused."""
+    import copy as _copy
+
+    from unlearnkit.influence import kfac
+
+    def blocks(model, data, conv_factor):
+        work = _copy.deepcopy(model).eval()
+        flat = FlatModel(work)
+        probe = next(iter(data.batches(3, dtype=flat.dtype)))[0]
+        plans = kfac.plan_layers(work, flat.names, probe, kfac.Mode.KFAC)
+        out, _ = kfac.fit_blocks(work, flat, data, plans, kfac.Mode.KFAC, batch_size=16, conv_factor=conv_factor)
+        return plans, out
+
+    model, data = cnn_case
+    plans, reduced = blocks(model, data, "reduce")
+    assert plans[0].describe()["kronecker_factors"].startswith("reduce")
+    assert "kronecker_factors" not in plans[-1].describe()  # a linear layer
+    X = torch.as_tensor(data.X, dtype=torch.float64)
+    conv = model.features[0]
+    abar = nn.functional.unfold(X, conv.kernel_size, padding=conv.padding).mean(2)
+    abar = torch.cat([abar, torch.ones(len(X), 1, dtype=torch.float64)], 1)
+    b = reduced[0]
+    assert torch.allclose(b.QA @ torch.diag(b.lA) @ b.QA.T, abar.T @ abar, rtol=1e-10, atol=1e-12)
+    _, expanded = blocks(model, data, "expand")
+    assert not torch.allclose(expanded[0].lA, b.lA)
+    with pytest.raises(SolverError, match="conv_factor must be one of"):
+        blocks(model, data, "sum")
+    # one output pixel: the two approximations coincide
+    rng = np.random.default_rng(5)
+    tiny = uk.wrap(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2, 3)).double(), n_classes=3, l2=0.1)
+    pixel = uk.Dataset(rng.normal(size=(9, 1, 3, 3)), rng.integers(0, 3, size=9), n_classes=3)
+    (_, one), (_, other) = blocks(tiny, pixel, "reduce"), blocks(tiny, pixel, "expand")
+    for x, y in zip(one, other):
+        assert torch.allclose(torch.outer(x.lB, x.lA), torch.outer(y.lB, y.lA), rtol=1e-10, atol=1e-14)

@@ -37,23 +37,39 @@ in the row-major order of ``W`` (parameter order). For a convolution this is the
 approximation of weight sharing (Grosse & Martens, "A Kronecker-factored approximate Fisher matrix
 for convolution layers", ICML 2016; Eschenhagen et al., NeurIPS 2023): the ``R`` positions are
 treated as independent examples, and cross-position terms are dropped. For one row and one
-position it is exact. The activations are recorded by forward hooks; per batch, one backward pass
-per column of ``S`` asks autograd for the gradients at the factored layers' outputs only (no weight
-gradient is formed). Products are formed in the model's dtype (at least float32) and summed in float64.
+position it is exact. (:func:`fit_blocks` also offers the "reduce" approximation of Eschenhagen et
+al.: ``A = sum_n abar_n abar_n^T`` and ``B = (1 / N) sum_{n, c} gsum_nc gsum_nc^T`` with the inputs
+averaged and the output gradients summed over the positions; the per-layer diagnostics name the
+one used.) The activations are recorded by forward hooks; per batch, one backward pass per column
+of ``S`` asks autograd for the gradients at the factored layers' outputs only (no weight gradient
+is formed).
+
+**Cost.** A factor is one matrix product per batch (a convolution's patches are one strided copy
+of the padded input, channel-major, so ``A = X X^T``), formed in the model's dtype (at least
+float32), summed in that dtype over at most 16 products and then in float64; the
+eigendecompositions are in float64 (in float32 the small eigenvalues of a large input factor lose
+far more accuracy than the float32 products cost). While the passes run on the CPU, float32
+values below ``1.2e-38`` are flushed to zero (squared gradients of confidently classified rows
+land there, where the CPU is about a hundred times slower).
 
 **EK-FAC** (George, Laurent, Bouthillier, Ballas & Vincent, "Fast Approximate Natural Gradient
 Descent in a Kronecker-factored Eigenbasis", NeurIPS 2018). With ``A = Q_A L_A Q_A^T`` and
 ``B = Q_B L_B Q_B^T``, K-FAC is ``(Q_B (x) Q_A) diag(L_B (x) L_A) (Q_B (x) Q_A)^T``. EK-FAC keeps the
-eigenbasis and replaces the eigenvalues by the exact diagonal of ``G_layer`` in that basis (a second
-pass over the data):
+eigenbasis and replaces the eigenvalues by the exact diagonal of ``G_layer`` in that basis:
 
     s_oi = sum_{n, c} ( Q_B^T (sum_r g_ncr a_nr^T) Q_A )_oi^2
 
 which is the best diagonal in that basis in Frobenius norm, and accounts for cross-position terms.
 It is computed from the recorded activations and output gradients without forming per-sample
 gradients in the parameter basis: for one position ``(Q_B^T g)^2 ((Q_A^T a)^2)^T``, summed over the
-columns first; for ``R`` positions, rotating ``a`` and ``g`` before their product or the product
-after it, whichever costs fewer operations for the layer.
+columns first; for ``R`` positions of a linear layer, rotating ``a`` and ``g`` before their product
+or the product after it, whichever costs fewer operations for the layer; for a convolution, its
+per-row weight gradients from one grouped-convolution backward pass (one group per row), then
+rotated. The basis is known only after a first pass over the data. The first pass therefore also
+keeps each row's compact gradient statistics (``a`` and ``g`` for a one-position layer, the per-row
+gradient ``sum_r g_r [a_r, 1]^T`` otherwise) for as many leading batches as fit in
+:data:`EKFAC_CACHE_BYTES`; those rows are projected without a second pass, and only the other rows
+get one. The per-layer diagnostics state how many rows each way.
 
 **Layers it cannot factor** (embeddings, recurrent layers, attention, normalisation layers, a
 linear layer whose weight is used without calling it or shared with another module, grouped or
@@ -73,12 +89,12 @@ parameters.
 from __future__ import annotations
 
 import abc
-
+import contextlib
 import enum
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -96,8 +112,21 @@ DENSE_BLOCK_MAX = 2000
 _CHUNK = 1 << 23
 """Largest number of values of per-sample gradient matrices held at once (a batch is split below it)."""
 
-_GRAM_ROWS = 1 << 15
-"""Most rows of one product ``X^T X`` formed in the model's dtype before it is added to a float64 sum."""
+_PATCHES = 1 << 20
+"""Most values of a convolution's image patches formed at once (a batch is split into blocks of rows below it)."""
+
+EKFAC_CACHE_BYTES = 512 << 20
+"""Memory (bytes) for the per-row gradients that EK-FAC keeps from its first pass (see :func:`fit_blocks`): the
+rows whose gradients fit need no second pass."""
+
+CONV_FACTORS = {
+    "expand": "expand: output pixels as independent examples (Grosse & Martens 2016)",
+    "reduce": "reduce: inputs averaged and output gradients summed over the output pixels (Eschenhagen et al. 2023)",
+}
+"""The Kronecker factors of a convolution (``conv_factor`` of :func:`fit_blocks`)."""
+
+_FOLD = 16
+"""Kronecker-factor products summed in the model's dtype before they are added to a float64 sum."""
 
 
 class Treatment(str, enum.Enum):
@@ -187,12 +216,15 @@ class LayerPlan:
     reason: str = ""
     module: nn.Module | None = field(default=None, repr=False)
     has_bias: bool = False
+    notes: dict = field(default_factory=dict)
+    """What the fit did for this layer (the convolution approximation, EK-FAC's eigenvalue correction)."""
 
     def describe(self) -> dict:
         out = {"layer": self.name or "(root)", "type": self.module_type, "params": list(self.params),
                "n_params": self.n_params, "treatment": self.treatment.value}
         if self.reason:
             out["reason"] = self.reason
+        out.update(self.notes)
         return out
 
 
@@ -519,19 +551,55 @@ class _Taps:
 
 
 def _activations(plan: LayerPlan, x: torch.Tensor) -> torch.Tensor:
-    """``(m, R, in)``: the layer's inputs at each of its ``R`` positions (unfolded patches for a convolution, a
-    view of them), in the model's dtype, without the bias column."""
+    """``(m, R, in)``: the layer's inputs at each of its ``R`` positions, in the model's dtype, without the bias
+    column. For a convolution, the unfolded image patches: a view of a channel-major ``(in, m, R)`` tensor (see
+    :func:`_conv_patches`), which :meth:`_Gram.add` multiplies without a further copy."""
     module = plan.module
     if isinstance(module, nn.Conv2d):
-        if isinstance(module.padding, str):
-            x = F.pad(x, module._reversed_padding_repeated_twice)
-            padding = 0
-        else:
-            padding = module.padding
-        a = F.unfold(_at_least_single(x), module.kernel_size, dilation=module.dilation, padding=padding,
-                     stride=module.stride)
-        return a.transpose(1, 2)
+        return _conv_patches(module, x).permute(1, 2, 0)
     return _at_least_single(x).reshape(x.shape[0], -1, x.shape[-1])
+
+
+def _add_activations(gram: "_Gram", plan: LayerPlan, x: torch.Tensor) -> None:
+    """Add one call's inputs ``x`` of ``plan``'s layer to its input factor (a convolution's patches in blocks of
+    rows, at most :data:`_PATCHES` values at a time)."""
+    if isinstance(plan.module, nn.Conv2d):
+        per_row = plan.module.weight[0].numel() * max(1, _activations(plan, x[:1]).shape[1])
+        step = max(1, _PATCHES // per_row)
+        for s in range(0, x.shape[0], step):
+            gram.add(_activations(plan, x[s:s + step]), rows=plan.has_bias)
+    else:
+        gram.add(_activations(plan, x), rows=plan.has_bias)
+
+
+def _patch_view(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``(m, C, Ho, Wo, kh, kw)``: a strided view of the zero-padded input ``x`` (one padded copy, no patches
+    formed): the input under kernel tap ``(i, j)`` at output pixel ``(h, w)``."""
+    x = _at_least_single(x)
+    if isinstance(module.padding, str):
+        x = F.pad(x, module._reversed_padding_repeated_twice)
+    elif any(module.padding):
+        ph, pw = module.padding
+        x = F.pad(x, (pw, pw, ph, ph))
+    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
+    v = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
+    return v[..., ::dh, ::dw] if dh > 1 or dw > 1 else v
+
+
+def _mean_patch(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``(m, in_channels kh kw)``: each row's image patches averaged over the output pixels (no patches formed)."""
+    return _patch_view(module, x).mean((2, 3)).reshape(x.shape[0], -1)
+
+
+def _conv_patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``(in_channels kh kw, m, R)``, contiguous: the patches that ``module`` multiplies by its kernel, one column
+    per row and output pixel, the first axis in the order of the flattened kernel (``F.unfold``'s order).
+
+    One strided copy of the zero-padded input; channel-major, so the Gram matrix of the patches is one matrix
+    product (``X X^T``) and no per-row products are needed."""
+    v = _patch_view(module, x)
+    m, C, Ho, Wo, kh, kw = v.shape
+    return v.permute(1, 4, 5, 0, 2, 3).reshape(C * kh * kw, m, Ho * Wo)
 
 
 def _output_grads(plan: LayerPlan, g: torch.Tensor) -> torch.Tensor:
@@ -549,41 +617,57 @@ def _at_least_single(t: torch.Tensor) -> torch.Tensor:
 
 
 class _Gram:
-    """Running float64 sums, over batches of positions ``a`` (``(m, R, d)``), of ``sum_{n, r} a_nr a_nr^T``, of
+    """Running sums, over batches of positions ``a`` (``(m, R, d)``), of ``sum_{n, r} a_nr a_nr^T``, of
     ``sum_{n, r} a_nr`` and of the number of positions.
 
-    Each product is formed in the batch's dtype over at most :data:`_GRAM_ROWS` positions at a time, and the
-    sum of positions per row before the sum over rows, both then added in float64."""
+    Each batch's product is one matrix product in the batch's dtype, added in place to an accumulator of that
+    dtype; the accumulator is folded into the float64 sum every :data:`_FOLD` products and at the end (a
+    float32 sum of at most ``_FOLD`` products of float32 values, each already rounded in float32: the
+    float64 sum bounds the error's growth with the number of rows)."""
 
     def __init__(self) -> None:
-        self.xx: torch.Tensor | None = None
+        self.xx: torch.Tensor | None = None  # float64
+        self.acc: torch.Tensor | None = None  # the batches' dtype
+        self.pending = 0
         self.sum: torch.Tensor | None = None
         self.n = 0
 
     def add(self, a: torch.Tensor, *, rows: bool = False) -> None:
         m, R, d = a.shape
+        if self.acc is None:
+            self.acc = torch.zeros(d, d, dtype=a.dtype, device=a.device)
+        cm = a.permute(2, 0, 1)
         native = a.transpose(1, 2)
-        if R > 1 and native.is_contiguous():  # positions last (a convolution's patches): per-row products, no copy
-            step = max(1, min(_GRAM_ROWS // R, _CHUNK // (d * d)))
-            for s in range(0, m, step):
-                blk = native[s:s + step]
-                self._add_xx(torch.bmm(blk, blk.transpose(1, 2)).sum(0))
+        if cm.is_contiguous():  # a convolution's channel-major patches: X X^T, no copy
+            X = cm.reshape(d, m * R)
+            self.acc.addmm_(X, X.T)
+            rowsum = X.sum(1) if rows else None
+        elif R > 1 and native.is_contiguous():  # positions last (a convolution's output gradients): per-row products
+            self.acc.addbmm_(native, a)
+            rowsum = native.sum((0, 2)) if rows else None
         else:
-            X = a[:, 0] if R == 1 else a.reshape(-1, d)
-            for s in range(0, X.shape[0], _GRAM_ROWS):
-                blk = X[s:s + _GRAM_ROWS]
-                self._add_xx(blk.T @ blk)
-        if rows:
-            r = a.sum(1).to(torch.float64).sum(0)
+            X = a.reshape(m * R, d)
+            self.acc.addmm_(X.T, X)
+            rowsum = X.sum(0) if rows else None
+        self.pending += 1
+        if self.pending >= _FOLD:
+            self._fold()
+        if rowsum is not None:
+            r = rowsum.to(torch.float64)
             self.sum = r if self.sum is None else self.sum + r
         self.n += m * R
 
-    def _add_xx(self, xx: torch.Tensor) -> None:
-        xx = xx.to(torch.float64)
-        self.xx = xx if self.xx is None else self.xx + xx
+    def _fold(self) -> None:
+        if self.acc is not None and self.pending:
+            if self.xx is None:
+                self.xx = torch.zeros_like(self.acc, dtype=torch.float64)
+            self.xx.add_(self.acc)  # in place, in float64
+            self.acc.zero_()
+        self.pending = 0
 
     def matrix(self, d: int, *, bias: bool, device) -> torch.Tensor:
         """``sum x x^T`` (``d x d``), with ``[x, 1]`` in place of ``x`` when ``bias``."""
+        self._fold()
         xx = self.xx if self.xx is not None else torch.zeros(d, d, dtype=torch.float64, device=device)
         if not bias:
             return xx
@@ -624,34 +708,50 @@ class FitStats:
     per_sample_gradients: int = 0
     columns: int = 0
     clipped: int = 0
+    cached_rows: int = 0
 
 
 class _Projected:
     """Accumulates ``sum_{n, c} (Q_B^T (sum_r g_ncr [a_nr, 1]^T) Q_A)^2`` for one layer over a batch's ``k``
     columns ``c`` (identity bases when ``Q_A`` / ``Q_B`` are None): the EK-FAC eigenvalues, or the exact diagonal.
 
-    The per-row gradient is never formed in the parameter basis when it can be avoided: with one
-    position it is the outer product ``(Q_B^T g)(Q_A^T [a, 1])^T``, whose squares are
-    ``(Q_B^T g)^2 ((Q_A^T [a, 1])^2)^T``, summed over the columns first; with ``R`` positions either
-    the activations and gradients are rotated into the eigenbasis before their product, or the
-    product is rotated, whichever needs fewer operations for this layer.
+    Built from the layer's inputs ``xs`` and, per column, its output gradients ``gs`` (one tensor per call, as
+    the layer saw them). The per-row gradient is never formed in the parameter basis when it can be avoided:
+    with one position it is the outer product ``(Q_B^T g)(Q_A^T [a, 1])^T``, whose squares are
+    ``(Q_B^T g)^2 ((Q_A^T [a, 1])^2)^T``, summed over the columns first; with ``R`` positions of a linear
+    layer either the activations and gradients are rotated into the eigenbasis before their product, or the
+    product is rotated, whichever needs fewer operations for this layer. A convolution's per-row weight
+    gradients come from one grouped-convolution backward pass (one group per row; no image patches are
+    formed), and are then rotated.
     """
 
-    def __init__(self, plan: LayerPlan, acts: list[torch.Tensor], QA, QB, k: int) -> None:
-        a = acts[0] if len(acts) == 1 else torch.cat(acts, 1)  # several calls: more positions of the same row
-        m, R, d = a.shape
+    def __init__(self, plan: LayerPlan, xs: list[torch.Tensor], QA, QB, k: int) -> None:
+        self.plan, self.QA, self.QB, self.has_bias = plan, QA, QB, plan.has_bias
         out = plan.module.weight.shape[0]
-        self.QA, self.QB, self.has_bias = QA, QB, plan.has_bias
+        d = plan.module.weight[0].numel()
+        self.conv = isinstance(plan.module, nn.Conv2d)
+        self.total = torch.zeros(out, d + int(plan.has_bias), dtype=torch.float64, device=xs[0].device)
+        self.u: torch.Tensor | None = None
+        if self.conv:
+            self.xs = xs
+            self.single = self.rotate_after = False
+            return
+        acts = [_activations(plan, x) for x in xs]
+        a = acts[0] if len(acts) == 1 else torch.cat(acts, 1)  # several calls: more positions of the same row
+        R = a.shape[1]
         self.single = R == 1
         # operations per row: rotate a once and each column's g, then multiply; or multiply, then rotate
         before = R * d * d + k * R * out * out + k * out * R * d
         after = k * out * R * d + k * out * d * d + k * out * out * d
         self.rotate_after = QA is not None and not self.single and after < before
         self.a = a if self.rotate_after else _in_basis(a, QA, plan.has_bias)
-        self.u: torch.Tensor | None = None
-        self.total = torch.zeros(out, d + int(plan.has_bias), dtype=torch.float64, device=a.device)
 
-    def column(self, g: torch.Tensor) -> None:
+    def column(self, gs: list[torch.Tensor]) -> None:
+        if self.conv:
+            self.total += _squared_conv_products(self.plan.module, self.xs, gs, self.QA, self.QB, self.has_bias)
+            return
+        g = [_output_grads(self.plan, t) for t in gs]
+        g = g[0] if len(g) == 1 else torch.cat(g, 1)
         if self.rotate_after:
             self.total += _squared_rotated_products(g, self.a, self.QA, self.QB, self.has_bias)
             return
@@ -667,6 +767,111 @@ class _Projected:
         if self.single and self.u is not None:
             self.total += (self.u.T @ self.a[:, 0] ** 2).to(torch.float64)
         return self.total
+
+
+class _RowGradients:
+    """One batch's per-row gradients of one Kronecker-factored layer, kept from the first pass so that EK-FAC's
+    eigenvalue correction needs no second forward and backward pass over these rows.
+
+    For a layer applied once per row at one position, its inputs ``a`` and the output gradient ``g_c`` of each
+    column ``c`` of ``S`` (the per-row gradients are the outer products ``g_c [a, 1]^T``); otherwise the per-row
+    gradients ``G_nc = sum_r g_ncr [a_nr, 1]^T`` themselves (``(m, out, in_aug)``; a convolution's by
+    :func:`_conv_sample_grads`). :meth:`project` gives the batch's share of the EK-FAC eigenvalues."""
+
+    def __init__(self, plan: LayerPlan, xs: list[torch.Tensor]) -> None:
+        self.plan, self.has_bias = plan, plan.has_bias
+        self.conv = isinstance(plan.module, nn.Conv2d)
+        self.xs = xs  # until the columns are in
+        acts = None if self.conv else [_activations(plan, x) for x in xs]
+        self.outer = acts is not None and len(acts) == 1 and acts[0].shape[1] == 1
+        self.a = acts[0][:, 0].clone() if self.outer else None  # (m, in), its own memory
+        self.acts = None if self.outer else acts
+        self.cols: list[torch.Tensor] = []
+
+    def column(self, gs: list[torch.Tensor]) -> None:
+        if self.outer:
+            self.cols.append(_output_grads(self.plan, gs[0])[:, 0].clone())  # (m, out)
+            return
+        M = None
+        for i, g in enumerate(gs):
+            if self.conv:
+                Mi = _conv_sample_grads(self.plan.module, self.xs[i], g)
+                gsum = _at_least_single(g).sum((2, 3))
+            else:
+                go = _output_grads(self.plan, g)
+                Mi = torch.bmm(go.transpose(1, 2), self.acts[i])
+                gsum = go.sum(1)
+            if self.has_bias:
+                Mi = torch.cat([Mi, gsum.unsqueeze(2)], 2)
+            M = Mi if M is None else M + Mi
+        self.cols.append(M)
+
+    def done(self) -> None:
+        """The columns are in: drop the references to the pass's activations."""
+        self.xs = self.acts = None
+
+    @property
+    def nbytes(self) -> int:
+        kept = self.cols + ([self.a] if self.a is not None else [])
+        return sum(t.numel() * t.element_size() for t in kept)
+
+    def project(self, QA: torch.Tensor, QB: torch.Tensor) -> torch.Tensor:
+        """``sum_{n, c} (Q_B^T G_nc Q_A)^2`` (``(out, in_aug)``, float64)."""
+        if self.outer:
+            rot = _in_basis(self.a.unsqueeze(1), QA, self.has_bias)[:, 0]
+            U = sum((g @ QB) ** 2 for g in self.cols)
+            return (U.T @ rot ** 2).to(torch.float64)
+        out, d_aug = QB.shape[0], QA.shape[0]
+        total = torch.zeros(out, d_aug, dtype=torch.float64, device=QA.device)
+        for M in self.cols:
+            step = max(1, _CHUNK // max(1, out * d_aug))
+            for s in range(0, M.shape[0], step):
+                R = QB.T @ (M[s:s + step] @ QA)
+                total += (R * R).sum(0).to(torch.float64)
+        return total
+
+
+def _conv_sample_grads(module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``(m, out, in_channels kh kw)``: the per-row weight gradients ``sum_r g_nr a_nr^T`` of a convolution with
+    input ``x`` (``(m, C, H, W)``) and output gradient ``g`` (``(m, out, Ho, Wo)``), by one backward pass of a
+    grouped convolution with one group per row (the kernel's values are not needed, only its shape)."""
+    x, g = _at_least_single(x), _at_least_single(g)
+    if isinstance(module.padding, str):
+        x = F.pad(x, module._reversed_padding_repeated_twice)
+        padding = [0, 0]
+    else:
+        padding = list(module.padding)
+    m, C = x.shape[:2]
+    out = g.shape[1]
+    kh, kw = module.kernel_size
+    shape = torch.zeros(1, dtype=x.dtype, device=x.device).expand(m * out, C, kh, kw)
+    _, gw, _ = torch.ops.aten.convolution_backward(
+        g.reshape(1, m * out, *g.shape[2:]), x.reshape(1, m * C, *x.shape[2:]), shape, None, list(module.stride),
+        padding, list(module.dilation), False, [0, 0], m, [False, True, False])
+    return gw.reshape(m, out, C * kh * kw)
+
+
+def _squared_conv_products(module: nn.Conv2d, xs: list[torch.Tensor], gs: list[torch.Tensor], QA, QB,
+                           has_bias: bool) -> torch.Tensor:
+    """``sum_n (Q_B^T G_n Q_A)^2`` (``(out, in_aug)``, float64; no rotation where ``Q_A`` / ``Q_B`` are None) with
+    ``G_n = sum_r g_nr [a_nr, 1]^T`` the per-row gradient of a convolution, summed over its calls ``xs`` / ``gs``."""
+    out, d = module.weight.shape[0], module.weight[0].numel()
+    m = xs[0].shape[0]
+    total = torch.zeros(out, d + int(has_bias), dtype=torch.float64, device=xs[0].device)
+    step = max(1, _CHUNK // max(1, out * (d + 1)))
+    for s in range(0, m, step):
+        M = None
+        for x, g in zip(xs, gs):
+            Mi = _conv_sample_grads(module, x[s:s + step], g[s:s + step])
+            if has_bias:
+                Mi = torch.cat([Mi, _at_least_single(g[s:s + step]).sum((2, 3)).unsqueeze(2)], 2)
+            M = Mi if M is None else M + Mi
+        if QA is not None:
+            M = M @ QA
+        if QB is not None:
+            M = QB.T @ M
+        total += (M * M).sum(0).to(torch.float64)
+    return total
 
 
 def _squared_rotated_products(g: torch.Tensor, a: torch.Tensor, QA: torch.Tensor, QB: torch.Tensor,
@@ -686,19 +891,49 @@ def _squared_rotated_products(g: torch.Tensor, a: torch.Tensor, QA: torch.Tensor
     return out
 
 
+@contextlib.contextmanager
+def _flush_denormals() -> Iterator[None]:
+    """Floating-point values below the smallest normal number (``1.2e-38`` in float32) are flushed to zero on the
+    CPU while the passes run (``torch.set_flush_denormal``), and the previous setting is restored.
+
+    Squared gradients of confidently classified rows fall in that range, where the CPU computes
+    about a hundred times slower; their contribution, below ``1e-38`` of a factor entry's own
+    scale, is far below the float32 rounding of the sums they would be added to."""
+    probe = torch.tensor([1e-30], dtype=torch.float32) * 1e-10  # a denormal, unless they are flushed already
+    already = float(probe[0]) == 0.0
+    changed = (not already) and torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if changed:
+            torch.set_flush_denormal(False)
+
+
 def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], mode: Mode, *, batch_size: int,
-               mc_samples: int | None = None, seed: int = 0,
-               progress: Callable[[int, int], None] | None = None) -> tuple[list[Block], FitStats]:
+               mc_samples: int | None = None, seed: int = 0, progress: Callable[[int, int], None] | None = None,
+               cache_bytes: int | None = None, conv_factor: str = "expand") -> tuple[list[Block], FitStats]:
     """Fit the blocks of ``plans`` on ``data`` for ``model`` (an evaluation-mode copy: hooks are added to it).
 
     ``flat`` is the :class:`FlatModel` of ``model`` over every planned parameter. One pass over the
-    data (two for EK-FAC: the eigenbasis first, then the diagonal in it); per batch, one forward pass
-    and one backward pass per column of ``S``, each asking autograd for the gradients at the
-    factored layers' outputs only. Products of activations and output gradients are formed in the
-    model's dtype (at least float32) and summed in float64; the eigendecompositions are in float64.
+    data; per batch, one forward pass and one backward pass per column of ``S``, each asking
+    autograd for the gradients at the factored layers' outputs only. EK-FAC keeps the per-row
+    gradients of the leading batches that fit in ``cache_bytes`` (default
+    :data:`EKFAC_CACHE_BYTES`; 0 keeps none) and makes a second pass over the other rows only.
+    ``conv_factor`` chooses the Kronecker factors of convolutions (:data:`CONV_FACTORS`, default
+    ``"expand"``). Products of activations and output gradients are formed in the model's dtype
+    (at least float32) and summed in float64; the eigendecompositions are in float64.
     """
+    if conv_factor not in CONV_FACTORS:
+        raise SolverError(f"conv_factor must be one of {sorted(CONV_FACTORS)}, got {conv_factor!r}.")
+    if cache_bytes is not None and (isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int)
+                                    or cache_bytes < 0):
+        raise SolverError(f"cache_bytes must be an integer >= 0 or None, got {cache_bytes!r}.")
+    reduce = conv_factor == "reduce"
     stats = FitStats(rows=len(data))
     kron = [p for p in plans if p.treatment in (Treatment.KFAC, Treatment.EKFAC)]
+    for p in kron:
+        if isinstance(p.module, nn.Conv2d):
+            p.notes["kronecker_factors"] = CONV_FACTORS[conv_factor]
     diag_layers = [p for p in plans if p.treatment is Treatment.DIAGONAL and p.module is not None]
     others = [p for p in plans if p.module is None]
     other_names = [n for p in others for n in p.params]
@@ -713,9 +948,11 @@ def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], 
     other_acc: dict[str, torch.Tensor] = {}
     gen = torch.Generator(device="cpu").manual_seed(seed)
 
-    def run(batch_fn) -> None:
+    def run(batch_fn, skip: int = 0) -> None:
         nonlocal done
-        for xb, yb in data.batches(batch_size, device=dev, dtype=flat.dtype):
+        for i, (xb, yb) in enumerate(data.batches(batch_size, device=dev, dtype=flat.dtype)):
+            if i < skip:  # done from the first pass
+                continue
             batch_fn(xb, yb)
             done += xb.shape[0]
             if progress is not None:
@@ -723,21 +960,20 @@ def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], 
         stats.passes += 1
 
     def tapped_pass(layers: list[LayerPlan], xb, yb, on_acts, on_column) -> torch.Tensor:
-        """Forward once with hooks on ``layers``; ``on_acts(plan, acts, k)`` with the layer's activations per
-        call (``(m, R, in)`` each) and the number ``k`` of columns of ``S``; then one backward pass per column
-        of ``S`` to the layers' outputs, ``on_column(plan, grads)`` with the output gradients per call
-        (``(m, R, out)`` each). Returns ``S``."""
+        """Forward once with hooks on ``layers``; ``on_acts(plan, xs, k)`` with the layer's inputs per call (as
+        the layer saw them) and the number ``k`` of columns of ``S``; then one backward pass per column of ``S``
+        to the layers' outputs, ``on_column(plan, grads)`` with the gradients at the layer's outputs per call
+        (shaped as the outputs). Returns ``S``."""
         with _Taps(layers) as taps:
             with torch.enable_grad(), differentiable_kernels(flat.recurrent):
                 logits = model(xb)
         S, clipped = loss_hessian_sqrt(flat.model, logits, yb, mc_samples=mc_samples, generator=gen)
         stats.clipped += clipped
         stats.columns = S.shape[2]
-        acts = {p.name: [_activations(p, x) for x, _ in taps.calls.get(p.name, [])] for p in layers}
+        calls = {p.name: taps.calls.get(p.name, []) for p in layers}
         for p in layers:
-            on_acts(p, acts[p.name], S.shape[2])
-        targets = [(p.name, i, out) for p in layers for i, (_, out) in enumerate(taps.calls.get(p.name, []))
-                   if out.requires_grad]
+            on_acts(p, [x for x, _ in calls[p.name]], S.shape[2])
+        targets = [(p.name, i, out) for p in layers for i, (_, out) in enumerate(calls[p.name]) if out.requires_grad]
         k = S.shape[2]
         for j in range(k if targets and logits.requires_grad else 0):
             cot = S[:, :, j].reshape(logits.shape).to(logits.dtype)
@@ -745,32 +981,58 @@ def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], 
                                         allow_unused=True)
             got = {(name, i): g for (name, i, _), g in zip(targets, grads) if g is not None}
             for p in layers:
-                out = p.module.weight.shape[0]
                 # a call that does not reach the logits has a zero gradient
-                on_column(p, [_output_grads(p, got[(p.name, i)]) if (p.name, i) in got
-                              else a.new_zeros(a.shape[0], a.shape[1], out) for i, a in enumerate(acts[p.name])])
+                on_column(p, [got.get((p.name, i)) if (p.name, i) in got else torch.zeros_like(out)
+                              for i, (_, out) in enumerate(calls[p.name])])
         return S
 
-    def first(xb, yb):  # Kronecker factors, diagonals of factored layers, and the unfactored blocks
-        diag: dict[str, _Projected] = {}
+    budget = EKFAC_CACHE_BYTES if cache_bytes is None else int(cache_bytes)
+    cache: list[tuple[int, dict[str, _RowGradients]]] = []  # EK-FAC: the first batches' per-row gradients
+    caching = mode is Mode.EKFAC and bool(kron) and budget > 0
+    cached_bytes = 0
 
-        def on_acts(p, acts, k):
+    def first(xb, yb):  # Kronecker factors, diagonals of factored layers, and the unfactored blocks
+        nonlocal caching, cached_bytes
+        diag: dict[str, _Projected] = {}
+        rows: dict[str, _RowGradients] = {}
+
+        def on_acts(p, xs, k):
             if p.treatment is Treatment.DIAGONAL:
-                if acts:  # a layer not called on this batch adds nothing
-                    diag[p.name] = _Projected(p, acts, None, None, k)
+                if xs:  # a layer not called on this batch adds nothing
+                    diag[p.name] = _Projected(p, xs, None, None, k)
             else:
-                for a in acts:
-                    A[p.name].add(a, rows=p.has_bias)
+                for x in xs:
+                    if reduce and isinstance(p.module, nn.Conv2d):
+                        A[p.name].add(_mean_patch(p.module, x).unsqueeze(1), rows=p.has_bias)
+                    else:
+                        _add_activations(A[p.name], p, x)
+                if caching and xs:
+                    rows[p.name] = _RowGradients(p, xs)
 
         def on_column(p, grads):
             if p.treatment is Treatment.DIAGONAL:
                 if grads:
-                    diag[p.name].column(grads[0] if len(grads) == 1 else torch.cat(grads, 1))
+                    diag[p.name].column(grads)
             else:
                 for g in grads:
-                    B[p.name].add(g)
+                    if reduce and isinstance(p.module, nn.Conv2d):
+                        B[p.name].add(_at_least_single(g).sum((2, 3)).unsqueeze(1))
+                    else:
+                        B[p.name].add(_output_grads(p, g))
+                if p.name in rows:
+                    rows[p.name].column(grads)
 
         S = tapped_pass(kron + diag_layers, xb, yb, on_acts, on_column)
+        if caching:
+            for r in rows.values():
+                r.done()
+            size = sum(r.nbytes for r in rows.values())
+            if cached_bytes + size <= budget:
+                cache.append((xb.shape[0], rows))
+                cached_bytes += size
+                stats.per_sample_gradients += xb.shape[0] * S.shape[2]
+            else:  # the rest of the rows get the second pass
+                caching = False
         for name, acc in diag.items():
             D[name] = D.get(name, 0) + acc.result()
         if diag_layers:
@@ -786,7 +1048,8 @@ def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], 
                 other_acc[p.name] = other_acc.get(p.name, 0) + add
             stats.per_sample_gradients += xb.shape[0] * S.shape[2]
 
-    run(first)
+    with _flush_denormals():
+        run(first)
 
     eig: dict[str, tuple] = {}
     for p in kron:
@@ -798,27 +1061,46 @@ def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], 
         lB, QB = torch.linalg.eigh(0.5 * (Bp + Bp.T))
         eig[p.name] = (QA, lA.clamp(min=0), QB, lB.clamp(min=0))
 
-    if mode is Mode.EKFAC and kron:  # pass 2: the exact diagonal in the Kronecker eigenbasis
+    if mode is Mode.EKFAC and kron:  # the exact diagonal in the Kronecker eigenbasis
         dtype = torch.promote_types(flat.dtype, torch.float32)
         bases = {p.name: (eig[p.name][0].to(dtype), eig[p.name][2].to(dtype)) for p in kron}
+        n_cached = len(cache)
+        cached_rows = 0
+        with _flush_denormals():
+            for i in range(n_cached):  # the rows whose per-row gradients were kept: no second pass
+                m, rows = cache[i]
+                for name, r in rows.items():
+                    D[name] = D.get(name, 0) + r.project(*bases[name])
+                cache[i] = (m, {})
+                cached_rows += m
+                done += m
+                if progress is not None:
+                    progress(done, total)
 
         def second(xb, yb):
             proj: dict[str, _Projected] = {}
 
-            def on_acts(p, acts, k):
-                if acts:
-                    proj[p.name] = _Projected(p, acts, *bases[p.name], k)
+            def on_acts(p, xs, k):
+                if xs:
+                    proj[p.name] = _Projected(p, xs, *bases[p.name], k)
 
             def on_column(p, grads):
                 if grads:
-                    proj[p.name].column(grads[0] if len(grads) == 1 else torch.cat(grads, 1))
+                    proj[p.name].column(grads)
 
             S = tapped_pass(kron, xb, yb, on_acts, on_column)
             for name, acc in proj.items():
                 D[name] = D.get(name, 0) + acc.result()
             stats.per_sample_gradients += xb.shape[0] * S.shape[2]
 
-        run(second)
+        if cached_rows < len(data):
+            with _flush_denormals():
+                run(second, skip=n_cached)
+        how = {"rows_kept_from_first_pass": cached_rows, "bytes_kept": cached_bytes, "budget_bytes": budget,
+               "rows_in_second_pass": len(data) - cached_rows}
+        for p in kron:
+            p.notes["eigenvalue_correction"] = dict(how)
+        stats.cached_rows = cached_rows
 
     blocks: list[Block] = []
     for p in plans:
