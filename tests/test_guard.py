@@ -448,7 +448,8 @@ def test_a_step_that_wrecks_the_untouched_rows_is_refused():
     """The measured failure: every image of class 0 in 2,000 Fashion-MNIST rows relabelled 6, a CNN memorises it, and
     the request relabels them back with a fitted EK-FAC curvature. The original model is so confidently wrong on the
     corrected rows that a long step lowering their loss lowers the whole objective while wrecking the rest; the
-    untouched-rows test refuses it and accepts a more damped step that does help on held-out images."""
+    untouched-rows test refuses it. (It catches gross failures only: a step whose untouched rows pay less than the
+    objective gains can still cost held-out accuracy, which is what val= is for.)"""
     torch.manual_seed(0)
     full = uk.data.load_fashion_mnist(FASHION_ROOT, split="train")
     data = full.subset(np.sort(np.random.default_rng(123).permutation(len(full))[:2000]))
@@ -461,18 +462,21 @@ def test_a_step_that_wrecks_the_untouched_rows_is_refused():
     curvature = uk.curvature.fit(model, poisoned, kind="ekfac")
     before = test_accuracy(model, held_out)
 
-    off = uk.unlearn(model, poisoned, fix, method="second-order", curvature=curvature, guard_untouched=1e12)
-    last = off.diagnostics["guard"]["tries"][-1]
-    assert off.status == "accepted" and last["untouched_rise"] > last["actual"] > 0  # the objective fell, the rest paid more
+    # one try at damping 1e4, any decrease accepted (eta = 0), no backtracking: the step lowers the objective ...
+    one = dict(method="second-order", curvature=curvature, damping=1e4, guard_tries=1, guard_backtrack=0, guard_eta=0.0)
+    off = uk.unlearn(model, poisoned, fix, guard_untouched=1e12, **one)
+    (t,) = off.diagnostics["guard"]["tries"]
+    assert off.status == "accepted" and t["untouched_rise"] > t["actual"] > 0  # ... the rest paid more than it gained
     assert test_accuracy(off.model, held_out) < before - 0.05  # ... and the model got worse on images it never saw
+    on = uk.unlearn(model, poisoned, fix, **one)  # the same step with the untouched-rows test: refused
+    assert on.status == "rejected" and on.diagnostics["guard"]["tries"][0]["refused"] == \
+        "the rows the request did not touch got worse"
+    assert torch.equal(FlatModel(on.model).theta(), FlatModel(model).theta())
 
-    on = uk.unlearn(model, poisoned, fix, method="second-order", curvature=curvature)
-    guard = on.diagnostics["guard"]
-    assert on.status == "accepted" and guard["accepted_damping"] > off.diagnostics["guard"]["accepted_damping"]
-    assert any(t.get("refused") == "the rows the request did not touch got worse" for t in guard["tries"])
-    final = guard["tries"][-1]
-    assert final["untouched_rise"] <= final["actual"]
-    assert test_accuracy(on.model, held_out) > before  # the refused step's damping x10 helps on unseen images
+    default = uk.unlearn(model, poisoned, fix, method="second-order", curvature=curvature)
+    final = default.diagnostics["guard"]["tries"][-1]
+    assert default.status == "accepted" and final["untouched_rise"] <= final["actual"]
+    assert test_accuracy(default.model, held_out) > before
 
 
 def test_chunked_update_reuses_a_fitted_curvature_and_reports_its_drift(poisoned_mlp):

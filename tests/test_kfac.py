@@ -535,3 +535,18 @@ def test_conv_reduce_factors(cnn_case):
     (_, one), (_, other) = blocks(tiny, pixel, "reduce"), blocks(tiny, pixel, "expand")
     for x, y in zip(one, other):
         assert torch.allclose(torch.outer(x.lB, x.lA), torch.outer(y.lB, y.lA), rtol=1e-10, atol=1e-14)
+
+
+def test_fit_ekfac_memory_trades_a_second_pass_for_kept_rows():
+    import unlearnkit as uk
+
+    digits = uk.data.load_digits().subset(np.arange(300))
+    net = uk.train(uk.models.for_data("mlp", digits, hidden=(16,)), digits,
+                   config=uk.TrainConfig(optimizer="adam", epochs=2, lr=1e-2, batch_size=64))
+    kept = uk.curvature.fit(net, digits, kind="ekfac")
+    none = uk.curvature.fit(net, digits, kind="ekfac", ekfac_memory=0)
+    assert kept.diagnostics["passes"] == 1 and none.diagnostics["passes"] == 2
+    v = torch.randn(kept.n_params, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    torch.testing.assert_close(kept.solve(v, damping=1e-2), none.solve(v, damping=1e-2), rtol=1e-5, atol=1e-6)
+    with pytest.raises(uk.errors.SolverError, match="ekfac_memory"):
+        uk.curvature.fit(net, digits, kind="ekfac", ekfac_memory=-1)

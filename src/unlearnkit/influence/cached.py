@@ -355,7 +355,8 @@ def _mc_samples(mc_samples, kind: CurvatureKind, work, data, flat: FlatModel) ->
 
 def fit(model, data, *, kind: str = "auto", params="all", batch_size: int = 256, device=None,
         progress: Callable[[int, int], None] | None = None, mc_samples: int | str | None = "auto", seed: int = 0,
-        dense_max: int = DENSE_BLOCK_MAX, cg_tol: float = 1e-8, cg_max_iter: int = 500) -> Curvature:
+        dense_max: int = DENSE_BLOCK_MAX, cg_tol: float = 1e-8, cg_max_iter: int = 500,
+        ekfac_memory: int | None = None) -> Curvature:
     """Fit the curvature of ``model``'s objective on ``data`` at its current parameters (see the module docstring).
 
     Parameters
@@ -386,12 +387,18 @@ def fit(model, data, *, kind: str = "auto", params="all", batch_size: int = 256,
         their diagonal.
     cg_tol, cg_max_iter:
         Conjugate-gradient settings of ``kind="ggn-cg"``.
+    ekfac_memory:
+        Bytes of per-row gradient statistics EK-FAC (and ``"diagonal"``) may keep from the first pass so that those
+        rows need no second one (default ``EKFAC_CACHE_BYTES``, 512 MiB; 0 keeps none). The rows kept and the passes
+        made are in the diagnostics.
     """
     kind = _kind(kind)
     if batch_size < 1:
         raise SolverError(f"batch_size must be >= 1, got {batch_size}.")
     if not isinstance(dense_max, int) or dense_max < 0:
         raise SolverError(f"dense_max must be an integer >= 0, got {dense_max!r}.")
+    if ekfac_memory is not None and (isinstance(ekfac_memory, bool) or not isinstance(ekfac_memory, int) or ekfac_memory < 0):
+        raise SolverError(f"ekfac_memory must be an integer number of bytes >= 0 or None, got {ekfac_memory!r}.")
     model.check_data(data)
     if len(data) == 0:
         raise SolverError("Cannot fit a curvature on empty data.")
@@ -456,7 +463,7 @@ def fit(model, data, *, kind: str = "auto", params="all", batch_size: int = 256,
             if plan.treatment in (Treatment.KFAC, Treatment.EKFAC):
                 uniform_l2(plan.params, torch.cat([reg[s:s + k] for s, k in (offsets[n] for n in plan.params)]))
         blocks, stats = fit_blocks(work, flat, data, plans, mode, batch_size=batch_size, mc_samples=mc_samples,
-                                   seed=seed, progress=progress)
+                                   seed=seed, progress=progress, cache_bytes=ekfac_memory)
         diagnostics.update(matrix="generalised Gauss-Newton, block-diagonal by layer", ggn_factor=ggn_factor,
                            ggn_columns=stats.columns, passes=stats.passes,
                            per_sample_gradients=stats.per_sample_gradients, clipped_loss_curvature=stats.clipped,

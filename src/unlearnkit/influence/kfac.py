@@ -96,6 +96,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import hessian, vjp, vmap
@@ -946,13 +947,16 @@ def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], 
     B = {p.name: _Gram() for p in kron}
     D: dict[str, torch.Tensor] = {}  # factored layers' diagonal (identity basis), or EK-FAC's eigenvalues
     other_acc: dict[str, torch.Tensor] = {}
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device="cpu")
 
     def run(batch_fn, skip: int = 0) -> None:
         nonlocal done
         for i, (xb, yb) in enumerate(data.batches(batch_size, device=dev, dtype=flat.dtype)):
             if i < skip:  # done from the first pass
                 continue
+            # sampled labels seeded per batch: a row gets the same labels in both passes, so the result does not
+            # depend on how many rows the first pass could keep
+            gen.manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0]))
             batch_fn(xb, yb)
             done += xb.shape[0]
             if progress is not None:
