@@ -216,7 +216,8 @@ class Resolved:
 
 def _edited_rows(data: Dataset, positions: np.ndarray, ps: np.ndarray, cs: np.ndarray, values: np.ndarray,
                  labels: np.ndarray, *, name: str) -> Dataset:
-    """The rows at ``positions`` with the cell edits ``(ps, cs) -> values`` and ``labels`` applied."""
+    """The rows at ``positions`` with the cell edits ``(ps, cs) -> values`` applied and labels ``labels`` (those of
+    the rows at ``np.sort(positions)``, in that order)."""
     rows = data.subset(positions, name=name)
     if positions.size == 0:
         return rows
@@ -233,7 +234,7 @@ def _edited_rows(data: Dataset, positions: np.ndarray, ps: np.ndarray, cs: np.nd
         new_X = rows.X.reshape(len(rows), -1).copy()
         new_X[local, cs[mine]] = values[mine]
         new_X = new_X.reshape(rows.X.shape)
-    return rows.replace(X=new_X, y=labels[positions])
+    return rows.replace(X=new_X, y=labels[np.searchsorted(np.sort(positions), positions)])
 
 
 @dataclass(frozen=True)
@@ -371,8 +372,9 @@ class Changes:
         except DataError as exc:
             raise ChangesError(f"Point removal: {exc}") from None
 
-        # ---- labels
-        new_labels = data.y.copy()
+        # ---- labels: kept as edits (positions, labels), applied in order; the whole label vector is built only for
+        # the corrected data set (O(n)), the edited rows' labels from the edits alone (O(k))
+        label_edits: list[tuple[np.ndarray, np.ndarray]] = []
         label_pos: list[int] = []
         for edit in self.label_edits:
             try:
@@ -384,16 +386,26 @@ class Changes:
                 raise ChangesError(
                     f"Label edit: label {int(labs.max())} is out of range; {data.name} has {data.n_classes} classes (0..{data.n_classes - 1})."
                 )
-            new_labels[pos] = labs
+            label_edits.append((pos, labs))
             label_pos.extend(pos.tolist())
+
+        def labels_at(positions: np.ndarray) -> np.ndarray:
+            """The corrected labels of the rows at ``positions`` (sorted, unique; every edited row among them)."""
+            out = np.asarray(data.y[positions]).copy()
+            for pos, labs in label_edits:
+                hit = np.searchsorted(positions, pos)
+                inside = (hit < len(positions)) & (positions[np.minimum(hit, len(positions) - 1)] == pos)
+                out[hit[inside]] = labs[inside]
+            return out
+
+        def new_labels() -> np.ndarray:
+            return labels_at(np.arange(len(data)))
 
         # ---- features: expand to (row position, column) -> value, checking agreement. Cells are
         # kept as two flat arrays (key = position * n_cols + column, value), 16 bytes a cell.
         streaming = getattr(data, "streaming", False)  # features read from a source on demand: scanned in batches, edits kept as overrides
         X = None if streaming else data.X
         flat = None if streaming else (X if sp.issparse(X) else X.reshape(len(data), -1))
-        removed_mask = np.zeros(len(data), dtype=bool)
-        removed_mask[removed_pos] = True
         key_parts, value_parts = [], []
         for edit in self.feature_edits:
             bad = [c for c in edit.columns if c >= n_cols]
@@ -402,7 +414,7 @@ class Changes:
             cols = np.asarray(edit.columns, dtype=np.int64)
             if edit.rows is None and streaming:
                 rows_pos = data.nonzero_rows(cols)
-                rows_pos = rows_pos[~removed_mask[rows_pos]].astype(np.int64)
+                rows_pos = rows_pos[~np.isin(rows_pos, removed_pos)].astype(np.int64)
             elif edit.rows is None:
                 sub = flat[:, cols]
                 nz = (sub != 0)
@@ -410,7 +422,7 @@ class Changes:
                     rows_pos = np.unique(nz.nonzero()[0])
                 else:
                     rows_pos = np.flatnonzero(nz.any(axis=1))
-                rows_pos = rows_pos[~removed_mask[rows_pos]].astype(np.int64)
+                rows_pos = rows_pos[~np.isin(rows_pos, removed_pos)].astype(np.int64)
             else:
                 try:
                     rows_pos = positions_of(edit.rows)
@@ -453,7 +465,7 @@ class Changes:
         def changed() -> Dataset:
             """The whole data set with the edits applied (O(n d); only for the corrected data set)."""
             if streaming:
-                return data.with_features(ps, cs, values).replace(y=new_labels)
+                return data.with_features(ps, cs, values).replace(y=new_labels())
             if sp.issparse(flat) and not keys.size:
                 new_X = flat.copy()
             elif sp.issparse(flat):
@@ -465,7 +477,7 @@ class Changes:
                 new_X = flat.copy()
                 new_X[ps, cs] = values
                 new_X = new_X.reshape(X.shape)
-            return data.replace(X=new_X, y=new_labels)
+            return data.replace(X=new_X, y=new_labels())
 
         def corrected() -> Dataset:
             keep = np.setdiff1d(np.arange(len(data)), removed_pos)
@@ -474,7 +486,8 @@ class Changes:
         if streaming:
             Z_tilde = changed().subset(edited_sorted, name=f"{data.name}[Z~]")
         else:  # only the edited rows are copied: a request costs O(k d), not O(n d)
-            Z_tilde = _edited_rows(data, edited_sorted, ps, cs, values, new_labels, name=f"{data.name}[Z~]")
+            Z_tilde = _edited_rows(data, edited_sorted, ps, cs, values, labels_at(np.sort(edited_sorted)),
+                                   name=f"{data.name}[Z~]")
         return Resolved(np.asarray(data.ids[affected]), Z, Z_tilde, corrected)
 
     def apply(self, data: Dataset) -> Dataset:
