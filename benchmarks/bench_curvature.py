@@ -127,6 +127,9 @@ from unlearnkit.influence.updates import second_order_update
 from unlearnkit.models import LogisticRegression
 from unlearnkit.training import TrainConfig, accuracy, train
 
+import curvature_latency  # a sibling module (benchmarks/ is on the path when a benchmark runs)
+from curvature_latency import planted_data
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "curvature.json"
 
@@ -138,12 +141,9 @@ FLIP_FRACTION = 0.01
 def make_problem(n: int, d: int, seed: int) -> tuple[uk.Dataset, uk.Changes]:
     """Planted logistic data (learnable, not separable) and a request flipping 1 % of the labels."""
     rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, d))
-    w = rng.normal(size=d) / np.sqrt(d) * 2.0
-    y = (X @ w + 0.5 + rng.logistic(size=n) > 0).astype(np.int64)
-    data = uk.Dataset(X, y, name=f"planted-{n}x{d}")
+    data = planted_data(n, d, rng)
     rows = np.sort(rng.choice(n, size=max(1, int(FLIP_FRACTION * n)), replace=False))
-    changes = uk.Changes.relabel(data.ids[rows], 1 - y[rows])
+    changes = uk.Changes.relabel(data.ids[rows], 1 - data.y[rows])
     return data, changes
 
 
@@ -576,8 +576,6 @@ def run_deep(args, log) -> dict:
 def run_latency(args, log) -> dict:
     """Per-request latency grid (``benchmarks/curvature_latency.py``): the ledger against its durable floor and the
     in-memory cached path against its compute floor, n = 1e4, 1e5, 1e6 (``--sizes``) and k = 1, 10, 100, 1000."""
-    import curvature_latency
-
     sizes = args.sizes or curvature_latency.SIZES
     reps = max(args.reps, 5)
     log("the ledger against its durable floor (one fsync'd SQLite commit + the O(kp + p^2) update)")
@@ -592,13 +590,8 @@ PARTS = {"convex": run_convex, "deep": run_deep, "latency": run_latency}
 
 def machine_info() -> dict:
     import sklearn
-    from threadpoolctl import threadpool_info
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "blas": [{k: info.get(k) for k in ("internal_api", "num_threads")} for info in threadpool_info()],
-            "load_average_1min": os.getloadavg()[0], "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": np.__version__, "sklearn": sklearn.__version__, "device": "cpu"}
+    return {**curvature_latency.machine_info(), "sklearn": sklearn.__version__}
 
 
 def main(argv=None) -> dict:
@@ -627,16 +620,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    if args.threads is not None:
-        import sklearn.linear_model  # noqa: F401  (load its OpenMP runtime before limiting the thread pools)
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)
-
-    def log(message: str) -> None:
-        print(message, flush=True)
-
+    curvature_latency.limit_threads(args.threads)
+    log = curvature_latency.log
     start = time.perf_counter()
     result = PARTS[args.part](args, log)
     result.update(machine=machine_info(), seconds=time.perf_counter() - start,

@@ -80,9 +80,10 @@ times more)."""
 DEFAULT_OUT = Path(tempfile.gettempdir()) / "latency.json"
 
 
-def planted_data(n: int, d: int, seed: int) -> uk.Dataset:
-    """Planted logistic data, learnable and not separable (``make_problem`` of ``bench_curvature``)."""
-    rng = np.random.default_rng(seed)
+def planted_data(n: int, d: int, seed: "int | np.random.Generator") -> uk.Dataset:
+    """Planted logistic data, learnable and not separable (also the data of ``bench_curvature``'s convex part, which
+    passes its own generator and goes on drawing from it)."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     X = rng.normal(size=(n, d))
     w = rng.normal(size=d) / np.sqrt(d) * 2.0
     y = (X @ w + 0.5 + rng.logistic(size=n) > 0).astype(np.int64)
@@ -330,6 +331,20 @@ def machine_info() -> dict:
             "torch": torch.__version__, "numpy": np.__version__, "sqlite": sqlite3.sqlite_version, "device": "cpu"}
 
 
+def limit_threads(threads: int | None) -> None:
+    """The same number of threads for torch and the BLAS under numpy / scipy / scikit-learn (None: their own)."""
+    if threads is not None:
+        import sklearn.linear_model  # noqa: F401  (load its OpenMP runtime before limiting the thread pools)
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(threads)
+        threadpool_limits(threads)
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=SIZES)
@@ -341,15 +356,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--workdir", type=Path, default=None, help="where the ledgers are built (default: temp)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)
-
-    def log(message: str) -> None:
-        print(message, flush=True)
-
+    limit_threads(args.threads)
     start = time.perf_counter()
     result = run_latency(args.sizes, args.ks, args.reps, args.seed, log, workdir=args.workdir)
     log("\nthe in-memory cached path (uk.unlearn with a fitted curvature) against its compute floor")
