@@ -7,6 +7,7 @@ and reverse-mode products in ``torch.func``, no hooks, no per-sample gradients).
 
 from __future__ import annotations
 
+import collections
 import copy
 import logging
 import pickle
@@ -485,19 +486,6 @@ def test_ekfac_kept_gradients_equal_a_second_pass(case, request, monkeypatch):
                 assert torch.allclose(a.S, b.S, rtol=1e-10, atol=1e-14 * float(a.S.max()))
 
 
-@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="x86 flush-to-zero")
-def test_denormal_flushing_is_scoped_to_the_fit():
-    from unlearnkit.influence.kfac import _flush_denormals
-
-    def tiny():
-        return float((torch.tensor([1e-30], dtype=torch.float32) * 1e-10)[0])
-
-    assert tiny() > 0
-    with _flush_denormals():
-        assert tiny() == 0.0
-    assert tiny() > 0  # restored
-
-
 def test_conv_reduce_factors(cnn_case):
     """``conv_factor="reduce"``: the input factor of the first convolution is ``sum_n [abar_n, 1][abar_n, 1]^T``
     with ``abar_n`` the row's patches averaged over the output pixels; it is named per layer; a convolution with one
@@ -550,3 +538,184 @@ def test_fit_ekfac_memory_trades_a_second_pass_for_kept_rows():
     torch.testing.assert_close(kept.solve(v, damping=1e-2), none.solve(v, damping=1e-2), rtol=1e-5, atol=1e-6)
     with pytest.raises(uk.errors.SolverError, match="ekfac_memory"):
         uk.curvature.fit(net, digits, kind="ekfac", ekfac_memory=-1)
+
+
+def test_ekfac_working_memory_is_bounded_by_the_chunk_and_the_budget(monkeypatch):
+    """EK-FAC's per-row products never hold more than about ``_CHUNK`` values at once, and a batch whose kept
+    statistics would not fit the memory budget is never formed (its size is known from the shapes first): with a
+    1-byte budget, the largest tensor made during the fit is no larger than the model's own activations."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from unlearnkit.influence import kfac
+
+    class Largest(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.values = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    self.values = max(self.values, t.untyped_storage().nbytes() // t.element_size())
+            return out
+
+    monkeypatch.setattr(kfac, "_CHUNK", 4096)
+    monkeypatch.setattr(kfac, "_PATCHES", 4096)
+    rng = np.random.default_rng(0)
+    m = 64
+    data = uk.Dataset(rng.normal(size=(m, 16, 4, 4)).astype(np.float32), rng.integers(0, 3, size=m), n_classes=3)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(32, 3))
+    model = uk.wrap(net, n_classes=3, l2=0.1)
+    activations = m * 32 * 4 * 4  # the convolution's output, the largest tensor of the forward pass
+    factor = (16 * 9 + 1) ** 2  # the convolution's input factor
+    per_row = 2 * m * 32 * (16 * 9 + 1)  # the batch's per-row gradients (two columns of S): never formed at once
+    assert per_row > 4 * max(activations, factor)
+    for budget in (1, None):
+        with Largest() as seen:
+            fit = uk.curvature.fit(model, data, kind="ekfac", batch_size=m, mc_samples=None, ekfac_memory=budget)
+        kept = fit.diagnostics["layers"][0]["eigenvalue_correction"]["rows_kept_from_first_pass"]
+        assert kept == (0 if budget == 1 else m)
+        assert seen.values <= max(activations, factor) + 4096
+
+
+@pytest.mark.parametrize("case", ["cnn_case", "layouts_case", "twice_case"])
+def test_ekfac_rotation_order_and_row_blocks_do_not_change_the_eigenvalues(case, request, monkeypatch):
+    """Rotating the activations and output gradients before their product, or the per-row gradients after it,
+    kept from the first pass or not, in blocks of any number of rows: the same EK-FAC eigenvalues."""
+    from unlearnkit.influence import kfac
+
+    model, data = request.getfixturevalue(case)
+    reference = uk.curvature.fit(model, data, kind="ekfac", batch_size=8, mc_samples=None)
+    chosen = kfac._order
+    for order in ("before", "after"):
+        for chunk, budget in ((kfac._CHUNK, None), (64, None), (64, 0)):
+            monkeypatch.setattr(kfac, "_order", lambda plan, xs, k, rotated, order=order: (
+                chosen(plan, xs, k, rotated) if not rotated or chosen(plan, xs, k, rotated) == "single" else order))
+            monkeypatch.setattr(kfac, "_CHUNK", chunk)
+            fit = uk.curvature.fit(model, data, kind="ekfac", batch_size=8, mc_samples=None, ekfac_memory=budget)
+            monkeypatch.undo()
+            for a, b in zip(reference.blocks, fit.blocks):
+                if isinstance(a, KroneckerBlock):
+                    assert torch.allclose(a.S, b.S, rtol=1e-10, atol=1e-14 * float(a.S.max()))
+
+
+def test_ekfac_rotates_before_the_product_when_that_is_cheaper():
+    """A convolution on small output maps rotates its patches and output gradients (``R d^2`` per row); one on
+    large maps with few output channels forms the per-row gradients and rotates them (``out d^2`` per column)."""
+    from unlearnkit.influence.kfac import LayerPlan, Treatment, _order
+
+    def order(conv, hw, k):
+        plan = LayerPlan("c", "Conv2d", ["c.weight", "c.bias"], 0, Treatment.EKFAC, module=conv, has_bias=True)
+        return _order(plan, [torch.zeros(8, conv.in_channels, hw, hw)], k, True)
+
+    assert order(nn.Conv2d(128, 128, 3, padding=1), 4, 9) == "before"
+    assert order(nn.Conv2d(1, 16, 3, padding=1), 28, 9) == "after"
+
+
+def test_kronecker_factor_float32_sums_cover_at_most_fold_positions(monkeypatch):
+    """A Kronecker factor is summed in the model's dtype over at most ``_FOLD`` positions before it is folded into
+    float64, whatever the batch size and layout (a convolution's channel-major patches, its output gradients with
+    the positions last, a linear layer's rows); the factor is the same."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from unlearnkit.influence import kfac
+
+    class Sums(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.since, self.most = {}, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.addmm_.default and args[0].dtype == torch.float32:
+                n = args[1].shape[1]
+            elif func is torch.ops.aten.addbmm_.default and args[0].dtype == torch.float32:
+                n = args[1].shape[0] * args[1].shape[2]
+            elif func is torch.ops.aten.zero_.default:
+                self.since[args[0].data_ptr()] = 0
+                n = None
+            else:
+                n = None
+            if n is not None:
+                key = args[0].data_ptr()
+                self.since[key] = self.since.get(key, 0) + n
+                self.most = max(self.most, self.since[key])
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(kfac, "_FOLD", 8)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 2)
+    x = torch.randn(5, 2, 4, 4)
+    layouts = {"patches": kfac._conv_patches(conv, x).permute(1, 2, 0),  # channel-major (d, m, R) view
+               "positions last": torch.randn(5, 3, 9).transpose(1, 2),
+               "rows": torch.randn(5, 3, 4)}
+    for name, a in layouts.items():
+        gram = kfac._Gram()
+        with Sums() as seen:
+            for _ in range(3):
+                gram.add(a, rows=True)
+            got = gram.matrix(a.shape[2], bias=True, device="cpu")
+        assert 0 < seen.most <= 8, name
+        X = torch.cat([a.reshape(-1, a.shape[2]).double(), torch.ones(a.shape[0] * a.shape[1], 1, dtype=torch.float64)], 1)
+        assert torch.allclose(got, 3 * X.T @ X, rtol=1e-5, atol=1e-5), name
+
+
+def test_ekfac_second_pass_does_not_read_kept_rows_of_a_streamed_set(monkeypatch):
+    """A streamed data set's rows kept from the first pass are not read again by the second pass, and the
+    eigenvalues equal those of the same rows in memory."""
+    from unlearnkit.influence import kfac
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(23, 1, 5, 5)).astype(np.float32)
+    y = rng.integers(0, 3, size=23)
+    reads = []
+
+    class Source(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(X)
+
+        def __getitem__(self, i):
+            reads.append(int(i))
+            return torch.from_numpy(X[i]), int(y[i])
+
+    streamed = uk.data.from_torch(Source(), n_classes=3, stream=True, batch_size=5, materialize_bytes=1000)
+    torch.manual_seed(0)
+    model = uk.wrap(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(18, 3)).double(),
+                    n_classes=3, l2=0.1)
+    reference = uk.curvature.fit(model, uk.Dataset(X, y, n_classes=3), kind="ekfac", batch_size=5, mc_samples=None)
+    full = reference.diagnostics["layers"][0]["eigenvalue_correction"]["bytes_kept"]
+    uk.curvature.fit(model, streamed, kind="ekfac", batch_size=5, mc_samples=None)  # (reads remembered by the set)
+    reads.clear()
+    uk.curvature.fit(model, streamed, kind="ekfac", batch_size=5, mc_samples=None)  # every row kept: one pass
+    one_pass = collections.Counter(reads)
+    reads.clear()
+    reads.clear()
+    monkeypatch.setattr(kfac, "EKFAC_CACHE_BYTES", full // 2)
+    fit = uk.curvature.fit(model, streamed, kind="ekfac", batch_size=5, mc_samples=None)
+    kept = fit.diagnostics["layers"][0]["eigenvalue_correction"]["rows_kept_from_first_pass"]
+    assert 0 < kept < 23
+    assert collections.Counter(reads) - one_pass == collections.Counter(range(kept, 23))  # the other rows, once
+    assert one_pass - collections.Counter(reads) == collections.Counter()
+    for a, b in zip(reference.blocks, fit.blocks):
+        if isinstance(a, KroneckerBlock):
+            assert torch.allclose(a.S, b.S, rtol=1e-5, atol=1e-6 * float(a.S.max()))
+
+
+def test_squares_never_make_subnormal_numbers(mlp_case):
+    """EK-FAC's squared rotated gradients: an entry whose float32 square would be subnormal (below ``1.2e-38``,
+    where the CPU is slow) counts as zero; every other square is exact, and float64 keeps them all. No
+    process-wide floating-point setting is used for this (the fit leaves the thread's settings alone)."""
+    from unlearnkit.influence.kfac import _squares
+
+    M = torch.tensor([[1e-20, -1e-20, 2e-19, -3.0, 0.0]])
+    tiny = torch.finfo(torch.float32).tiny
+    got = _squares(M)
+    assert torch.equal(got, torch.tensor([[0.0, 0.0, float(M[0, 2]) ** 2, 9.0, 0.0]]))
+    assert bool(((got == 0) | (got >= tiny)).all())
+    assert torch.equal(_squares(M.double()), M.double() ** 2)
+    model, data = mlp_case
+    for kind in ("kfac", "ekfac"):
+        uk.curvature.fit(model, data, kind=kind, batch_size=32)
+        assert float((torch.tensor([1e-30], dtype=torch.float32) * 1e-10)[0]) > 0  # subnormals not flushed after it

@@ -46,11 +46,9 @@ is formed).
 
 **Cost.** A factor is one matrix product per batch (a convolution's patches are one strided copy
 of the padded input, channel-major, so ``A = X X^T``), formed in the model's dtype (at least
-float32), summed in that dtype over at most 16 products and then in float64; the
-eigendecompositions are in float64 (in float32 the small eigenvalues of a large input factor lose
-far more accuracy than the float32 products cost). While the passes run on the CPU, float32
-values below ``1.2e-38`` are flushed to zero (squared gradients of confidently classified rows
-land there, where the CPU is about a hundred times slower).
+float32), summed in that dtype over at most 4096 positions (rows, or a convolution's output
+pixels) and then in float64; the eigendecompositions are in float64 (in float32 the small
+eigenvalues of a large input factor lose far more accuracy than the float32 products cost).
 
 **EK-FAC** (George, Laurent, Bouthillier, Ballas & Vincent, "Fast Approximate Natural Gradient
 Descent in a Kronecker-factored Eigenbasis", NeurIPS 2018). With ``A = Q_A L_A Q_A^T`` and
@@ -62,14 +60,18 @@ eigenbasis and replaces the eigenvalues by the exact diagonal of ``G_layer`` in 
 which is the best diagonal in that basis in Frobenius norm, and accounts for cross-position terms.
 It is computed from the recorded activations and output gradients without forming per-sample
 gradients in the parameter basis: for one position ``(Q_B^T g)^2 ((Q_A^T a)^2)^T``, summed over the
-columns first; for ``R`` positions of a linear layer, rotating ``a`` and ``g`` before their product
-or the product after it, whichever costs fewer operations for the layer; for a convolution, its
-per-row weight gradients from one grouped-convolution backward pass (one group per row), then
-rotated. The basis is known only after a first pass over the data. The first pass therefore also
-keeps each row's compact gradient statistics (``a`` and ``g`` for a one-position layer, the per-row
-gradient ``sum_r g_r [a_r, 1]^T`` otherwise) for as many leading batches as fit in
-:data:`EKFAC_CACHE_BYTES`; those rows are projected without a second pass, and only the other rows
-get one. The per-layer diagnostics state how many rows each way.
+columns first; for ``R`` positions (a linear layer on sequences, a convolution's output pixels),
+rotating ``a`` and ``g`` before their product (``R d^2`` operations per row for ``d`` inputs) or the
+per-row gradient after it (``out d^2`` per column), whichever costs fewer operations for the layer;
+a convolution's per-row weight gradients come from one grouped-convolution backward pass (one group
+per row), its rotated image patches are formed in blocks of rows. The per-row products hold at most
+about 8 million values at a time, whatever the layer's size. The basis is known only after a first
+pass over the data. The first pass therefore also keeps each row's gradient statistics (the
+layer's inputs and output gradients, or the per-row gradients ``sum_r g_r [a_r, 1]^T`` where these
+are rotated after their product and take less memory) for as many leading batches as fit in
+:data:`EKFAC_CACHE_BYTES`, each batch's size known from the shapes before anything is kept; those rows
+are projected without a second pass, and only the other rows get one (a streamed data set reads only
+those). The per-layer diagnostics state how many rows each way.
 
 **Layers it cannot factor** (embeddings, recurrent layers, attention, normalisation layers, a
 linear layer whose weight is used without calling it or shared with another module, grouped or
@@ -89,12 +91,11 @@ parameters.
 from __future__ import annotations
 
 import abc
-import contextlib
 import enum
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -111,7 +112,8 @@ DENSE_BLOCK_MAX = 2000
 """Largest unfactored layer (parameters) given its exact GGN block; larger ones get the diagonal."""
 
 _CHUNK = 1 << 23
-"""Largest number of values of per-sample gradient matrices held at once (a batch is split below it)."""
+"""Largest number of values of per-row products (per-sample gradient matrices, rotated image patches) held at once
+(a batch is split into blocks of rows below it)."""
 
 _PATCHES = 1 << 20
 """Most values of a convolution's image patches formed at once (a batch is split into blocks of rows below it)."""
@@ -126,8 +128,9 @@ CONV_FACTORS = {
 }
 """The Kronecker factors of a convolution (``conv_factor`` of :func:`fit_blocks`)."""
 
-_FOLD = 16
-"""Kronecker-factor products summed in the model's dtype before they are added to a float64 sum."""
+_FOLD = 4096
+"""Most positions (rows, or a convolution's output pixels) of a Kronecker factor summed in the model's dtype before
+their sum is added to a float64 sum."""
 
 
 class Treatment(str, enum.Enum):
@@ -621,10 +624,10 @@ class _Gram:
     """Running sums, over batches of positions ``a`` (``(m, R, d)``), of ``sum_{n, r} a_nr a_nr^T``, of
     ``sum_{n, r} a_nr`` and of the number of positions.
 
-    Each batch's product is one matrix product in the batch's dtype, added in place to an accumulator of that
-    dtype; the accumulator is folded into the float64 sum every :data:`_FOLD` products and at the end (a
-    float32 sum of at most ``_FOLD`` products of float32 values, each already rounded in float32: the
-    float64 sum bounds the error's growth with the number of rows)."""
+    A batch's product is formed in the batch's dtype, in matrix products of at most :data:`_FOLD` positions
+    added in place to an accumulator of that dtype, which is folded into the float64 sum before it would sum
+    more than ``_FOLD`` positions, and at the end: no sum in float32 covers more than ``_FOLD`` positions,
+    whatever the batch size and the number of rows (the float64 sum bounds the error's growth with them)."""
 
     def __init__(self) -> None:
         self.xx: torch.Tensor | None = None  # float64
@@ -641,22 +644,33 @@ class _Gram:
         native = a.transpose(1, 2)
         if cm.is_contiguous():  # a convolution's channel-major patches: X X^T, no copy
             X = cm.reshape(d, m * R)
-            self.acc.addmm_(X, X.T)
+            for s in range(0, m * R, _FOLD):
+                self._room(min(_FOLD, m * R - s))
+                self.acc.addmm_(X[:, s:s + _FOLD], X[:, s:s + _FOLD].T)
             rowsum = X.sum(1) if rows else None
         elif R > 1 and native.is_contiguous():  # positions last (a convolution's output gradients): per-row products
-            self.acc.addbmm_(native, a)
+            step, width = max(1, _FOLD // R), min(R, _FOLD)
+            for s in range(0, m, step):
+                for r in range(0, R, width):
+                    self._room(min(step, m - s) * min(width, R - r))
+                    self.acc.addbmm_(native[s:s + step, :, r:r + width], a[s:s + step, r:r + width])
             rowsum = native.sum((0, 2)) if rows else None
         else:
             X = a.reshape(m * R, d)
-            self.acc.addmm_(X.T, X)
+            for s in range(0, m * R, _FOLD):
+                self._room(min(_FOLD, m * R - s))
+                self.acc.addmm_(X[s:s + _FOLD].T, X[s:s + _FOLD])
             rowsum = X.sum(0) if rows else None
-        self.pending += 1
-        if self.pending >= _FOLD:
-            self._fold()
         if rowsum is not None:
             r = rowsum.to(torch.float64)
             self.sum = r if self.sum is None else self.sum + r
         self.n += m * R
+
+    def _room(self, positions: int) -> None:
+        """Fold first if the accumulator would then sum more than :data:`_FOLD` positions."""
+        if self.pending + positions > _FOLD:
+            self._fold()
+        self.pending += positions
 
     def _fold(self) -> None:
         if self.acc is not None and self.pending:
@@ -688,6 +702,14 @@ def _in_basis(a: torch.Tensor, QA: torch.Tensor | None, has_bias: bool) -> torch
     return out + QA[d] if has_bias else out
 
 
+def _squares(M: torch.Tensor) -> torch.Tensor:
+    """``M * M`` with the entries of ``M`` whose square is below the dtype's smallest normal number (``|M| < 1.1e-19``
+    in float32) taken as zero. Per-row gradients rotated into directions where a Kronecker factor is (nearly)
+    singular are rounding noise of that size; their squares would be subnormal numbers, on which the CPU is
+    about a hundred times slower, and are below anything a normal float32 sum can hold next to the others."""
+    return F.threshold_(M.abs(), math.sqrt(torch.finfo(M.dtype).tiny), 0.0).square_()
+
+
 def _squared_products(g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """``sum_n (g_n^T a_n)^2`` (``(out, in)``, float64) for ``g`` of shape ``(m, R, out)`` and ``a`` of shape
     ``(m, R, in)``: the squared entries of the per-row gradients ``sum_r g_nr a_nr^T``, summed over the rows."""
@@ -695,7 +717,7 @@ def _squared_products(g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     step = max(1, _CHUNK // max(1, g.shape[2] * a.shape[2]))
     for s in range(0, a.shape[0], step):
         M = torch.bmm(g[s:s + step].transpose(1, 2), a[s:s + step])
-        out += (M * M).sum(0).to(torch.float64)
+        out += _squares(M).sum(0).to(torch.float64)
     return out
 
 
@@ -712,6 +734,35 @@ class FitStats:
     cached_rows: int = 0
 
 
+def _positions(plan: LayerPlan, xs: list[torch.Tensor]) -> int:
+    """The number ``R`` of positions per row at which the layer's weight is applied, over all its calls ``xs``
+    (computed from the shapes; nothing is formed)."""
+    if isinstance(plan.module, nn.Conv2d):
+        return sum(math.prod(_patch_view(plan.module, x[:1]).shape[2:4]) for x in xs)
+    return sum(x[:1].numel() // max(1, x.shape[-1]) for x in xs)
+
+
+def _order(plan: LayerPlan, xs: list[torch.Tensor], k: int, rotated: bool) -> str:
+    """How a batch's share of the EK-FAC eigenvalues (or of the exact diagonal, ``rotated`` False) is computed for
+    ``plan``'s layer with inputs ``xs`` and ``k`` columns of ``S``: ``"single"`` (a linear layer at one position:
+    outer products), ``"before"`` (the activations and output gradients rotated into the eigenbasis, then
+    multiplied) or ``"after"`` (the per-row gradients formed, then rotated), whichever needs fewer operations."""
+    conv = isinstance(plan.module, nn.Conv2d)
+    R = _positions(plan, xs)
+    if not conv and R == 1:
+        return "single"
+    if not rotated:
+        return "after" if conv else "before"
+    out, d = plan.module.weight.shape[0], plan.module.weight[0].numel()
+    d_aug = d + int(plan.has_bias)
+    once = R * d * d_aug  # rotating one row's activations
+    if conv and xs[0].shape[0] * R * d_aug > _CHUNK:  # the batch's rotated patches are not kept: once per column
+        once *= k
+    before = once + k * R * out * out + k * out * R * d_aug
+    after = k * out * R * d + k * out * d * d_aug + k * out * out * d_aug
+    return "after" if after < before else "before"
+
+
 class _Projected:
     """Accumulates ``sum_{n, c} (Q_B^T (sum_r g_ncr [a_nr, 1]^T) Q_A)^2`` for one layer over a batch's ``k``
     columns ``c`` (identity bases when ``Q_A`` / ``Q_B`` are None): the EK-FAC eigenvalues, or the exact diagonal.
@@ -719,116 +770,152 @@ class _Projected:
     Built from the layer's inputs ``xs`` and, per column, its output gradients ``gs`` (one tensor per call, as
     the layer saw them). The per-row gradient is never formed in the parameter basis when it can be avoided:
     with one position it is the outer product ``(Q_B^T g)(Q_A^T [a, 1])^T``, whose squares are
-    ``(Q_B^T g)^2 ((Q_A^T [a, 1])^2)^T``, summed over the columns first; with ``R`` positions of a linear
-    layer either the activations and gradients are rotated into the eigenbasis before their product, or the
-    product is rotated, whichever needs fewer operations for this layer. A convolution's per-row weight
-    gradients come from one grouped-convolution backward pass (one group per row; no image patches are
-    formed), and are then rotated.
+    ``(Q_B^T g)^2 ((Q_A^T [a, 1])^2)^T``, summed over the columns first; with ``R`` positions (a linear layer
+    on sequences, a convolution's output pixels) either the activations and gradients are rotated into the
+    eigenbasis before their product, or the per-row gradients are formed and rotated, whichever needs fewer
+    operations for this layer (:func:`_order`). A convolution's per-row weight gradients come from one
+    grouped-convolution backward pass (one group per row; no image patches are formed); its rotated patches
+    are formed in blocks of rows. Every intermediate of the per-row products holds at most about
+    :data:`_CHUNK` values.
     """
 
     def __init__(self, plan: LayerPlan, xs: list[torch.Tensor], QA, QB, k: int) -> None:
-        self.plan, self.QA, self.QB, self.has_bias = plan, QA, QB, plan.has_bias
+        self.plan, self.xs, self.QA, self.QB, self.has_bias = plan, xs, QA, QB, plan.has_bias
         out = plan.module.weight.shape[0]
         d = plan.module.weight[0].numel()
         self.conv = isinstance(plan.module, nn.Conv2d)
         self.total = torch.zeros(out, d + int(plan.has_bias), dtype=torch.float64, device=xs[0].device)
         self.u: torch.Tensor | None = None
-        if self.conv:
-            self.xs = xs
-            self.single = self.rotate_after = False
-            return
-        acts = [_activations(plan, x) for x in xs]
-        a = acts[0] if len(acts) == 1 else torch.cat(acts, 1)  # several calls: more positions of the same row
-        R = a.shape[1]
-        self.single = R == 1
-        # operations per row: rotate a once and each column's g, then multiply; or multiply, then rotate
-        before = R * d * d + k * R * out * out + k * out * R * d
-        after = k * out * R * d + k * out * d * d + k * out * out * d
-        self.rotate_after = QA is not None and not self.single and after < before
-        self.a = a if self.rotate_after else _in_basis(a, QA, plan.has_bias)
+        self.order = _order(plan, xs, k, QA is not None)
+        self.single = self.order == "single"
+        self.a: torch.Tensor | None = None
+        m = xs[0].shape[0]
+        R = _positions(plan, xs)
+        # rows per block of the rotated-patch products: the patches, their rotation and the per-row products
+        self.step = max(1, _CHUNK // max(1, R * (2 * d + 1) + 2 * out * (d + 1)))
+        if self.order == "after":
+            if not self.conv:
+                acts = [_activations(plan, x) for x in xs]
+                self.a = acts[0] if len(acts) == 1 else torch.cat(acts, 1)  # more positions of the same row
+        elif not self.conv or m * R * (d + int(plan.has_bias)) <= _CHUNK:
+            self.a = self._rotated(0, m)
+
+    def _rotated(self, s: int, e: int) -> torch.Tensor:
+        """``[a, 1] Q_A`` (``(e - s, R, in_aug)``) for rows ``s:e``, all calls' positions concatenated."""
+        parts = [_in_basis(_activations(self.plan, x[s:e]), self.QA, self.has_bias) for x in self.xs]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+    def _grads(self, gs: list[torch.Tensor]) -> torch.Tensor:
+        g = [_output_grads(self.plan, t) for t in gs]
+        return g[0] if len(g) == 1 else torch.cat(g, 1)
 
     def column(self, gs: list[torch.Tensor]) -> None:
-        if self.conv:
-            self.total += _squared_conv_products(self.plan.module, self.xs, gs, self.QA, self.QB, self.has_bias)
+        self.columns([gs])
+
+    def columns(self, cols: list[list[torch.Tensor]]) -> None:
+        """Add the columns ``cols`` (each one tensor per call)."""
+        if self.order == "after":
+            for gs in cols:
+                if self.conv:
+                    self.total += _squared_conv_products(self.plan.module, self.xs, gs, self.QA, self.QB,
+                                                         self.has_bias)
+                else:
+                    self.total += _squared_rotated_products(self._grads(gs), self.a, self.QA, self.QB, self.has_bias)
             return
-        g = [_output_grads(self.plan, t) for t in gs]
-        g = g[0] if len(g) == 1 else torch.cat(g, 1)
-        if self.rotate_after:
-            self.total += _squared_rotated_products(g, self.a, self.QA, self.QB, self.has_bias)
-            return
-        if self.QB is not None:
-            g = g @ self.QB
+        gq = []
+        for gs in cols:
+            g = self._grads(gs)
+            gq.append(g @ self.QB if self.QB is not None else g)
         if self.single:
-            sq = g[:, 0] ** 2
-            self.u = sq if self.u is None else self.u + sq
-        else:
-            self.total += _squared_products(g, self.a)
+            for g in gq:
+                sq = _squares(g[:, 0])
+                self.u = sq if self.u is None else self.u + sq
+        elif self.a is not None:
+            for g in gq:
+                self.total += _squared_products(g, self.a)
+        else:  # the rotated patches in blocks of rows, each used for every column
+            for s in range(0, self.xs[0].shape[0], self.step):
+                a = self._rotated(s, s + self.step)
+                for g in gq:
+                    M = torch.bmm(g[s:s + self.step].transpose(1, 2), a)
+                    self.total += _squares(M).sum(0).to(torch.float64)
 
     def result(self) -> torch.Tensor:
         if self.single and self.u is not None:
-            self.total += (self.u.T @ self.a[:, 0] ** 2).to(torch.float64)
+            self.total += (self.u.T @ _squares(self.a[:, 0])).to(torch.float64)
         return self.total
 
 
 class _RowGradients:
-    """One batch's per-row gradients of one Kronecker-factored layer, kept from the first pass so that EK-FAC's
+    """One batch's per-row statistics of one Kronecker-factored layer, kept from the first pass so that EK-FAC's
     eigenvalue correction needs no second forward and backward pass over these rows.
 
-    For a layer applied once per row at one position, its inputs ``a`` and the output gradient ``g_c`` of each
-    column ``c`` of ``S`` (the per-row gradients are the outer products ``g_c [a, 1]^T``); otherwise the per-row
-    gradients ``G_nc = sum_r g_ncr [a_nr, 1]^T`` themselves (``(m, out, in_aug)``; a convolution's by
-    :func:`_conv_sample_grads`). :meth:`project` gives the batch's share of the EK-FAC eigenvalues."""
+    Either the layer's inputs and, per column of ``S``, its output gradients (what a second pass would
+    recompute; :class:`_Projected` then rotates before or after the product, as it would there), or,
+    where the per-row gradients are rotated after their product and take less memory than those, the
+    per-row gradients ``G_nc = sum_r g_ncr [a_nr, 1]^T`` themselves (``(m, out, in_aug)``; a convolution's
+    by :func:`_conv_sample_grads`, in blocks of rows). :attr:`nbytes` is known from the shapes before
+    anything is kept; :meth:`project` gives the batch's share of the EK-FAC eigenvalues."""
 
-    def __init__(self, plan: LayerPlan, xs: list[torch.Tensor]) -> None:
-        self.plan, self.has_bias = plan, plan.has_bias
+    def __init__(self, plan: LayerPlan, xs: list[torch.Tensor], outs: list[torch.Tensor], k: int) -> None:
+        self.plan, self.has_bias, self.k = plan, plan.has_bias, k
         self.conv = isinstance(plan.module, nn.Conv2d)
-        self.xs = xs  # until the columns are in
-        acts = None if self.conv else [_activations(plan, x) for x in xs]
-        self.outer = acts is not None and len(acts) == 1 and acts[0].shape[1] == 1
-        self.a = acts[0][:, 0].clone() if self.outer else None  # (m, in), its own memory
-        self.acts = None if self.outer else acts
-        self.cols: list[torch.Tensor] = []
+        self.xs = xs
+        self.m = xs[0].shape[0]
+        raw = sum(x.numel() * x.element_size() for x in xs) + k * sum(o.numel() * o.element_size() for o in outs)
+        out, d = plan.module.weight.shape[0], plan.module.weight[0].numel()
+        self.dtype = _at_least_single(xs[0][:0]).dtype
+        rows = k * self.m * out * (d + int(self.has_bias)) * self.dtype.itemsize
+        self.per_row = _order(plan, xs, k, True) == "after" and rows < raw
+        self.nbytes = rows if self.per_row else raw
+        """Bytes kept, from the shapes."""
+        self.cols: list = []
+
+    def start(self) -> None:
+        """The batch is kept: copy the inputs (the per-row gradients need them only until the columns are in)."""
+        if not self.per_row:
+            self.xs = [x.clone() for x in self.xs]
 
     def column(self, gs: list[torch.Tensor]) -> None:
-        if self.outer:
-            self.cols.append(_output_grads(self.plan, gs[0])[:, 0].clone())  # (m, out)
+        if not self.per_row:
+            self.cols.append([g.detach().clone() for g in gs])
             return
-        M = None
-        for i, g in enumerate(gs):
-            if self.conv:
-                Mi = _conv_sample_grads(self.plan.module, self.xs[i], g)
-                gsum = _at_least_single(g).sum((2, 3))
-            else:
-                go = _output_grads(self.plan, g)
-                Mi = torch.bmm(go.transpose(1, 2), self.acts[i])
-                gsum = go.sum(1)
-            if self.has_bias:
-                Mi = torch.cat([Mi, gsum.unsqueeze(2)], 2)
-            M = Mi if M is None else M + Mi
+        module = self.plan.module
+        out, d = module.weight.shape[0], module.weight[0].numel()
+        M = torch.zeros(self.m, out, d + int(self.has_bias), dtype=self.dtype, device=self.xs[0].device)
+        step = max(1, _CHUNK // max(1, 2 * out * (d + 1)))
+        for s in range(0, self.m, step):
+            e = s + step
+            for x, g in zip(self.xs, gs):
+                if self.conv:
+                    M[s:e, :, :d] += _conv_sample_grads(module, x[s:e], g[s:e])
+                    gsum = _at_least_single(g[s:e]).sum((2, 3))
+                else:
+                    go = _output_grads(self.plan, g[s:e])
+                    M[s:e, :, :d] += torch.bmm(go.transpose(1, 2), _activations(self.plan, x[s:e]))
+                    gsum = go.sum(1)
+                if self.has_bias:
+                    M[s:e, :, d] += gsum
         self.cols.append(M)
 
     def done(self) -> None:
-        """The columns are in: drop the references to the pass's activations."""
-        self.xs = self.acts = None
-
-    @property
-    def nbytes(self) -> int:
-        kept = self.cols + ([self.a] if self.a is not None else [])
-        return sum(t.numel() * t.element_size() for t in kept)
+        """The columns are in: drop the references to the pass's activations where they are not kept."""
+        if self.per_row:
+            self.xs = None
 
     def project(self, QA: torch.Tensor, QB: torch.Tensor) -> torch.Tensor:
         """``sum_{n, c} (Q_B^T G_nc Q_A)^2`` (``(out, in_aug)``, float64)."""
-        if self.outer:
-            rot = _in_basis(self.a.unsqueeze(1), QA, self.has_bias)[:, 0]
-            U = sum((g @ QB) ** 2 for g in self.cols)
-            return (U.T @ rot ** 2).to(torch.float64)
+        if not self.per_row:
+            acc = _Projected(self.plan, self.xs, QA, QB, self.k)
+            acc.columns(self.cols)
+            return acc.result()
         out, d_aug = QB.shape[0], QA.shape[0]
         total = torch.zeros(out, d_aug, dtype=torch.float64, device=QA.device)
         for M in self.cols:
-            step = max(1, _CHUNK // max(1, out * d_aug))
+            step = max(1, _CHUNK // max(1, 2 * out * d_aug))
             for s in range(0, M.shape[0], step):
                 R = QB.T @ (M[s:s + step] @ QA)
-                total += (R * R).sum(0).to(torch.float64)
+                total += _squares(R).sum(0).to(torch.float64)
         return total
 
 
@@ -871,7 +958,7 @@ def _squared_conv_products(module: nn.Conv2d, xs: list[torch.Tensor], gs: list[t
             M = M @ QA
         if QB is not None:
             M = QB.T @ M
-        total += (M * M).sum(0).to(torch.float64)
+        total += _squares(M).sum(0).to(torch.float64)
     return total
 
 
@@ -888,26 +975,8 @@ def _squared_rotated_products(g: torch.Tensor, a: torch.Tensor, QA: torch.Tensor
         if has_bias:
             M = M + gs.sum(1).unsqueeze(2) * QA[d]
         M = QB.T @ M
-        out += (M * M).sum(0).to(torch.float64)
+        out += _squares(M).sum(0).to(torch.float64)
     return out
-
-
-@contextlib.contextmanager
-def _flush_denormals() -> Iterator[None]:
-    """Floating-point values below the smallest normal number (``1.2e-38`` in float32) are flushed to zero on the
-    CPU while the passes run (``torch.set_flush_denormal``), and the previous setting is restored.
-
-    Squared gradients of confidently classified rows fall in that range, where the CPU computes
-    about a hundred times slower; their contribution, below ``1e-38`` of a factor entry's own
-    scale, is far below the float32 rounding of the sums they would be added to."""
-    probe = torch.tensor([1e-30], dtype=torch.float32) * 1e-10  # a denormal, unless they are flushed already
-    already = float(probe[0]) == 0.0
-    changed = (not already) and torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if changed:
-            torch.set_flush_denormal(False)
 
 
 def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], mode: Mode, *, batch_size: int,
@@ -918,8 +987,9 @@ def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], 
     ``flat`` is the :class:`FlatModel` of ``model`` over every planned parameter. One pass over the
     data; per batch, one forward pass and one backward pass per column of ``S``, each asking
     autograd for the gradients at the factored layers' outputs only. EK-FAC keeps the per-row
-    gradients of the leading batches that fit in ``cache_bytes`` (default
-    :data:`EKFAC_CACHE_BYTES`; 0 keeps none) and makes a second pass over the other rows only.
+    statistics of the leading batches that fit in ``cache_bytes`` (default
+    :data:`EKFAC_CACHE_BYTES`; 0 keeps none; a batch that would not fit is never formed) and makes a
+    second pass over the other rows only.
     ``conv_factor`` chooses the Kronecker factors of convolutions (:data:`CONV_FACTORS`, default
     ``"expand"``). Products of activations and output gradients are formed in the model's dtype
     (at least float32) and summed in float64; the eigendecompositions are in float64.
@@ -949,9 +1019,13 @@ def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], 
     other_acc: dict[str, torch.Tensor] = {}
     gen = torch.Generator(device="cpu")
 
-    def run(batch_fn, skip: int = 0) -> None:
+    def run(batch_fn, skip: int = 0, skip_rows: int = 0) -> None:
+        """``batch_fn`` on every batch but the first ``skip`` (``skip_rows`` rows, done from the first pass)."""
         nonlocal done
-        for i, (xb, yb) in enumerate(data.batches(batch_size, device=dev, dtype=flat.dtype)):
+        source, start = data, 0
+        if skip and getattr(data, "streaming", False):  # a lazy view of the other rows: the kept ones are not read
+            source, start = data.subset(np.arange(skip_rows, len(data))), skip
+        for i, (xb, yb) in enumerate(source.batches(batch_size, device=dev, dtype=flat.dtype), start=start):
             if i < skip:  # done from the first pass
                 continue
             # sampled labels seeded per batch: a row gets the same labels in both passes, so the result does not
@@ -963,11 +1037,11 @@ def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], 
                 progress(done, total)
         stats.passes += 1
 
-    def tapped_pass(layers: list[LayerPlan], xb, yb, on_acts, on_column) -> torch.Tensor:
-        """Forward once with hooks on ``layers``; ``on_acts(plan, xs, k)`` with the layer's inputs per call (as
-        the layer saw them) and the number ``k`` of columns of ``S``; then one backward pass per column of ``S``
-        to the layers' outputs, ``on_column(plan, grads)`` with the gradients at the layer's outputs per call
-        (shaped as the outputs). Returns ``S``."""
+    def tapped_pass(layers: list[LayerPlan], xb, yb, on_acts, on_column, on_start=None) -> torch.Tensor:
+        """Forward once with hooks on ``layers``; ``on_acts(plan, xs, outs, k)`` with the layer's inputs and
+        outputs per call (as the layer saw them) and the number ``k`` of columns of ``S``; ``on_start()``; then one
+        backward pass per column of ``S`` to the layers' outputs, ``on_column(plan, grads)`` with the gradients at
+        the layer's outputs per call (shaped as the outputs). Returns ``S``."""
         with _Taps(layers) as taps:
             with torch.enable_grad(), differentiable_kernels(flat.recurrent):
                 logits = model(xb)
@@ -976,7 +1050,9 @@ def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], 
         stats.columns = S.shape[2]
         calls = {p.name: taps.calls.get(p.name, []) for p in layers}
         for p in layers:
-            on_acts(p, [x for x, _ in calls[p.name]], S.shape[2])
+            on_acts(p, [x for x, _ in calls[p.name]], [o for _, o in calls[p.name]], S.shape[2])
+        if on_start is not None:
+            on_start()
         targets = [(p.name, i, out) for p in layers for i, (_, out) in enumerate(calls[p.name]) if out.requires_grad]
         k = S.shape[2]
         for j in range(k if targets and logits.requires_grad else 0):
@@ -996,11 +1072,11 @@ def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], 
     cached_bytes = 0
 
     def first(xb, yb):  # Kronecker factors, diagonals of factored layers, and the unfactored blocks
-        nonlocal caching, cached_bytes
+        nonlocal cached_bytes
         diag: dict[str, _Projected] = {}
         rows: dict[str, _RowGradients] = {}
 
-        def on_acts(p, xs, k):
+        def on_acts(p, xs, outs, k):
             if p.treatment is Treatment.DIAGONAL:
                 if xs:  # a layer not called on this batch adds nothing
                     diag[p.name] = _Projected(p, xs, None, None, k)
@@ -1011,7 +1087,15 @@ def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], 
                     else:
                         _add_activations(A[p.name], p, x)
                 if caching and xs:
-                    rows[p.name] = _RowGradients(p, xs)
+                    rows[p.name] = _RowGradients(p, xs, outs, k)
+
+        def on_start():  # keep the batch only if it fits, known from the shapes before anything is formed
+            nonlocal caching
+            if rows and cached_bytes + sum(r.nbytes for r in rows.values()) > budget:
+                rows.clear()  # this batch and the rest get the second pass
+                caching = False
+            for r in rows.values():
+                r.start()
 
         def on_column(p, grads):
             if p.treatment is Treatment.DIAGONAL:
@@ -1026,17 +1110,13 @@ def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], 
                 if p.name in rows:
                     rows[p.name].column(grads)
 
-        S = tapped_pass(kron + diag_layers, xb, yb, on_acts, on_column)
-        if caching:
+        S = tapped_pass(kron + diag_layers, xb, yb, on_acts, on_column, on_start)
+        if caching:  # this batch was kept (a batch on which no factored layer is called keeps nothing)
             for r in rows.values():
                 r.done()
-            size = sum(r.nbytes for r in rows.values())
-            if cached_bytes + size <= budget:
-                cache.append((xb.shape[0], rows))
-                cached_bytes += size
-                stats.per_sample_gradients += xb.shape[0] * S.shape[2]
-            else:  # the rest of the rows get the second pass
-                caching = False
+            cache.append((xb.shape[0], rows))
+            cached_bytes += sum(r.nbytes for r in rows.values())
+            stats.per_sample_gradients += xb.shape[0] * S.shape[2]
         for name, acc in diag.items():
             D[name] = D.get(name, 0) + acc.result()
         if diag_layers:
@@ -1052,8 +1132,7 @@ def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], 
                 other_acc[p.name] = other_acc.get(p.name, 0) + add
             stats.per_sample_gradients += xb.shape[0] * S.shape[2]
 
-    with _flush_denormals():
-        run(first)
+    run(first)
 
     eig: dict[str, tuple] = {}
     for p in kron:
@@ -1070,21 +1149,20 @@ def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], 
         bases = {p.name: (eig[p.name][0].to(dtype), eig[p.name][2].to(dtype)) for p in kron}
         n_cached = len(cache)
         cached_rows = 0
-        with _flush_denormals():
-            for i in range(n_cached):  # the rows whose per-row gradients were kept: no second pass
-                m, rows = cache[i]
-                for name, r in rows.items():
-                    D[name] = D.get(name, 0) + r.project(*bases[name])
-                cache[i] = (m, {})
-                cached_rows += m
-                done += m
-                if progress is not None:
-                    progress(done, total)
+        for i in range(n_cached):  # the rows whose per-row gradients were kept: no second pass
+            m, rows = cache[i]
+            for name, r in rows.items():
+                D[name] = D.get(name, 0) + r.project(*bases[name])
+            cache[i] = (m, {})
+            cached_rows += m
+            done += m
+            if progress is not None:
+                progress(done, total)
 
         def second(xb, yb):
             proj: dict[str, _Projected] = {}
 
-            def on_acts(p, xs, k):
+            def on_acts(p, xs, outs, k):
                 if xs:
                     proj[p.name] = _Projected(p, xs, *bases[p.name], k)
 
@@ -1098,8 +1176,7 @@ def fit_blocks(model: nn.Module, flat: FlatModel, data, plans: list[LayerPlan], 
             stats.per_sample_gradients += xb.shape[0] * S.shape[2]
 
         if cached_rows < len(data):
-            with _flush_denormals():
-                run(second, skip=n_cached)
+            run(second, skip=n_cached, skip_rows=cached_rows)
         how = {"rows_kept_from_first_pass": cached_rows, "bytes_kept": cached_bytes, "budget_bytes": budget,
                "rows_in_second_pass": len(data) - cached_rows}
         for p in kron:
