@@ -287,6 +287,12 @@ def test_val_reaches_the_guard_and_no_step_misclassifies_more_held_out_rows(pois
                          hessian_rows=256, val=own)
     assert removal.diagnostics["guard"]["held_out"]["applied"] is False
     assert not any("held_out_rise" in t for t in removal.diagnostics["guard"]["tries"])
+    # nor for a request that mixes removals with relabels, or removes a feature
+    mixed = changes + Changes.remove(data.ids[-5:].tolist())
+    busiest = int(np.argmax((data.X.reshape(len(data), -1) != 0).sum(0)))
+    for other in (mixed, Changes.zero_features([busiest])):
+        res = uk.unlearn(model, data, other, method="second-order", solver="cg", hessian_rows=256, val=own)
+        assert res.diagnostics["guard"]["held_out"]["applied"] is False
 
 
 def test_sampled_objective_is_a_fixed_weighted_sample(tabular):
@@ -503,3 +509,13 @@ def test_chunked_update_reuses_a_fitted_curvature_and_reports_its_drift(poisoned
     other = uk.curvature.fit(model, data.subset(np.arange(500)), kind="kfac")
     with pytest.raises(uk.errors.UnlearnKitError, match="data"):
         uk.unlearn(model, data, changes, method="second-order", curvature=other, chunks=5)
+
+
+def test_a_raw_cached_curvature_is_refused_for_chunks_with_a_named_error(tabular):
+    from unlearnkit.influence.curvature import CachedCurvature
+    from unlearnkit.errors import SolverError as Refused
+
+    _, data, model = tabular
+    cached = CachedCurvature.at(model, data)
+    with pytest.raises(Refused, match="chunks"):
+        iterative_update(second_order_update, model, data, confident_flips(data, model, 3), chunks=2, curvature=cached)

@@ -182,3 +182,21 @@ def test_closed_form_summed_gradient_of_logistic_regression_equals_autodiff(n_cl
     closed = summed_gradient(flat, data, theta, batch_size=64)
     torch.testing.assert_close(closed, auto, rtol=1e-5 if dtype == torch.float32 else 1e-12,
                                atol=1e-4 if dtype == torch.float32 else 1e-10)
+
+
+def test_a_subclass_with_its_own_loss_is_not_given_the_closed_form_gradient():
+    from torch.func import grad
+
+    import unlearnkit as uk
+    from unlearnkit.models import LogisticRegression
+
+    class Doubled(LogisticRegression):
+        def per_sample_loss(self, logits, y):
+            return 2.0 * super().per_sample_loss(logits, y)
+
+    rng = np.random.default_rng(0)
+    data = uk.Dataset(rng.normal(size=(50, 3)), rng.integers(0, 2, 50))
+    flat = FlatModel(Doubled(n_features=3, l2=1.0).double())
+    theta = torch.as_tensor(rng.normal(size=flat.n_params))
+    auto = sum(grad(flat.loss_sum)(theta, xb, yb) for xb, yb in data.batches(64, dtype=torch.float64))
+    torch.testing.assert_close(summed_gradient(flat, data, theta), auto)

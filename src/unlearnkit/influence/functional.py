@@ -51,9 +51,10 @@ def differentiable_kernels(recurrent: bool = True) -> Iterator[None]:
 
 
 def _same_in_training_mode(model) -> bool:
-    """Whether ``model`` declares (class attribute ``same_in_training_mode``) that its function does not depend on
-    ``.training``, and every submodule is a plain ``nn.Linear`` (which cannot): then it is evaluated as it is."""
-    return bool(getattr(type(model), "same_in_training_mode", False)) and all(
+    """Whether ``model``'s own class declares (class attribute ``same_in_training_mode``, not inherited: a subclass may
+    change ``forward``) that its function does not depend on ``.training``, and every submodule is a plain
+    ``nn.Linear`` (which cannot): then it is evaluated as it is."""
+    return bool(type(model).__dict__.get("same_in_training_mode", False)) and all(
         type(m) is torch.nn.Linear for m in model.modules() if m is not model)
 
 

@@ -45,7 +45,8 @@ def summed_gradient(
         rows = SparseRows(data, dtype=flat.dtype, device=flat.device)
         return flat.model.sparse_loss_gradient(theta, rows, torch.as_tensor(data.y, device=flat.device))
     total = torch.zeros(flat.n_params, dtype=flat.dtype, device=flat.device)
-    closed = flat.sparse_rows_ok and isinstance(flat.model, LogisticRegression)
+    # the closed form is LogisticRegression's own loss: a subclass may override it
+    closed = flat.sparse_rows_ok and type(flat.model) is LogisticRegression
     g = flat.model.dense_loss_gradient if closed else grad(flat.loss_sum)
     for xb, yb in data.batches(batch_size, device=flat.device, dtype=flat.dtype):
         total += g(theta, xb, yb)

@@ -43,6 +43,7 @@ import torch
 from unlearnkit.data.changes import Changes, Resolved
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import SolverError
+from unlearnkit.influence.curvature import CachedCurvature
 from unlearnkit.influence.functional import FlatModel
 from unlearnkit.influence.gradients import summed_gradient
 from unlearnkit.influence.guard import GuardStatus, HeldOutErrors, SampledObjective, TrustRegion, relative_damping
@@ -289,7 +290,7 @@ def second_order_update(
     solve, matvec, initial, rule, counter = _damped_problem(cached, H, solver, damping)
     objective = SampledObjective(flat, resolved.corrected, resolved.Z_tilde, rows=trust.rows, seed=trust.seed,
                                  batch_size=batch_size)
-    check = HeldOutErrors(flat, held_out, batch_size=batch_size) if _held_out_applies(held_out, resolved) else None
+    check = HeldOutErrors(flat, held_out, batch_size=batch_size) if _held_out_applies(held_out, changes) else None
     theta0 = flat.theta()
 
     def scale() -> float:
@@ -316,13 +317,14 @@ def second_order_update(
     )
 
 
-HELD_OUT_SKIPPED = ("a removal: forgetting rows may rightly raise the loss on held-out rows like them (a removed "
-                    "class, say), so the held-out test applies only to requests that correct rows")
+HELD_OUT_SKIPPED = ("the request removes rows or features: forgetting may rightly cost held-out rows like them (a "
+                    "removed class, a removed feature), so the held-out test applies only to requests that only relabel")
 
 
-def _held_out_applies(held_out: Dataset | None, resolved: Resolved) -> bool:
-    """The guard's held-out test applies to requests with corrected rows (relabels, feature edits), not removals."""
-    return held_out is not None and len(resolved.Z_tilde) > 0
+def _held_out_applies(held_out: Dataset | None, changes: Changes) -> bool:
+    """The guard's held-out test applies to requests that only relabel rows (corrections), not to removals of rows or
+    features, nor to requests mixing them with relabels (their forgetting may rightly cost held-out rows)."""
+    return held_out is not None and bool(changes.label_edits) and not changes.removals and not changes.feature_edits
 
 
 def _trust_region(guard, convex: bool) -> TrustRegion | None:
@@ -533,6 +535,9 @@ def iterative_update(
     parts = _split_resolved(changes, resolved, chunks)
     reuse = None
     curvature = kwargs.get("curvature")
+    if isinstance(curvature, CachedCurvature):
+        raise SolverError("A CachedCurvature is tied to the data it was computed on and answers one request at a time; "
+                          "for chunks > 1 fit a curvature object with unlearnkit.curvature.fit(model, data), or use chunks=1.")
     if curvature is not None and not isinstance(curvature, str):
         check = getattr(curvature, "check", None)
         if callable(check):  # tied to the model and data it was fitted on: checked here, before the first chunk
@@ -575,7 +580,8 @@ def iterative_update(
         diagnostics["curvature"] = reuse
     method = f"{result.method}-iterative"
     if chunk_guards:
-        current_model, summary = _final_check(model, current_model, resolved, chunk_guards, pending, kwargs)
+        current_model, summary = _final_check(model, current_model, resolved, chunk_guards, pending, kwargs,
+                                              held_out_applies=_held_out_applies(kwargs.get("held_out"), changes))
         diagnostics.update(guard=summary, status=summary["status"])
     return UnlearnResult(
         current_model, method, time.perf_counter() - start,
@@ -598,13 +604,16 @@ class _Stale:
             raise AttributeError(name)
         return getattr(self._curvature, name)
 
+    def __deepcopy__(self, memo) -> "_Stale":  # (not the wrapped object's own, found through __getattr__)
+        return _Stale(copy.deepcopy(self._curvature, memo))
+
 
 def _all_parameters(model) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1).double().cpu() for p in model.parameters()])
 
 
 def _final_check(original: UnlearnableModel, final: UnlearnableModel, resolved: Resolved, chunk_guards: list[dict],
-                 pending: Changes | None, kwargs: dict) -> tuple[UnlearnableModel, dict]:
+                 pending: Changes | None, kwargs: dict, *, held_out_applies: bool) -> tuple[UnlearnableModel, dict]:
     """Compare the objective estimate on the fully corrected data at the original and the final parameters."""
     trust = _trust_region(kwargs.get("guard", "auto"), convex=False) or TrustRegion()
     names = parameter_names(final, kwargs.get("params", Params.ALL))
@@ -618,8 +627,7 @@ def _final_check(original: UnlearnableModel, final: UnlearnableModel, resolved: 
     f = objective(theta_final)
     rise = objective.untouched - u0
     held_out = kwargs.get("held_out")
-    check = (HeldOutErrors(flat, held_out, batch_size=kwargs.get("batch_size", 1024))
-             if _held_out_applies(held_out, resolved) else None)
+    check = HeldOutErrors(flat, held_out, batch_size=kwargs.get("batch_size", 1024)) if held_out_applies else None
     held_out_rise = check(theta_final) - check(theta0) if check is not None else None
     statuses = [g["status"] for g in chunk_guards]
     summary = {"rule": chunk_guards[0]["rule"], "chunk_status": statuses, "chunks": chunk_guards,
