@@ -50,9 +50,9 @@ Moré 1978 and Nocedal & Wright, *Numerical Optimization*, 2nd ed., ch. 4):
    rows the original model was confidently wrong about, as the training objective is by the
    corrected rows, and that EK-FAC step lowered it. ``h`` estimates the test error, it is not an
    oracle: with few held-out rows it is noisy (and it is measured on the rows the caller chose).
-   It applies only to requests that correct rows (relabels, feature edits): a removal's
-   forgetting may rightly cost held-out rows like the removed ones (forgetting a class does, by
-   design).
+   It applies only to requests that only relabel rows (corrections): forgetting rows or
+   features may rightly cost held-out rows like them (forgetting a class does, by design; so
+   does removing a feature the model relied on), and a request mixing both is not checked.
 5. **Damping update.** After a failed try ``lambda`` is multiplied by ``increase`` (10) and the
    step recomputed, up to ``max_tries`` tries in all. From ``lambda = 0`` (the exact Newton
    step, the default for convex models) the first increase goes to ``||G|| / ||s||``, the

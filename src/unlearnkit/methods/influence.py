@@ -133,8 +133,8 @@ class CurvatureObject(abc.ABC):
                        "not touch, and the L2 term) may rise by at most this multiple of the step's decrease of the "
                        "estimate (1: never more than the whole objective gains, which retraining satisfies in the "
                        "quadratic model; 0: must not rise)", ">= 0", TRUST_REGION_SOURCE),
-        Hyperparameter("guard_val", bool, True, "guard: when val is given and the request corrects rows (relabels, "
-                       "feature edits; not removals), a step must also not misclassify more of those held-out rows than the "
+        Hyperparameter("guard_val", bool, True, "guard: when val is given and the request only relabels rows "
+                       "(corrections; not removals of rows or features), a step must also not misclassify more of those held-out rows than the "
                        "original model (a network can keep its training rows while unseen rows change class)",
                        "True/False", TRUST_REGION_SOURCE),
         Hyperparameter("guard_rows", (int, type(None)), 4096, "guard: rows of the corrected data (besides Z~) in the "
