@@ -10,11 +10,8 @@ Quick start::
     reference = uk.retrain(model, data, changes)
 """
 
-from unlearnkit import bench, data, influence, methods, metrics, models, scenarios
-from unlearnkit import curvature
-from unlearnkit.api import unlearn
-from unlearnkit.data.changes import Changes
-from unlearnkit.data.dataset import Dataset
+import importlib
+
 from unlearnkit.errors import (
     ChangesError,
     DataError,
@@ -24,11 +21,32 @@ from unlearnkit.errors import (
     SolverError,
     UnlearnKitError,
 )
-from unlearnkit.influence.updates import UnlearnResult
-from unlearnkit.metrics import EvalSplits, evaluate
-from unlearnkit.models.io import load_model, save_model
-from unlearnkit.models.wrap import wrap
-from unlearnkit.training import TrainConfig, accuracy, predict, retrain, train
+
+# Everything else is imported on first use (PEP 562): ``import unlearnkit`` and the command line's
+# argument parsing stay fast (no torch), and ``uk.X`` / ``from unlearnkit import X`` work as before.
+_SUBMODULES = frozenset({"bench", "curvature", "data", "influence", "methods", "metrics", "models", "scenarios"})
+_ATTRIBUTES = {
+    "unlearn": "unlearnkit.api", "Changes": "unlearnkit.data.changes", "Dataset": "unlearnkit.data.dataset",
+    "UnlearnResult": "unlearnkit.influence.updates", "EvalSplits": "unlearnkit.metrics", "evaluate": "unlearnkit.metrics",
+    "load_model": "unlearnkit.models.io", "save_model": "unlearnkit.models.io", "wrap": "unlearnkit.models.wrap",
+    "TrainConfig": "unlearnkit.training", "accuracy": "unlearnkit.training", "predict": "unlearnkit.training",
+    "retrain": "unlearnkit.training", "train": "unlearnkit.training",
+}
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"unlearnkit.{name}")
+    if name in _ATTRIBUTES:
+        value = getattr(importlib.import_module(_ATTRIBUTES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'unlearnkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 

@@ -22,6 +22,22 @@ console = Console(emoji=False)
 err = Console(stderr=True, emoji=False)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from unlearnkit import __version__
+
+        console.print(f"unlearnkit {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Show the version and exit.")) -> None:
+    """Machine unlearning, measured against retraining.
+
+    Commands import the numerical stack (PyTorch) only when they run: --help is instant."""
+
+
 def _fail(exc: Exception) -> None:
     err.print("[bold red]error:[/] ", end="")
     # the message may quote user text (paths, values): control characters other than newlines and
