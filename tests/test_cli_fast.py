@@ -47,3 +47,16 @@ def test_version():
 
     out = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == f"unlearnkit {__version__}", (out.stdout, out.stderr)
+
+
+def test_piped_tables_are_not_cut(tmp_path):
+    """rich cuts tables to 80 columns when stdout is not a terminal; piped output keeps every value whole."""
+    import re
+
+    ledger = tmp_path / "L"
+    run = [sys.executable, "-m", "unlearnkit.cli", "ledger"]
+    subprocess.run(run + ["init", str(ledger), "--data", "breast-cancer:train", "--sigma", "50"], capture_output=True,
+                   text=True, check=True)
+    out = subprocess.run(run + ["history", str(ledger)], capture_output=True, text=True, check=True).stdout
+    assert "…" not in out
+    assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", out) and "initial training" in out and "cumulative" in out

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import signal
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -18,8 +19,22 @@ from rich.text import Text
 from unlearnkit.errors import MetricError, ModelError, UnlearnKitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Machine unlearning, measured against retraining.")
-console = Console(emoji=False)
-err = Console(stderr=True, emoji=False)
+PIPE_WIDTH = 1000
+"""Columns of the output when it is not a terminal (a pipe, a file): wide enough that no table cell is cut; tables
+keep their natural width."""
+
+
+def _console(stream) -> Console:
+    """A console as wide as the terminal, or :data:`PIPE_WIDTH` when the output is piped (rich would cut at 80)."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return Console(emoji=False, stderr=stream is sys.stderr, width=None if tty else PIPE_WIDTH)
+
+
+console = _console(sys.stdout)
+err = _console(sys.stderr)
 
 
 def _show_version(value: bool) -> None:
