@@ -33,9 +33,9 @@ import torch
 import unlearnkit as uk
 from unlearnkit import metrics as M
 
+from workloads import make_logistic_data, memorising_digits_mlp  # (shared with the tests)
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from conftest import make_logistic_data, memorising_digits_mlp  # noqa: E402  (shared with the tests)
 
 
 def _records(case: str, table: M.MetricTable, **extra) -> list[dict]:

@@ -1,4 +1,6 @@
 import os
+import sys
+from pathlib import Path
 
 # One thread for the whole session, set before torch (or anything that trains) is imported: the
 # suite's matrices are tiny, so threads cost more than they save on a busy machine, and a float
@@ -17,6 +19,9 @@ from unlearnkit.data.dataset import Dataset  # noqa: E402
 from unlearnkit.models import MLP, LogisticRegression  # noqa: E402
 from unlearnkit.training import TrainConfig, train  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from workloads import MEMORISING_RECIPE, make_logistic_data, memorising_digits_mlp  # noqa: E402,F401  (shared)
+
 SESSION_THREADS = 1
 torch.set_num_threads(SESSION_THREADS)
 
@@ -27,17 +32,6 @@ def _torch_threads_stay_pinned():
     torch.set_num_threads(SESSION_THREADS)
     yield
     torch.set_num_threads(SESSION_THREADS)
-
-
-def make_logistic_data(n: int, d: int, *, n_classes: int = 2, seed: int = 0) -> Dataset:
-    """Data from a planted (multinomial) logistic model: learnable, not separable."""
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, d))
-    W = rng.normal(size=(d, n_classes))
-    logits = X @ W
-    g = rng.gumbel(size=logits.shape)
-    y = np.argmax(logits + g, axis=1)
-    return Dataset(X, y, n_classes=n_classes, name=f"planted{n}x{d}")
 
 
 @pytest.fixture(scope="session")
@@ -62,31 +56,10 @@ def tiny_mlp():
     return data, model
 
 
-MEMORISING_RECIPE = TrainConfig(optimizer="adam", epochs=100, lr=3e-3, batch_size=32, seed=0)
-"""The benchmark's recipe: 1,300 Adam steps on 400 rows."""
-
 FAST_MEMORISING_RECIPE = TrainConfig(optimizer="adam", epochs=30, lr=1e-2, batch_size=64, seed=0)
 """The tests' recipe: 210 Adam steps, about 14x cheaper, still 100% training accuracy on 400 rows
 (measured on the 800-row pool: LiRA AUC of the original forget set 0.64-0.66 over three setup
 seeds, retrained 0.49-0.52; U-LiRA AUC original 0.62-0.63, retrained 0.49-0.50)."""
-
-
-def memorising_digits_mlp(rows: int = 800, config: TrainConfig = MEMORISING_RECIPE):
-    """An MLP trained to memorise ``rows`` digits (60% train), and 20% of its training rows to forget.
-
-    Returns ``(pool, train, test, original, changes, retrained)``; shared by the LiRA tests and
-    ``benchmarks/bench_metrics.py``. ``config`` is the training recipe of the model and, through
-    its ``train_config``, of every shadow model trained from it.
-    """
-    import unlearnkit as uk
-
-    digits = uk.data.load_digits()
-    pool = digits.subset(np.random.default_rng(0).permutation(len(digits))[:rows], name=f"digits{rows}")
-    parts = uk.data.train_test_split(pool, test_fraction=0.4, seed=0)
-    changes = uk.Changes.remove(uk.data.forget_set(parts.train, fraction=0.2, seed=0).tolist())
-    original = train(uk.models.for_data("mlp", parts.train, hidden=(64,), l2=0.0), parts.train, config=config)
-    retrained = uk.retrain(original, parts.train, changes)
-    return pool, parts.train, parts.test, original, changes, retrained
 
 
 @pytest.fixture(scope="module")
