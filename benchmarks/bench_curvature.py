@@ -576,13 +576,8 @@ def run_deep(args, log) -> dict:
 def run_latency(args, log) -> dict:
     """Per-request latency grid (``benchmarks/curvature_latency.py``): the ledger against its durable floor and the
     in-memory cached path against its compute floor, n = 1e4, 1e5, 1e6 (``--sizes``) and k = 1, 10, 100, 1000."""
-    sizes = args.sizes or curvature_latency.SIZES
-    reps = max(args.reps, 5)
-    log("the ledger against its durable floor (one fsync'd SQLite commit + the O(kp + p^2) update)")
-    result = curvature_latency.run_latency(sizes, curvature_latency.KS, reps, args.seed, log)
-    log("\nthe in-memory cached path (uk.unlearn with a fitted curvature) against its compute floor")
-    result["in_memory"] = curvature_latency.run_in_memory(sizes, curvature_latency.KS, reps, args.seed, log)
-    return result
+    return curvature_latency.run_both(args.sizes or curvature_latency.SIZES, curvature_latency.KS, max(args.reps, 5),
+                                      args.seed, log)
 
 
 PARTS = {"convex": run_convex, "deep": run_deep, "latency": run_latency}

@@ -331,6 +331,15 @@ def machine_info() -> dict:
             "torch": torch.__version__, "numpy": np.__version__, "sqlite": sqlite3.sqlite_version, "device": "cpu"}
 
 
+def run_both(sizes=SIZES, ks=KS, reps: int = 5, seed: int = 0, log=print, *, workdir=None) -> dict:
+    """:func:`run_latency` (the ledger) with :func:`run_in_memory` (the in-memory path) under ``"in_memory"``."""
+    log("the ledger against its durable floor (one fsync'd SQLite commit + the O(kp + p^2) update)")
+    result = run_latency(sizes, ks, reps, seed, log, workdir=workdir)
+    log("\nthe in-memory cached path (uk.unlearn with a fitted curvature) against its compute floor")
+    result["in_memory"] = run_in_memory(sizes, ks, reps, seed, log)
+    return result
+
+
 def limit_threads(threads: int | None) -> None:
     """The same number of threads for torch and the BLAS under numpy / scipy / scikit-learn (None: their own)."""
     if threads is not None:
@@ -358,9 +367,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     limit_threads(args.threads)
     start = time.perf_counter()
-    result = run_latency(args.sizes, args.ks, args.reps, args.seed, log, workdir=args.workdir)
-    log("\nthe in-memory cached path (uk.unlearn with a fitted curvature) against its compute floor")
-    result["in_memory"] = run_in_memory(args.sizes, args.ks, args.reps, args.seed, log)
+    result = run_both(args.sizes, args.ks, args.reps, args.seed, log, workdir=args.workdir)
     result.update(seconds=time.perf_counter() - start, threads=args.threads,
                   date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
