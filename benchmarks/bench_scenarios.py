@@ -1,4 +1,4 @@
-"""Full-size runs of the scenarios (issue 6): ``benchmarks/results/scenarios.json`` and ``docs/scenarios/``.
+"""Full-size runs of the scenarios: ``benchmarks/results/scenarios.json`` and ``docs/scenarios/``.
 
     python benchmarks/bench_scenarios.py                       # all four, full size, seed 0
     python benchmarks/bench_scenarios.py --only canary --seeds 0 1

@@ -8,7 +8,16 @@
   problem, averaged over its seeds, when there are several problems; otherwise an evaluation
   seed), mean rank per method, the tie-corrected Friedman test of "all methods rank alike", and
   the Nemenyi critical difference (Demšar 2006) drawn as a CD plot.
-* **Pareto front** of mean RetDev (lower is better) against mean RTE (higher is better) per problem.
+* **Pareto front** of mean RetDev (lower is better) against mean RTE (higher is better) per problem,
+  with the original model (no update: RetDev of its own, no cost) and retraining (RTE 1, RetDev 0)
+  drawn as reference lines.
+* **Compared with doing nothing**: a method is flagged ``≈ original: no-op`` when no measure the
+  table shows tells it apart from the original model (see :func:`noop_methods`), and ``RetDev worse
+  than original`` when its mean RetDev is above the original's (keeping the original model would
+  have been closer to retraining).
+* **The run as made**: the header states the run's own data, seeds, trials, methods and machine
+  (from the stored configuration and the runs' environments), and the changes from a named
+  preset's defaults.
 * **Failed cells**: a cell whose method raised is a result too: it is counted in the summary's
   ``failed`` column, left out of the means, ranks and fronts (a rank block where some method
   failed is skipped and counted), and listed with its error in every format.
@@ -78,6 +87,71 @@ def _entry(problem, method, recs, n, failed) -> dict:
             e[k] = float(np.mean(vals))
             e[f"{k}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
     return e
+
+
+NOOP_MEASURES = ("acc_retain", "acc_forget", "acc_val", "acc_test", "mia_test")
+NOOP_SHARE = 0.10
+NOOP_FLOOR = 0.01
+NOOP_RULE = (f"a method is *≈ original: no-op* when, on every evaluation seed, each of its accuracies (retain, forget, "
+             f"validation, test) and its attack accuracy (forget vs test) differs from the original model's by at most "
+             f"{NOOP_FLOOR:g} (one point) or by at most {100 * NOOP_SHARE:g} % of the original's gap "
+             "to the retrained model on that seed, whichever is larger: it moved less than a tenth of the way to "
+             "retraining on every measure the table shows")
+NOOP_FLAG, WORSE_FLAG = "≈ original: no-op", "RetDev worse than original"
+
+
+def noop_methods(cells: list[dict], refs: list[dict], eval_seeds) -> dict[tuple[str, str], bool]:
+    """``(problem, method) -> True`` where the method is indistinguishable from the original model.
+
+    Indistinguishable means: on every evaluation seed with an ok cell (and no failed cell), for
+    each measure ``m`` of :data:`NOOP_MEASURES` present for the method, the original and the
+    retrained model of that seed, ``|m_method - m_original| <= max(NOOP_FLOOR, NOOP_SHARE *
+    |m_retrained - m_original|)``. The store keeps these measures for every cell and reference;
+    parameters of the unlearned models are not kept, so no parameter distance enters the test.
+    """
+    ref = {(r["problem"], r["seed"]): r for r in refs if r["seed"] in eval_seeds}
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for c in cells:
+        if c["seed"] in eval_seeds:
+            groups.setdefault((c["problem"], c["method"]), []).append(c)
+    out = {}
+    for key, group in groups.items():
+        verdict = bool(group)
+        for c in group:
+            r = ref.get((c["problem"], c["seed"]))
+            if c["status"] != "ok" or r is None:
+                verdict = False
+                break
+            m, o, z = c.get("metrics") or {}, r["original"], r["retrained"]
+            compared = 0
+            for k in NOOP_MEASURES:
+                vals = (m.get(k), o.get(k), z.get(k))
+                if any(v is None or not math.isfinite(v) for v in vals):
+                    continue
+                compared += 1
+                if abs(vals[0] - vals[1]) > max(NOOP_FLOOR, NOOP_SHARE * abs(vals[2] - vals[1])):
+                    verdict = False
+            if not compared:
+                verdict = False
+            if not verdict:
+                break
+        out[key] = verdict
+    return out
+
+
+def flag_summary(summary: list[dict], noop: dict[tuple[str, str], bool]) -> None:
+    """Set ``vs_original`` on each method's summary entry: :data:`NOOP_FLAG`, :data:`WORSE_FLAG` or ""."""
+    originals = {e["problem"]: e for e in summary if e["method"] == "(original)"}
+    for e in summary:
+        if e["method"].startswith("("):
+            continue
+        orig = originals.get(e["problem"], {})
+        if noop.get((e["problem"], e["method"])):
+            e["vs_original"] = NOOP_FLAG
+        elif "retdev" in e and "retdev" in orig and e["retdev"] > orig["retdev"]:
+            e["vs_original"] = WORSE_FLAG
+        else:
+            e["vs_original"] = ""
 
 
 def rank_blocks(cells: list[dict], metric: str) -> tuple[list[str], np.ndarray, dict]:
@@ -206,32 +280,74 @@ def cd_plot(methods: list[str], mean_ranks: np.ndarray, cd: float | None, title:
     return _png(fig)
 
 
-def pareto_plot(points: dict[str, tuple[float, float]], front: list[str], title: str) -> bytes:
-    import matplotlib
+def pareto_figure(points: dict[str, tuple[float, float]], front: list[str], title: str, *,
+                  original: float | None = None, noop=()):
+    """The Pareto plot as a matplotlib figure: each method at (mean RTE, mean RetDev), the front
+    joined in red, methods flagged ``≈ original`` drawn hollow, the original model (RetDev
+    ``original``, no cost) as a dotted horizontal line and retraining (RTE 1, RetDev 0) as a
+    dashed vertical line; every marker and line has a legend entry, outside the axes."""
+    from matplotlib.lines import Line2D
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from unlearnkit.plots import figure, freeze_layout, log_axis, place_labels
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = figure(8.6, 4.6)
+    noop = set(noop)
     for name, (d, r) in points.items():
         on = name in front
-        ax.scatter([r], [d], color="tab:red" if on else "tab:blue", s=30 if on else 18, zorder=3)
-        ax.annotate(_mpl(name), (r, d), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        colour = "tab:red" if on else "tab:blue"
+        hollow = name in noop
+        ax.scatter([r], [d], s=34 if on else 22, zorder=3, linewidths=1.2, edgecolors=colour,
+                   facecolors="none" if hollow else colour)
     pts = sorted((points[n][1], points[n][0]) for n in front)
     if len(pts) > 1:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color="tab:red", lw=1, zorder=2)
-    from matplotlib.ticker import NullFormatter
-
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    if all(d > 0 for d, _ in points.values()):
-        ax.set_yscale("log")  # outliers (a collapsed model) would squash the rest on a linear axis
-        ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("RTE (retraining seconds / method seconds, log scale; higher is better)")
-    ax.set_ylabel("RetDev (log scale; lower is better)" if ax.get_yscale() == "log" else "RetDev (lower is better)")
+    handles = [Line2D([], [], color="tab:red", marker="o", lw=1, markersize=6, label="Pareto front"),
+               Line2D([], [], color="tab:blue", marker="o", lw=0, markersize=5, label="other methods")]
+    if noop & set(points):
+        handles.append(Line2D([], [], color="0.3", marker="o", lw=0, markersize=5, markerfacecolor="none",
+                              label=NOOP_FLAG))
+    ax.axvline(1.0, color="black", ls="--", lw=1, zorder=1)
+    handles.append(Line2D([], [], color="black", ls="--", lw=1, label="retraining (RTE 1, RetDev 0)"))
+    ys = [d for d, _ in points.values()]
+    if original is not None and math.isfinite(original):
+        ax.axhline(original, color="0.35", ls=":", lw=1.5, zorder=1)
+        handles.append(Line2D([], [], color="0.35", ls=":", lw=1.5,
+                              label=f"original, no update (RetDev {original:.3g}; above it: worse than doing nothing)"))
+        ys.append(original)
+    log_axis(ax, "x", [r for _, r in points.values()] + [1.0])
+    if all(d > 0 for d in ys):
+        log_axis(ax, "y", ys)  # outliers (a collapsed model) would squash the rest on a linear axis
+        ylabel = "RetDev (log scale; lower is better)"
+    else:
+        ylabel = "RetDev (lower is better)"
+    ax.set_xlabel("RTE = retraining seconds / method seconds (log scale; higher is better)")
+    ax.set_ylabel(ylabel)
     ax.set_title(_mpl(title), fontsize=10)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    fig.legend(handles=handles, loc="outside right upper", fontsize=7, frameon=False,
+               title="better: ↘ (right and down)", title_fontsize=8)
+    # legend lines long enough for their labels: wrap the longest
+    for text in fig.legends[0].get_texts():
+        label = text.get_text()
+        if len(label) > 34 and ";" in label:
+            text.set_text(label.replace("; ", ";\n", 1))
+    freeze_layout(fig)
+    place_labels(ax, [(r, d) for d, r in points.values()], [_mpl(n) for n in points])
+    return fig
+
+
+def pareto_plot(points: dict[str, tuple[float, float]], front: list[str], title: str, *,
+                original: float | None = None, noop=()) -> bytes:
+    """:func:`pareto_figure` as PNG bytes."""
+    return _save_png(pareto_figure(points, front, title, original=original, noop=noop))
+
+
+def _save_png(fig) -> bytes:
+    from unlearnkit.plots import save
+
+    buf = io.BytesIO()
+    save(fig, buf, dpi=110)
+    return buf.getvalue()
 
 
 def _mpl(text: str) -> str:
@@ -276,8 +392,14 @@ def build(out: str | Path) -> dict:
         cells, refs, studies, runs = store.cells(), store.ref_metrics(), store.studies(), store.runs()
     if not cells:
         raise BenchError(f"{out} has no evaluated cells yet: run (or resume) `unlearnkit bench run` first.")
+    return assemble(cfg, cells, refs, studies, runs)
+
+
+def assemble(cfg: dict, cells: list[dict], refs: list[dict], studies: list[dict], runs: list[dict]) -> dict:
+    """The report's data and plots from a run's stored records (a store, or a saved ``report.json``)."""
     eval_seeds = set(cfg["eval_seeds"])
     summary = summarise(cells, refs, eval_seeds)
+    flag_summary(summary, noop_methods(cells, refs, eval_seeds))
     ranks, plots = {}, {}
     for metric in RANKED:
         methods, matrix, info = rank_blocks(cells, metric)
@@ -292,15 +414,40 @@ def build(out: str | Path) -> dict:
                                                 f"(Friedman p = {test.get('p_value', float('nan')):.3g})")
     fronts = {}
     for problem in sorted({c["problem"] for c in cells}):
-        points = {e["method"]: (e["retdev"], e["rte"]) for e in summary
-                  if e["problem"] == problem and not e["method"].startswith("(") and "retdev" in e and "rte" in e
-                  and e["rte"] > 0}
+        here = [e for e in summary if e["problem"] == problem]
+        points = {e["method"]: (e["retdev"], e["rte"]) for e in here
+                  if not e["method"].startswith("(") and "retdev" in e and "rte" in e and e["rte"] > 0}
         if points:
             front = pareto_front(points)
             fronts[problem] = front
-            plots[f"pareto-{_slug(problem)}.png"] = pareto_plot(points, front, f"{problem}: RetDev against RTE")
+            original = next((e.get("retdev") for e in here if e["method"] == "(original)"), None)
+            noop = [e["method"] for e in here if e.get("vs_original") == NOOP_FLAG]
+            plots[f"pareto-{_slug(problem)}.png"] = pareto_plot(points, front, f"{problem}: RetDev against RTE",
+                                                                original=original, noop=noop)
     return {"config": cfg, "summary": summary, "ranks": ranks, "pareto": fronts, "studies": studies,
             "runs": runs, "cells": cells, "refs": refs, "plots": plots}
+
+
+def load_saved(path: str | Path) -> dict:
+    """A report rebuilt (tables, flags and plots recomputed) from the ``report.json`` of an earlier
+    :func:`write`, without the run's results store."""
+    try:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+        parts = [saved[k] for k in ("config", "cells", "refs", "studies", "runs")]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"{path} is not a report.json written by `unlearnkit bench report --format json` "
+                         f"({type(exc).__name__}: {exc}).") from None
+
+    def numbers(rec):  # report.json stores NaN as null
+        return {k: (float("nan") if v is None else v) for k, v in rec.items()} if isinstance(rec, dict) else rec
+
+    cfg, cells, refs, studies, runs = parts
+    for c in cells:
+        if c.get("metrics"):
+            c["metrics"] = numbers(c["metrics"])
+    for r in refs:
+        r["original"], r["retrained"] = numbers(r["original"]), numbers(r["retrained"])
+    return assemble(cfg, cells, refs, studies, runs)
 
 
 def _slug(text: str) -> str:
@@ -316,27 +463,111 @@ def _fmt(e: dict, key: str) -> str:
     return f"{v:.3f} ± {s:.3f}"
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def preset_changes(cfg: dict) -> list[tuple[str, object, object]]:
+    """``(key, preset value, run value)`` for every setting where a run of a shipped preset (the
+    configuration's name is a preset's) differs from the preset's defaults; [] otherwise."""
+    from unlearnkit.bench.config import PRESETS, load_config
+
+    if cfg.get("name") not in PRESETS:
+        return []
+    try:
+        preset = load_config(cfg["name"], check_data=False).to_dict()
+    except Exception:  # noqa: BLE001 - a preset this version cannot read: nothing to compare with
+        return []
+    ours, theirs = _flat(cfg), _flat(preset)
+    skip = {"description", "factory_path"}
+    return [(k, theirs.get(k), ours.get(k)) for k in sorted(set(ours) | set(theirs))
+            if k not in skip and theirs.get(k) != ours.get(k) and (theirs.get(k) or ours.get(k))]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def run_description(rep: dict) -> list[str]:
+    """Markdown lines stating the run actually made: its data, seeds, search, methods, training and
+    machine, from the stored configuration and the runs' recorded environments."""
+    cfg = rep["config"]
+    rows = "all rows" if not cfg["rows"] else f"{cfg['rows']:,} rows"
+    trials = (f"{cfg['trials']} {_md(cfg['sampler'])} trials per method and problem on tuning seeds "
+              f"{', '.join(map(str, cfg['tuning_seeds']))}" if cfg["trials"] else "no search (default hyperparameters)")
+    recipe = (cfg.get("recipes") or {}).get("default") or {}
+    training = (f"{recipe.get('epochs')} epochs of {_md(recipe.get('optimizer'))} (lr {recipe.get('lr')}, batch "
+                f"{recipe.get('batch_size')})" if recipe else "")
+    lines = ["**This run**:", "",
+             f"- data {_md(', '.join(cfg['datasets']))} ({rows}, {100 * cfg['val_fraction']:g} % for validation, split "
+             f"seed {cfg['split_seed']}); models {_md(', '.join(cfg['models']))}"
+             + (f", trained for {training}" if training else "")
+             + f"; protocols {_md(', '.join(_protocol_label(p) for p in cfg['protocols']))}",
+             f"- {len(cfg['methods'])} methods: {_md(', '.join(cfg['methods']))}",
+             f"- evaluation seeds {', '.join(map(str, cfg['eval_seeds']))}; {trials}"]
+    envs = [r.get("env") or {} for r in rep.get("runs", [])]
+    env = next((e for e in reversed(envs) if e), {})
+    machine = []
+    if env:
+        device = env.get("device", cfg.get("device", "cpu"))
+        machine.append("CPU only" if str(device).startswith("cpu")
+                       else f"device {_md(device)} ({_md(env.get('device_name', ''))})")
+        if env.get("workers"):
+            machine.append(f"{_n(env['workers'], 'worker process', 'worker processes')} x "
+                           f"{_n(cfg.get('threads_per_worker', 1), 'torch thread')}")
+        machine += [_md(env["platform"])] if env.get("platform") else []
+        machine += [f"Python {_md(env['python'])}, torch {_md(env['torch'])}"] if env.get("python") else []
+    else:
+        machine.append(f"device {_md(cfg.get('device', 'cpu'))}")
+    spent = sum(r["finished"] - r["started"] for r in rep.get("runs", []) if r.get("finished") and r.get("started"))
+    if spent:
+        machine.append(f"{_duration(spent)} of wall time over {_n(len(rep['runs']), 'run')}")
+    lines.append(f"- machine: {'; '.join(machine)}")
+    changes = preset_changes(cfg)
+    if changes:
+        shown = "; ".join(f"{_md(k)} {_md(_short_value(a))} → {_md(_short_value(b))}" for k, a, b in changes[:12])
+        more = f" and {len(changes) - 12} more" if len(changes) > 12 else ""
+        lines.append(f"- changed from the preset `{_md(cfg['name'])}`: {shown}{more}")
+    return lines
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
+def _short_value(v) -> str:
+    text = json.dumps(v) if not isinstance(v, str) else v
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def markdown(rep: dict, images: dict[str, str]) -> str:
     cfg = rep["config"]
-    lines = [f"# Benchmark report: {_md(cfg['name'])}", ""]
+    lines = [f"# Benchmark report: {_md(cfg['name'])}", "", *run_description(rep), ""]
     if cfg.get("description"):
-        lines += [*_md_lines(cfg["description"]), ""]
-    rows = "all rows" if not cfg["rows"] else f"{cfg['rows']} rows"
-    lines += [f"Data {_md(', '.join(cfg['datasets']))} ({rows}), "
-              f"models {_md(', '.join(cfg['models']))}, protocols {_md(', '.join(_protocol_label(p) for p in cfg['protocols']))}; "
-              f"evaluation seeds {cfg['eval_seeds']}, tuning seeds {cfg['tuning_seeds']} "
-              f"({cfg['trials']} {_md(cfg['sampler'])} trials per method and problem); device {_md(cfg['device'])}.", "",
-              "RetDev = Σ over retain, forget, test of |acc / acc_retrained − 1| (lower is better); Indisc = 1 − |2·MIA − 1| "
-              "of the loss attack forget vs test (1 is ideal); RTE = retraining seconds of the same seed / the method's "
-              "seconds. Mean ± standard deviation over the evaluation seeds.", ""]
+        changed = bool(preset_changes(cfg))
+        lines += [("The preset's description (its defaults; where this run differs, the list above holds):"
+                   if changed else "Description:"), "", *_md_lines(cfg["description"]), ""]
+    lines += ["RetDev = Σ over retain, forget, test of |acc / acc_retrained − 1| (lower is better); "
+              "Indisc = 1 − |2·MIA − 1| of the loss attack forget vs test (1 is ideal); "
+              "RTE = retraining seconds of the same seed / the method's seconds. Mean ± standard deviation over the evaluation seeds.", "",
+              f"*vs original*: {NOOP_RULE}; *{WORSE_FLAG}* when its mean RetDev is above the original model's, i.e. "
+              "keeping the original model would have been closer to retraining.", ""]
     cols = ("retdev", "indisc_test", "rte", "acc_retain", "acc_forget", "acc_val", "acc_test", "mia_test", "distance")
     for problem in sorted({e["problem"] for e in rep["summary"]}):
-        lines += [f"## {_md(problem)}", "", "| method | n | " + " | ".join(LABELS[c] for c in cols) + " | failed |",
-                  "|---|---:|" + "---:|" * len(cols) + "---:|"]
+        lines += [f"## {_md(problem)}", "", "| method | n | " + " | ".join(LABELS[c] for c in cols) + " | failed | vs original |",
+                  "|---|---:|" + "---:|" * len(cols) + "---:|---|"]
         rows = [e for e in rep["summary"] if e["problem"] == problem]
         rows.sort(key=lambda e: (not e["method"].startswith("("), e.get("retdev", math.inf)))
         for e in rows:
-            lines.append(f"| {_md(e['method'])} | {e['n']} | " + " | ".join(_fmt(e, c) for c in cols) + f" | {e['failed']} |")
+            lines.append(f"| {_md(e['method'])} | {e['n']} | " + " | ".join(_fmt(e, c) for c in cols)
+                         + f" | {e['failed']} | {e.get('vs_original', '')} |")
+        lines += ["", *_verdict(rows)]
         failed_here = sum(e["failed"] for e in rows)
         if failed_here:
             lines += ["", f"{failed_here} cell(s) failed here: left out of the means, ranks and the Pareto front; "
@@ -375,6 +606,25 @@ def markdown(rep: dict, images: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _verdict(rows: list[dict]) -> list[str]:
+    """One sentence on how the methods compare with doing nothing (the original model)."""
+    methods = [e for e in rows if not e["method"].startswith("(") and "retdev" in e]
+    original = next((e for e in rows if e["method"] == "(original)"), None)
+    if not methods or original is None or "retdev" not in original:
+        return []
+    noop = [e["method"] for e in methods if e.get("vs_original") == NOOP_FLAG]
+    worse = [e["method"] for e in methods if e["retdev"] > original["retdev"]]
+    text = (f"**Compared with doing nothing**: the original model's RetDev is {original['retdev']:.3f}; "
+            f"{len(worse)} of {len(methods)} methods end farther from retraining than that")
+    text += f" ({_md(', '.join(worse))})" if worse and len(worse) < len(methods) else ""
+    if len(worse) == len(methods):
+        text += " — every method: here, doing nothing wins on RetDev"
+    text += "."
+    if noop:
+        text += f" Indistinguishable from the original (no-op): {_md(', '.join(noop))}."
+    return [text]
+
+
 def _short(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
@@ -390,8 +640,12 @@ def write(out: str | Path, target: str | Path | None = None, formats=("md", "htm
         raise BenchError(f"Unknown report format(s) {sorted(unknown)}; valid: md, html, csv, json.")
     if target is not None:
         check_folder(target, option="--to")
-    rep = build(out)
-    target = Path(target or out)
+    return render(build(out), Path(target or out), formats)
+
+
+def render(rep: dict, target: str | Path, formats=("md", "html", "csv")) -> list[Path]:
+    """Write a built report (:func:`build`, :func:`load_saved`) under ``target``; returns the paths."""
+    target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     written = []
     if "md" in formats:

@@ -3,13 +3,19 @@
 Rows of the same (problem, method) over seeds are aggregated as mean and standard deviation.
 Files written under ``out``: ``<scenario>.json`` (every row, the aggregates, the goals, the
 environment), ``<scenario>.md`` and ``<scenario>.png`` (test accuracy against speed-up over
-retraining, one panel per problem). Files are written atomically.
+retraining, one panel per problem, with the original model and retraining drawn as references).
+Files are written atomically.
+
+The report's header states the run actually made (size, seeds, problems with their sizes,
+methods, machine, time); each table flags a method that no shown measure tells apart from the
+original model as ``≈ original: no-op`` (see :func:`noop_methods`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +30,7 @@ MEASURES = ("test_accuracy", "corrected_accuracy", "distance", "agreement", "sec
 
 @dataclass
 class Goal:
-    """A target the issue sets (e.g. "second-order within 0.5 points of retraining at >= 10x"), checked on the run."""
+    """A target of the scenario (e.g. "second-order within 0.5 points of retraining at >= 10x"), checked on the run."""
 
     name: str
     met: bool
@@ -47,6 +53,7 @@ class ScenarioResult:
     rules: str = ""
     seconds: float = 0.0
     derive: object = None  # derive(summary) -> new keys: scenario measures computed across methods (e.g. restored)
+    environment: dict = field(default_factory=dict)  # the machine the run was made on; measured when empty
 
     def aggregate(self) -> list[dict]:
         summary = aggregate(self.rows)
@@ -60,16 +67,34 @@ class ScenarioResult:
     def methods(self) -> list[str]:
         return list(dict.fromkeys(r.method for r in self.rows))
 
-    def to_dict(self) -> dict:
-        import torch
+    def machine(self) -> dict:
+        """The run's environment: the stored one, else this process's (Python, torch, CPU, threads, accelerator)."""
+        if not self.environment:
+            import torch
 
+            self.environment = {
+                "python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
+                "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                "cpus": os.cpu_count(), "platform": platform.platform(),
+                "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+        return self.environment
+
+    def to_dict(self) -> dict:
         return {
             "scenario": self.scenario, "size": self.size, "seeds": self.seeds, "seconds": self.seconds,
-            "environment": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
-                            "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
-            "problems": self.problems, "goals": [g.to_dict() for g in self.goals],
+            "environment": self.machine(), "problems": self.problems, "goals": [g.to_dict() for g in self.goals],
             "summary": self.aggregate(), "rows": [r.to_dict() for r in self.rows],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict, *, derive=None) -> "ScenarioResult":
+        """A result back from its :meth:`to_dict` JSON (``derive``: the scenario's own, to recompute derived measures)."""
+        fields = set(Row.__dataclass_fields__)
+        rows = [Row(**{k: v for k, v in r.items() if k in fields}) for r in data["rows"]]
+        return cls(data["scenario"], data["size"], list(data["seeds"]), rows,
+                   goals=[Goal(g["name"], g["met"], g["detail"]) for g in data.get("goals", [])],
+                   problems=data.get("problems", {}), seconds=float(data.get("seconds") or 0.0), derive=derive,
+                   environment=dict(data.get("environment") or {}))
 
 
 def _stats(values: list) -> tuple[float | None, float | None]:
@@ -102,6 +127,52 @@ def lookup(summary: list[dict], problem: str, method: str) -> dict | None:
     return next((e for e in summary if e["problem"] == problem and e["method"] == method), None)
 
 
+# ------------------------------------------------------------------------------ compared with doing nothing
+NOOP_SHARE = 0.10
+NOOP_FLOOR = 0.01
+SHARES = ("test_accuracy", "corrected_accuracy", "agreement", "attack_success")
+"""Measures that are shares in [0, 1]: their floor is ``NOOP_FLOOR`` absolute (one point); every
+other measure's floor is ``NOOP_FLOOR`` relative to the original's value (1 %)."""
+NOOP_FLAG = "≈ original: no-op"
+NOOP_RULE = ("*≈ original: no-op* marks a method that, on every seed, moved less than a tenth of the way from the "
+             "original model to retraining on every measure of its row (test accuracy, accuracy on the corrected "
+             "points, agreement with and distance to the retrained model, the scenario's own measures): each value "
+             f"differs from the original model's by at most {100 * NOOP_SHARE:g} % of the original's gap to "
+             f"retraining, or by at most one point (shares) or 1 % (other measures) where that gap is smaller")
+
+
+def noop_methods(rows: list[Row]) -> set[tuple[str, str]]:
+    """``(problem, method)`` pairs indistinguishable from the original model.
+
+    For each seed and each measure ``m`` a row has (``MEASURES`` that describe the model, and its
+    efficacy measures) where the original and retrained rows of that seed have it too:
+    ``|m - m_original| <= max(floor, NOOP_SHARE * |m_retrained - m_original|)``, the floor being
+    ``NOOP_FLOOR`` for shares in [0, 1] (:data:`SHARES`) and ``NOOP_FLOOR * |m_original|`` for the
+    others. A pair is flagged when this holds for every measure on every seed (a failed row never is).
+    """
+    refs = {(r.problem, r.seed, r.method): r for r in rows if r.method in (ORIGINAL, RETRAIN) and r.status == "ok"}
+    verdict: dict[tuple[str, str], bool] = {}
+    for r in rows:
+        if r.method in (ORIGINAL, RETRAIN):
+            continue
+        key = (r.problem, r.method)
+        o, z = refs.get((r.problem, r.seed, ORIGINAL)), refs.get((r.problem, r.seed, RETRAIN))
+        ok = r.status == "ok" and o is not None and z is not None and verdict.get(key, True)
+        compared = 0
+        if ok:
+            for name in ("test_accuracy", "corrected_accuracy", "agreement", "distance", *r.efficacy):
+                vals = [x.efficacy.get(name) if name in r.efficacy else getattr(x, name) for x in (r, o, z)]
+                if any(v is None or not math.isfinite(v) for v in vals):
+                    continue
+                compared += 1
+                floor = NOOP_FLOOR if name in SHARES else NOOP_FLOOR * abs(vals[1])
+                if abs(vals[0] - vals[1]) > max(floor, NOOP_SHARE * abs(vals[2] - vals[1])):
+                    ok = False
+                    break
+        verdict[key] = ok and compared > 0
+    return {k for k, v in verdict.items() if v}
+
+
 # ----------------------------------------------------------------------------------------- Markdown
 def _fmt(value, kind: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -125,21 +196,50 @@ def _cell(entry: dict, key: str, kind: str = "") -> str:
     return text
 
 
+def run_description(result: ScenarioResult) -> list[str]:
+    """Markdown lines stating the run actually made: size, seeds, problems (with their own sizes),
+    methods, machine and time."""
+    env = result.machine()
+    methods = [m for m in result.methods() if m not in (ORIGINAL, RETRAIN)]
+    machine = [f"{env.get('cpus')} CPU cores" if env.get("cpus") else "",
+               f"a machine with {env['accelerator']}" if env.get("accelerator") else
+               "CPU-only machine" if "accelerator" in env or "+cpu" in str(env.get("torch", "")) else "",
+               f"device {env['device']}" if env.get("device") else "",
+               _n(env["threads"], "torch thread") if env.get("threads") else "",
+               env.get("platform") or env.get("processor") or env.get("machine") or "",
+               f"Python {env['python']}, torch {env['torch']}" if env.get("python") else ""]
+    problems = list(dict.fromkeys(r.problem for r in result.rows))
+    lines = ["**This run**:", "",
+             f"- size `{result.size}`, {_n(len(result.seeds), 'seed')}: {', '.join(map(str, result.seeds))}",
+             f"- {_n(len(problems), 'problem')} (sizes under each heading): {'; '.join(problems)}"]
+    lines += [f"- methods besides the original and retraining: {', '.join(methods)}",
+              f"- machine: {'; '.join(m for m in machine if m)}"
+              + (f"; {result.seconds / 60:.1f} min of wall time in all" if result.seconds >= 120
+                 else f"; {result.seconds:.0f} s of wall time in all" if result.seconds else "")]
+    return lines
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def markdown(result: ScenarioResult, *, title: str, intro: str, image: str | None) -> str:
     summary = result.aggregate()
+    noop = noop_methods(result.rows)
     efficacy_keys = list(dict.fromkeys([*(k for r in result.rows for k in r.efficacy), *result.derived_keys()]))
-    lines = [f"# {title}", "", intro.strip(), "",
-             f"Size `{result.size}`, seeds {', '.join(map(str, result.seeds))}; mean ± standard deviation over seeds. "
+    lines = [f"# {title}", "", intro.strip(), "", *run_description(result), "",
+             "Mean ± standard deviation over seeds. "
              "Accuracies in %. *distance* = `||theta - theta_retrained|| / ||theta_retrained||`; *agree* = share of "
              "test predictions equal to the retrained model's; *corrected* = accuracy on the corrected training points; "
-             "speed-up = retraining time / method time, both measured in the same run.", ""]
+             "speed-up = retraining time / method time, both measured in the same run. " + NOOP_RULE + ".", ""]
     if result.goals:
         lines += ["## Goals", ""]
         lines += [f"- **{'met' if g.met else 'missed'}** — {g.name}: {g.detail}" for g in result.goals]
         lines.append("")
     if image:
         lines += [f"![{result.scenario}]({image})", ""]
-    header = ["method", "test acc", "corrected", "distance", "agree", *efficacy_keys, "seconds", "speed-up", "gradients", "HVPs"]
+    header = ["method", "test acc", "corrected", "distance", "agree", *efficacy_keys, "seconds", "speed-up", "gradients",
+              "HVPs", "vs original"]
     for problem in dict.fromkeys(e["problem"] for e in summary):
         info = result.problems.get(problem, {})
         lines += [f"## {problem}", ""]
@@ -153,8 +253,11 @@ def markdown(result: ScenarioResult, *, title: str, intro: str, image: str | Non
             cells = [e["method"], _cell(e, "test_accuracy", "pct"), _cell(e, "corrected_accuracy", "pct"), _cell(e, "distance"),
                      _cell(e, "agreement", "pct"), *[_cell(e, k) for k in efficacy_keys], _cell(e, "seconds"),
                      "–" if e["method"] == ORIGINAL else _cell(e, "speedup", "x"), _cell(e, "gradients", "int"),
-                     _cell(e, "hvps", "int")]
+                     _cell(e, "hvps", "int"), NOOP_FLAG if (problem, e["method"]) in noop else ""]
             lines.append("| " + " | ".join(cells) + " |")
+        flagged = [m for p, m in noop if p == problem]
+        if flagged:
+            lines += ["", f"Indistinguishable from the original model here (no-op): {', '.join(sorted(flagged))}."]
         lines.append("")
     settings = {}
     for r in result.rows:
@@ -171,54 +274,94 @@ def markdown(result: ScenarioResult, *, title: str, intro: str, image: str | Non
 
 
 # ---------------------------------------------------------------------------------------------- plot
-def plot(result: ScenarioResult, path: Path, *, y: str = "test_accuracy", y_label: str = "test accuracy (%)") -> None:
-    """Test accuracy (or ``y``) against speed-up over retraining, one panel per problem."""
-    import matplotlib
+LOWER_IS_BETTER = {"exposure", "attack_success", "distance", "seconds", "residual", "bits_per_char"}
+MARKERS = "osD^vP*XhpH<>d8"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def figure(result: ScenarioResult, *, y: str = "test_accuracy", y_label: str = "test accuracy (%)"):
+    """The scenario's plot as a matplotlib figure: ``y`` against speed-up over retraining (log
+    scale), one panel per problem. Retraining is a black star at speed-up 1 with a dashed line at
+    its level, the original model (no update, no time) a dotted line; a method flagged
+    ``≈ original`` is drawn hollow. Every marker and line is in the legend, below the panels, whose
+    title says which way is better."""
+    import matplotlib
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import ScalarFormatter
+
+    from unlearnkit.plots import figure as new_figure
+    from unlearnkit.plots import fit_legend, freeze_layout, log_axis
 
     summary = result.aggregate()
+    noop = noop_methods(result.rows)
     problems = list(dict.fromkeys(e["problem"] for e in summary))
     cols = min(3, len(problems))
     rows = math.ceil(len(problems) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
-    methods = result.methods()
-    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    methods = [m for m in result.methods() if m not in (ORIGINAL, RETRAIN)]
+    style = {m: (matplotlib.colormaps["tab10"](i % 10), MARKERS[i % len(MARKERS)]) for i, m in enumerate(methods)}
+    fig, axes = new_figure(max(6.4, 4.6 * cols), 3.5 * rows + 0.9, nrows=rows, ncols=cols, squeeze=False)
+    scale = 100 if y.endswith("accuracy") else 1
+    drawn: set[str] = set()
     for ax, problem in zip(axes.flat, problems):
-        for e in (e for e in summary if e["problem"] == problem):
+        here = {e["method"]: e for e in summary if e["problem"] == problem}
+        speeds = [1.0]
+        for method, e in here.items():
             value = e.get(y)
-            if value is None:
+            if value is None or method in (ORIGINAL, RETRAIN):
                 continue
-            scale = 100 if y.endswith("accuracy") else 1
-            if e["method"] == ORIGINAL:
-                ax.axhline(scale * value, color="grey", ls=":", lw=1, label="original")
+            speed = e.get("speedup")
+            if speed is None or not speed > 0:
                 continue
-            if e["method"] == RETRAIN:
-                ax.axhline(scale * value, color="black", ls="--", lw=1, label="retrain")
-            speed = e.get("speedup") or 1.0
-            ax.scatter([speed], [scale * value], color=colours[e["method"]], s=36, label=e["method"] if e["method"] != RETRAIN else None,
-                       zorder=3)
-        ax.set_xscale("log")
+            colour, marker = style[method]
+            hollow = (problem, method) in noop
+            ax.scatter([speed], [scale * value], marker=marker, s=40, zorder=3, linewidths=1.2, edgecolors=colour,
+                       facecolors="none" if hollow else colour)
+            speeds.append(speed)
+            drawn.add(method)
+            if hollow:
+                drawn.add(NOOP_FLAG)
+        if here.get(ORIGINAL, {}).get(y) is not None:
+            ax.axhline(scale * here[ORIGINAL][y], color="0.35", ls=":", lw=1.5, zorder=1)
+            drawn.add(ORIGINAL)
+        if here.get(RETRAIN, {}).get(y) is not None:
+            level = scale * here[RETRAIN][y]
+            ax.axhline(level, color="black", ls="--", lw=1, zorder=1)
+            ax.scatter([1.0], [level], marker="*", s=110, color="black", zorder=4)
+            drawn.add(RETRAIN)
+        log_axis(ax, "x", speeds)
+        ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))  # plain numbers, no "+9.7e1" offset
         ax.set_title(problem, fontsize=9)
-        ax.set_xlabel("speed-up over retraining")
-        ax.set_ylabel(y_label)
+        ax.set_xlabel("speed-up over retraining (log scale)", fontsize=8)
+        ax.set_ylabel(y_label, fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(problems):]:
         ax.axis("off")
-    handles = {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=min(6, len(handles)), fontsize=8,
-               frameon=False)
+    handles = [Line2D([], [], color="black", marker="*", markersize=9, ls="--", lw=1, label="retraining (speed-up 1)"),
+               Line2D([], [], color="0.35", ls=":", lw=1.5, label="original, no update")]
+    handles = [h for h, key in zip(handles, (RETRAIN, ORIGINAL)) if key in drawn]
+    handles += [Line2D([], [], color=style[m][0], marker=style[m][1], lw=0, markersize=6, label=m)
+                for m in methods if m in drawn]
+    if NOOP_FLAG in drawn:
+        handles.append(Line2D([], [], color="0.3", marker="o", lw=0, markersize=6, markerfacecolor="none",
+                              label=f"hollow: {NOOP_FLAG}"))
+    better = "↘ (faster, lower)" if y in LOWER_IS_BETTER else "↗ (faster, higher)"
+    fit_legend(fig, handles, ncol=5, loc="outside lower center", fontsize=8, frameon=False,
+               title=f"better: {better}; retraining's level is the target", title_fontsize=8)
     fig.suptitle(result.scenario)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.96))
+    freeze_layout(fig)
+    return fig
+
+
+def plot(result: ScenarioResult, path: Path, *, y: str = "test_accuracy", y_label: str = "test accuracy (%)") -> None:
+    """:func:`figure` saved as a PNG at ``path`` (atomically)."""
+    from unlearnkit.plots import pyplot
+
+    fig = figure(result, y=y, y_label=y_label)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
 
 
 def _write_text(path: Path, text: str) -> None:
