@@ -24,6 +24,7 @@ from unlearnkit.data.readers import (
     read_npz,
     save_npz,
 )
+from unlearnkit.data.preprocess import prepare
 from unlearnkit.data.sources import available, load
 from unlearnkit.data.splits import Splits, UnlearningSplit, forget_set, retain_forget, train_test_split, unlearning_split
 from unlearnkit.data.synthetic import make_classification
@@ -59,6 +60,7 @@ __all__ = [
     "load_wine",
     "make_classification",
     "normalize_rows",
+    "prepare",
     "python_docs_excerpt",
     "read_csv",
     "read_idx",

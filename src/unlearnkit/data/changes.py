@@ -11,7 +11,8 @@ An unlearning request replaces a set of affected training points ``Z`` by correc
 Rows are named by their stable row *ids* (see :class:`~unlearnkit.data.dataset.Dataset`).
 Columns index the flattened feature vector. A ``Changes`` is immutable; ``a + b`` composes two
 change sets (an error if they contradict each other). ``resolve(dataset)`` validates the change
-set against a dataset and returns ``Z``, ``Z~`` and the corrected dataset.
+set against a dataset and returns ``Z``, ``Z~`` and the corrected dataset. The JSON form (what
+``unlearnkit changes`` writes and ``--changes`` reads) is given in :meth:`Changes.from_json`.
 
 Validation rules (each failure is a :class:`~unlearnkit.errors.ChangesError` naming it):
 
@@ -26,6 +27,7 @@ Validation rules (each failure is a :class:`~unlearnkit.errors.ChangesError` nam
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from dataclasses import dataclass, field
@@ -121,7 +123,10 @@ class FeatureEdit:
         if not cols:
             raise ChangesError("A feature edit needs at least one column.")
         if len(set(cols)) != len(cols):
-            raise ChangesError(f"A feature edit lists a column twice: {sorted(cols)}.")
+            seen: set = set()
+            twice = list(dict.fromkeys(c for c in cols if c in seen or seen.add(c)))
+            shown = ", ".join(map(str, twice[:5])) + (f" and {len(twice) - 5:,} more" if len(twice) > 5 else "")
+            raise ChangesError(f"A feature edit lists a column twice (column {shown}); give each column once.")
         try:
             vals = np.asarray(self.values, dtype=np.float64).reshape(-1)
         except (ValueError, TypeError) as exc:
@@ -131,7 +136,9 @@ class FeatureEdit:
         if vals.size != len(cols):
             raise ChangesError(f"A feature edit has {len(cols)} columns but {vals.size} values; give one value per column or one for all.")
         if not np.all(np.isfinite(vals)):
-            raise ChangesError(f"Feature values must be finite; got {vals.tolist()}.")
+            k = int(np.flatnonzero(~np.isfinite(vals))[0])
+            raise ChangesError(f"Feature values must be finite; the value for column {cols[k]} is {vals[k]} "
+                               f"({int((~np.isfinite(vals)).sum()):,} of {vals.size:,} values are not finite).")
         rows = None
         if self.rows is not None:
             rows = _int_tuple(self.rows, "feature edit rows")
@@ -517,56 +524,87 @@ class Changes:
         return text
 
     @classmethod
-    def from_dict(cls, obj: dict) -> "Changes":
-        if not isinstance(obj, dict):
-            raise ChangesError(f"A change set must be a JSON object; got {type(obj).__name__}.")
-        unknown = set(obj) - {"format", "feature_edits", "label_edits", "removals"}
-        if unknown:
-            raise ChangesError(f"Unknown keys in change set: {sorted(unknown)}; valid: feature_edits, label_edits, removals.")
-        if obj.get("format", FORMAT) != FORMAT:
-            raise ChangesError(f"Unsupported change-set format {obj.get('format')!r}; expected {FORMAT!r}.")
-        entry_keys = {"feature_edits": {"columns", "values", "rows"}, "label_edits": {"rows", "labels"}, "removals": {"rows"}}
-        for section, valid_keys in entry_keys.items():
-            entries = obj.get(section, [])
-            for e in entries if isinstance(entries, list) else ():
-                extra = set(e) - valid_keys if isinstance(e, dict) else set()
-                if extra:
-                    raise ChangesError(f"Unknown keys {sorted(extra)} in an entry of {section}; valid: {sorted(valid_keys)}.")
-        try:
-            return cls(
-                tuple(FeatureEdit(e["columns"], e.get("values", [0.0]), e.get("rows")) for e in obj.get("feature_edits", [])),
-                tuple(LabelEdit(e["rows"], e["labels"]) for e in obj.get("label_edits", [])),
-                tuple(PointRemoval(e["rows"]) for e in obj.get("removals", [])),
-            )
-        except (KeyError, TypeError) as exc:
-            raise ChangesError(f"Malformed change set: missing or wrong field {exc}.") from None
+    def from_dict(cls, obj: dict, *, source: str | None = None, class_names=None) -> "Changes":
+        """Build a change set from parsed JSON (see :meth:`from_json` for the schema).
+
+        Every error is a :class:`ChangesError` naming ``source`` (a file name; default "change
+        set"), the JSON path of the offending value (``$.removals[0].rows[2]``), what was
+        expected there and what was found. With ``class_names`` (a model's classes, in code order), a label may
+        also be given by its class name; a name that is not one of them is refused with the classes.
+        """
+        return _parse(obj, source or "change set", class_names)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Changes":
-        """Parse a change set from JSON text (UTF-8 bytes are accepted too)."""
+    def from_json(cls, text: str | bytes, *, source: str | None = None, class_names=None) -> "Changes":
+        """Parse a change set from JSON text (UTF-8 bytes are accepted too).
+
+        The schema (``format`` is optional; every section may be left out, but not all three)::
+
+            {"format": "unlearnkit.changes/1",
+             "feature_edits": [{"columns": [3], "values": [0.0], "rows": [5, 6]},
+                               {"columns": [0, 1]}],
+             "label_edits": [{"rows": [5, 6], "labels": [1, 0]}],
+             "removals": [{"rows": [7, 8]}]}
+
+        * ``feature_edits``: set feature ``columns`` (indices into the flattened feature vector)
+          to ``values`` (one per column, or one for all; default ``[0.0]``) in the rows with ids
+          ``rows``; ``"rows": null`` or no ``rows`` means every row where any of the columns is
+          non-zero.
+        * ``label_edits``: give the rows with ids ``rows`` the labels ``labels`` (one per row, or
+          one for all).
+        * ``removals``: remove the rows with ids ``rows``.
+
+        Row ids, columns and labels are integers ``>= 0`` (a whole number written with a decimal
+        point, ``5.0``, is accepted up to ``2**53``, where floating point stops being exact; larger ids
+        must be written as integers); values are finite numbers (JSON has no
+        NaN; ``NaN``/``Infinity`` literals are refused). Two shorthands are accepted because they
+        can mean only one thing: a list of row ids in ``removals`` (``"removals": [5, 6, 7]``), and
+        one entry object where a list of entries is expected (``"removals": {"rows": [5]}``); a
+        single integer stands for a one-element list in ``rows``, ``columns``, ``values`` and
+        ``labels``. Anything else (unknown keys, a key given twice, wrong types, nested lists) is
+        a :class:`ChangesError` naming the JSON path, the expected shape and the value found::
+
+            changes.json: $.label_edits[0].labels[1]: expected a label (an integer >= 0), got "cat"
+
+        ``source`` names the text in error messages (:meth:`load` passes the file name). With ``class_names``
+        (the classes of a model trained on text labels, in code order, or a dict name -> code), ``labels`` may
+        name the classes (``"labels": ["cat", "dog"]``): each name becomes its code.
+        """
+        where = source or "change set"
         if isinstance(text, (bytes, bytearray)):
-            text = _decode(bytes(text), "The change set")
+            text = _decode(bytes(text), "The change set" if source is None else f"Change-set file {source}")
         if not isinstance(text, str):
             raise ChangesError(f"A change set is JSON text (str or UTF-8 bytes); got {type(text).__name__}. "
                                "Use Changes.load for a file, Changes.from_dict for a dict.")
+        if not text.strip():
+            raise ChangesError(f"{'Change set' if source is None else f'Change-set file {source}'} is empty; "
+                               "a change set is a JSON object such as "
+                               '{"removals": [{"rows": [5, 6, 7]}]} (`unlearnkit changes remove 5 6 7` writes one).')
         try:
-            obj = json.loads(text)
+            obj = json.loads(text, object_pairs_hook=_JSONObject.from_pairs)
         except json.JSONDecodeError as exc:
-            raise ChangesError(f"Change set is not valid JSON: {exc}.") from None
+            raise ChangesError(f"{_capital(where)} is not valid JSON: {exc}.") from None
         except ValueError as exc:  # an integer beyond Python's digit limit for str -> int
-            raise ChangesError(f"Change set holds a number too long to be a row id, label or column "
+            raise ChangesError(f"{_capital(where)} holds a number too long to be a row id, label or column "
                                f"({str(exc)[:120]}); row ids are below 2**63.") from None
         except RecursionError:
-            raise ChangesError("Change set is nested too deeply to be a change set (lists inside lists without end); "
-                               "see Changes.to_json for the format.") from None
+            raise ChangesError(f"{_capital(where)} is nested too deeply to be a change set (lists inside lists without "
+                               "end); see Changes.from_json for the format.") from None
         try:
-            return cls.from_dict(obj)
+            return _parse(obj, where, class_names)
         except RecursionError:
-            raise ChangesError("Change set is nested too deeply to be a change set; see Changes.to_json for the format.") from None
+            raise ChangesError(f"{_capital(where)} is nested too deeply to be a change set; see Changes.from_json "
+                               "for the format.") from None
 
     @classmethod
-    def load(cls, path: str | Path) -> "Changes":
-        """Read a change set from a JSON file (UTF-8, at most :data:`MAX_FILE_BYTES`)."""
+    def load(cls, path: str | Path, *, class_names=None) -> "Changes":
+        """Read a change set from a JSON file (UTF-8, at most :data:`MAX_FILE_BYTES`).
+
+        The schema is given in :meth:`from_json`; errors name the file and the JSON path, e.g.
+        ``changes.json: $.removals[0]: expected a row id (an integer >= 0) or {"rows": [<row id>, ...]}, got "5"``.
+        ``unlearnkit changes remove|relabel|edit`` writes such files from the shell. ``class_names``: see
+        :meth:`from_json`.
+        """
         path = Path(path)
         try:
             st = os.stat(path)
@@ -587,7 +625,7 @@ class Changes:
             raise ChangesError(f"Change-set file {path} cannot be read ({exc.strerror or exc}).") from None
         if len(raw) > MAX_FILE_BYTES:
             raise ChangesError(f"Change-set file {path} is larger than {MAX_FILE_BYTES:,} bytes; split the request.")
-        return cls.from_json(_decode(raw, f"Change-set file {path}"))
+        return cls.from_json(_decode(raw, f"Change-set file {path}"), source=str(path), class_names=class_names)
 
     def __repr__(self) -> str:
         parts = []
@@ -598,3 +636,225 @@ class Changes:
         if self.removals:
             parts.append(f"{len(self.removed_ids)} removed row(s)")
         return f"Changes({', '.join(parts)})"
+
+
+# ---------------------------------------------------------------------------- JSON schema
+_TOP_KEYS = ("format", "feature_edits", "label_edits", "removals")
+_ENTRY_KEYS = {"feature_edits": ("columns", "values", "rows"), "label_edits": ("rows", "labels"), "removals": ("rows",)}
+_REQUIRED = {"feature_edits": ("columns",), "label_edits": ("rows", "labels"), "removals": ("rows",)}
+_ENTRY_SHAPE = {
+    "feature_edits": '{"columns": [<column>, ...], "values": [<number>, ...], "rows": [<row id>, ...] or null}',
+    "label_edits": '{"rows": [<row id>, ...], "labels": [<label>, ...]}',
+    "removals": '{"rows": [<row id>, ...]}',
+}
+_NOUN = {"rows": "a row id", "columns": "a column", "labels": "a label"}
+
+
+class _JSONObject(dict):
+    """A parsed JSON object that remembers keys the text gave twice (``json`` keeps only the last)."""
+
+    duplicates: tuple[str, ...] = ()
+
+    @classmethod
+    def from_pairs(cls, pairs) -> "_JSONObject":
+        obj = cls(pairs)
+        if len(obj) != len(pairs):
+            seen: set = set()
+            obj.duplicates = tuple(dict.fromkeys(k for k, _ in pairs if k in seen or seen.add(k)))
+        return obj
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _shown(value, depth: int = 0) -> str:
+    """A short JSON rendering of ``value`` for an error message (long lists and strings are cut)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        text = json.dumps(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+    if depth >= 2:
+        return "[...]" if isinstance(value, list) else "{...}"
+    if isinstance(value, list):
+        items = [_shown(v, depth + 1) for v in value[:3]]
+        return "[" + ", ".join(items + (["..."] if len(value) > 3 else [])) + "]"
+    if isinstance(value, dict):
+        items = [f"{json.dumps(str(k))}: {_shown(v, depth + 1)}" for k, v in list(value.items())[:3]]
+        return "{" + ", ".join(items + (["..."] if len(value) > 3 else [])) + "}"
+    return type(value).__name__
+
+
+def _got(value) -> str:
+    """What was found, for "got ...": its kind and a short rendering (``a string "5"``), or ``null``."""
+    return "null" if value is None else f"{_type_word(value)} {_shown(value)}"
+
+
+def _type_word(value) -> str:
+    for kind, word in ((bool, "a boolean"), (str, "a string"), (list, "a list"), (dict, "an object")):
+        if isinstance(value, kind):
+            return word
+    return "null" if value is None else "a number"
+
+
+class _Parser:
+    """Walks parsed change-set JSON, naming the JSON path of anything that is not as the schema says."""
+
+    def __init__(self, source: str, class_names=None) -> None:
+        self.source = source
+        # class names in code order, or a mapping name -> code (what the command line uses to keep names as given)
+        self.codes = (None if class_names is None else class_names if isinstance(class_names, dict)
+                      else {name: k for k, name in enumerate(class_names)})
+        self.class_names = None if class_names is None else tuple(self.codes)
+
+    def error(self, path: str, problem: str) -> ChangesError:
+        return ChangesError(f"{self.source}: {path}: {problem}")
+
+    def keys(self, obj: dict, path: str, valid: tuple[str, ...], shape: str = "") -> None:
+        dup = getattr(obj, "duplicates", ())
+        if dup:
+            raise self.error(path, f"key {json.dumps(dup[0])} is given twice (JSON keeps only the last); give it once.")
+        unknown = [k for k in obj if k not in valid]
+        if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(str(unknown[0]), valid, n=1)
+            hint = f" (did you mean {json.dumps(close[0])}?)" if close else ""
+            expected = f" (expected {shape})" if shape else ""
+            raise self.error(path, f"unknown key {json.dumps(unknown[0])}{hint}; valid keys: {', '.join(valid)}{expected}.")
+
+    def integers(self, value, path: str, noun: str, *, entry_shape: str) -> list:
+        """An integer >= 0, or a flat list of them (returned as a list)."""
+        if isinstance(value, list):
+            if len(value) > MAX_ROWS:
+                raise self.error(path, f"holds {len(value):,} values, beyond the limit of {MAX_ROWS:,} per list "
+                                       "(unlearnkit.data.changes.MAX_ROWS); split the request into several change sets.")
+            for i, v in enumerate(value):
+                if type(v) is int and 0 <= v <= _INT64_MAX:
+                    continue
+                if isinstance(v, list):
+                    raise self.error(path, f"must be a flat list of integers; got nested lists ({path}[{i}] is {_shown(v)}).")
+                self._integer(v, f"{path}[{i}]", noun)
+            return value
+        if isinstance(value, dict) or value is None or isinstance(value, str):
+            raise self.error(path, f"expected a list of {noun.split(' ', 1)[1]}s [<int>, ...] (as in {entry_shape}), "
+                                   f"got {_got(value)}.")
+        self._integer(value, path, noun)
+        return [value]
+
+    def _integer(self, v, path: str, noun: str) -> None:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise self.error(path, f"expected {noun} (an integer >= 0), got {_got(v)}.")
+        if isinstance(v, float) and not (math.isfinite(v) and v == int(v)):
+            raise self.error(path, f"expected {noun} (an integer >= 0), got {_shown(v)}.")
+        if isinstance(v, float) and abs(v) > 2**53:  # 1e17 may stand for any of several integers
+            raise self.error(path, f"{noun} {_shown(v)} is written as a floating-point number, which is exact only up "
+                                   "to 2**53; write it as an integer (digits only, no decimal point or exponent).")
+        if v < 0:
+            raise self.error(path, f"expected {noun} (an integer >= 0), got {_shown(v)}.")
+        if v > _INT64_MAX:
+            raise self.error(path, f"{noun} must be below 2**63 (a 64-bit integer); got {_shown(v)}.")
+
+    def named_labels(self, value, path: str):
+        """``value`` (a label or a list of them) with class names replaced by their codes in :attr:`class_names`."""
+        codes = self.codes
+
+        def code(v, at: str):
+            if not isinstance(v, str):
+                return v
+            if v not in codes:
+                known = ", ".join(f"{k}={n}" for k, n in enumerate(self.class_names[:20]))
+                more = f", ... ({len(self.class_names)} classes)" if len(self.class_names) > 20 else ""
+                shown = repr(v if len(v) <= 60 else v[:57] + "...")
+                raise self.error(at, f"{shown} is not a class of the model; its classes are {known}{more}.")
+            return codes[v]
+
+        if isinstance(value, list):
+            return [code(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return code(value, path)
+
+    def numbers(self, value, path: str) -> list:
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, (dict, str)) or value is None:
+            raise self.error(path, f"expected a list of numbers [<number>, ...], got {_got(value)}.")
+        if len(values) > MAX_ROWS:
+            raise self.error(path, f"holds {len(values):,} values, beyond the limit of {MAX_ROWS:,} per list.")
+        for i, v in enumerate(values):
+            at = f"{path}[{i}]" if isinstance(value, list) else path
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise self.error(at, f"expected a number, got {_got(v)}.")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise self.error(at, f"expected a finite number, got {_shown(v)} (JSON has no NaN or infinity).")
+            if isinstance(v, int) and abs(v) > 1e308:
+                raise self.error(at, f"expected a finite number, got an integer of {len(str(abs(v)))} digits.")
+        return values
+
+    def entries(self, obj: dict, section: str):
+        """``(path, entry)`` pairs of a section; bare row ids in ``removals`` are gathered into one entry."""
+        value = obj.get(section, [])
+        path = f"$.{section}"
+        shape = _ENTRY_SHAPE[section]
+        if isinstance(value, dict):
+            return [(path, value)]
+        if not isinstance(value, list):
+            ids = " or row ids" if section == "removals" else ""
+            raise self.error(path, f"expected a list of entries {shape}{ids}, got {_got(value)}.")
+        out, bare = [], []
+        for i, e in enumerate(value):
+            if isinstance(e, dict):
+                out.append((f"{path}[{i}]", e))
+            elif section == "removals" and not isinstance(e, list):
+                if not (type(e) is int and 0 <= e <= _INT64_MAX):
+                    self._integer(e, f"{path}[{i}]", "a row id")
+                bare.append(e)
+            else:
+                ids = ' or a row id (an integer >= 0)' if section == "removals" else ""
+                raise self.error(f"{path}[{i}]", f"expected an entry {shape}{ids}, got {_got(e)}.")
+        if bare:
+            out.append((path, {"rows": bare}))
+        return out
+
+    def edit(self, section: str, path: str, entry: dict):
+        self.keys(entry, path, _ENTRY_KEYS[section], _ENTRY_SHAPE[section])
+        missing = [k for k in _REQUIRED[section] if k not in entry]
+        if missing:
+            raise self.error(path, f"missing key {json.dumps(missing[0])}; expected {_ENTRY_SHAPE[section]}.")
+        fields = {}
+        for key in _ENTRY_KEYS[section]:
+            if key not in entry or (key == "rows" and section == "feature_edits" and entry[key] is None):
+                continue
+            if key == "values":
+                fields[key] = self.numbers(entry[key], f"{path}.{key}")
+            elif key == "labels" and self.class_names is not None:
+                fields[key] = self.integers(self.named_labels(entry[key], f"{path}.{key}"), f"{path}.{key}",
+                                            _NOUN[key], entry_shape=_ENTRY_SHAPE[section])
+            else:
+                fields[key] = self.integers(entry[key], f"{path}.{key}", _NOUN[key], entry_shape=_ENTRY_SHAPE[section])
+        try:
+            if section == "feature_edits":
+                return FeatureEdit(fields["columns"], fields.get("values", [0.0]), fields.get("rows"))
+            if section == "label_edits":
+                return LabelEdit(fields["rows"], fields["labels"])
+            return PointRemoval(fields["rows"])
+        except ChangesError as exc:
+            raise self.error(path, str(exc)) from None
+
+
+def _parse(obj, source: str, class_names=None) -> Changes:
+    """A :class:`Changes` from parsed JSON, every error naming ``source`` and the JSON path; labels may be names of
+    ``class_names``."""
+    parser = _Parser(source, class_names)
+    if not isinstance(obj, dict):
+        raise parser.error("$", 'a change set must be a JSON object {"feature_edits": [...], "label_edits": [...], '
+                                f'"removals": [...]}}; got {_got(obj)}.')
+    parser.keys(obj, "$", _TOP_KEYS)
+    if "format" in obj and obj["format"] != FORMAT:
+        raise parser.error("$.format", f"unsupported change-set format {_shown(obj['format'])}; expected {FORMAT!r} "
+                                       "(or leave the key out).")
+    edits = {section: tuple(parser.edit(section, path, entry) for path, entry in parser.entries(obj, section))
+             for section in ("feature_edits", "label_edits", "removals")}
+    try:
+        return Changes(edits["feature_edits"], edits["label_edits"], edits["removals"])
+    except ChangesError as exc:
+        raise ChangesError(f"{source}: {exc}") from None

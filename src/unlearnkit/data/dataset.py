@@ -47,6 +47,10 @@ class Dataset:
         A label for messages and reports.
     feature_names:
         Optional names of the ``d`` flattened feature columns.
+    class_names:
+        Optional names of the classes, one per class code: ``class_names[k]`` is the name of
+        label ``k``. A CSV file with text labels gets them (sorted unique values, see
+        :func:`~unlearnkit.data.readers.read_csv`).
     """
 
     X: np.ndarray | sp.csr_matrix
@@ -55,6 +59,7 @@ class Dataset:
     n_classes: int | None = None
     name: str = "data"
     feature_names: tuple[str, ...] | None = None
+    class_names: tuple[str, ...] | None = None
     _id_index: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -95,6 +100,8 @@ class Dataset:
         object.__setattr__(self, "n_classes", int(n_classes))
         if self.feature_names is not None:
             object.__setattr__(self, "feature_names", tuple(self.feature_names))
+        if self.class_names is not None:
+            object.__setattr__(self, "class_names", _check_class_names(self.class_names, int(n_classes), self.name))
 
     #: Whether the features are fetched from a source on demand (see
     #: :class:`unlearnkit.data.torchdata.StreamingDataset`) rather than held in ``X``.
@@ -149,13 +156,14 @@ class Dataset:
             n_classes=self.n_classes,
             name=name or self.name,
             feature_names=self.feature_names,
+            class_names=self.class_names,
         )
 
     def replace(self, **changes) -> "Dataset":
         """A copy with some fields replaced (validated again)."""
         fields = dict(
             X=self.X, y=self.y, ids=self.ids, n_classes=self.n_classes, name=self.name,
-            feature_names=self.feature_names,
+            feature_names=self.feature_names, class_names=self.class_names,
         )
         fields.update(changes)
         return Dataset(**fields)
@@ -243,6 +251,18 @@ def check_labels(y, n: int, n_classes, name: str) -> tuple[np.ndarray, int]:
     if y.size and y.max() >= n_classes:
         raise DataError(f"{name}: label {int(y.max())} is out of range for n_classes={n_classes}.")
     return y, int(n_classes)
+
+
+def _check_class_names(names, n_classes: int, name: str) -> tuple[str, ...]:
+    """Class names as a tuple of ``n_classes`` distinct strings, refused by name otherwise."""
+    if isinstance(names, str) or not all(isinstance(v, str) for v in names):
+        raise DataError(f"{name}: class_names must be a list of strings, one per class.")
+    names = tuple(names)
+    if len(names) != n_classes:
+        raise DataError(f"{name}: {len(names)} class names for {n_classes} classes; give one name per class code.")
+    if len(set(names)) != len(names):
+        raise DataError(f"{name}: class names must be distinct; got {list(names)[:10]}.")
+    return names
 
 
 def _n_columns(X) -> int:

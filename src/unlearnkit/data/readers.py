@@ -292,16 +292,25 @@ def read_csv(
     n_classes: int | None = None,
     name: str | None = None,
     dtype=np.float64,
+    class_names=None,
 ) -> Dataset:
     """Read a labelled table of numbers from a CSV file.
+
+    Labels are class codes or class names. If every label is a number, the labels are the
+    class codes themselves (integers ``0..n_classes-1``). If any label is text (``cat``,
+    ``dog``, ``yes``), every label is a class name: the classes are the sorted unique names
+    (Python string order, so ``"10"`` comes before ``"9"``) and each row's code is its name's
+    position; the names are kept in ``Dataset.class_names``. Pass ``class_names`` (e.g. the
+    ones a model was trained with) to read another file with the same codes: a label outside
+    them is refused, naming its line.
 
     Parameters
     ----------
     path:
         The CSV file.
     label_column:
-        The column holding integer class labels: a header name, or a 0-based index
-        (negative counts from the end).
+        The column holding the labels (class codes or class names): a header name, or a
+        0-based index (negative counts from the end).
     id_column:
         Optional column holding unique non-negative integer row ids (name or index);
         default: ids are ``0..n-1`` in file order.
@@ -316,6 +325,9 @@ def read_csv(
         Name of the data set; default the file name.
     dtype:
         Floating dtype of ``X``.
+    class_names:
+        Fixed class names (a list of strings, one per class code): every label is read as a
+        name and mapped to its position in this list.
 
     Returns
     -------
@@ -327,7 +339,8 @@ def read_csv(
     ------
     DataError
         Naming the row (1-based line number) and column of the first empty, NaN, infinite or
-        non-numeric value, a ragged row, an unknown label column, or non-integer labels.
+        non-numeric value, a ragged row, an unknown label or id column, numeric labels that
+        are not integers, or a label outside ``class_names``.
     """
     path = Path(path)
     name = name or path.name
@@ -358,7 +371,11 @@ def read_csv(
     if not numbered:
         raise DataError(f"{path}: the CSV file is empty.")
     if header is None:
-        header = not all(_is_number(c) for c in numbered[0][1])
+        first = numbered[0][1]
+        if isinstance(label_column, (int, np.integer)) and not isinstance(label_column, bool) and -len(first) <= label_column < len(first):
+            # text labels are allowed: the label cell of a data row may be a word
+            first = [c for j, c in enumerate(first) if j != int(label_column) % len(first)]
+        header = not all(_is_number(c) for c in first)
     names = None
     if header:
         names = [c.strip() for c in numbered[0][1]]
@@ -378,22 +395,100 @@ def read_csv(
     if width < 2 + (id_idx is not None):
         raise DataError(f"{path}: need at least one feature column besides the label (and id) column.")
 
-    table = np.empty((len(numbered), width), dtype=np.float64)
-    try:
-        table[:] = [r for _, r in numbered]
-    except ValueError:
-        table = None
-    if table is None or not np.all(np.isfinite(table)):
-        _raise_first_bad_cell(path, numbered, columns)
+    label_cells = [r[label_idx].strip() for _, r in numbered]
+    if class_names is None:
+        _check_label_kinds(path, label_cells, numbered, columns[label_idx])
+    by_name = class_names is not None or not _is_number(label_cells[0])
+    table = np.zeros((len(numbered), width), dtype=np.float64)
+    if by_name:  # text labels: the other columns are the numbers
+        numeric = [j for j in range(width) if j != label_idx]
+        try:
+            table[:, numeric] = [[r[j] for j in numeric] for _, r in numbered]
+        except ValueError:
+            table = None
+        if table is None or not np.all(np.isfinite(table)):
+            _raise_first_bad_cell(path, numbered, columns, skip=label_idx)
+    else:
+        try:
+            table[:] = [r for _, r in numbered]
+        except ValueError:
+            table = None
+        if table is None or not np.all(np.isfinite(table)):
+            _raise_first_bad_cell(path, numbered, columns)
 
     feature_cols = [j for j in range(width) if j not in (label_idx, id_idx)]
-    y = _integer_column(path, table[:, label_idx], numbered, columns[label_idx], "label")
+    if by_name:
+        y, class_names = _named_labels(path, label_cells, numbered, columns[label_idx], class_names)
+        if n_classes is None:
+            n_classes = len(class_names)
+    else:
+        y = _integer_column(path, table[:, label_idx], numbered, columns[label_idx], "label")
     ids = None if id_idx is None else _integer_column(path, table[:, id_idx], numbered, columns[id_idx], "id")
     feature_names = tuple(columns[j] for j in feature_cols) if names is not None else tuple(f"x{k}" for k in range(len(feature_cols)))
     X = table[:, feature_cols].astype(dtype)
     _check_compact_labels(path, y, n_classes)
     logger.debug("read %s: %s", path, X.shape)
-    return Dataset(X, y, ids, n_classes=n_classes, name=name, feature_names=feature_names)
+    return Dataset(X, y, ids, n_classes=n_classes, name=name, feature_names=feature_names,
+                   class_names=None if class_names is None else tuple(class_names))
+
+
+MAX_CLASS_NAME = 1000
+"""The longest class name (characters) a label column may hold."""
+
+
+def _check_label_kinds(path, cells: list[str], numbered, column) -> None:
+    """Refuse a label column that mixes numbers (class codes) and words (class names): read as names, sorted as
+    text, its numbers would silently get other codes ("10" before "2"). The minority kind is named: typically one
+    missing value ("NA", "?", "") in a column of codes."""
+    numeric = [_is_number(c) for c in cells]
+    n_numeric = sum(numeric)
+    if n_numeric in (0, len(cells)):
+        return
+    odd_is_word = n_numeric * 2 >= len(cells)
+    k = next(i for i, is_num in enumerate(numeric) if is_num != odd_is_word)
+    other = next(i for i, is_num in enumerate(numeric) if is_num == odd_is_word)
+    cell = cells[k]
+    shown = repr(cell if len(cell) <= 40 else cell[:40] + "...")
+    if odd_is_word:
+        what = "an empty label" if not cell else f"label {shown}, which is not a number"
+        fix = ("fill in the label or drop the row (a missing value such as 'NA' or '?' has no class), or write every "
+               "label as a class name")
+    else:
+        what = f"label {shown}, a number"
+        fix = "write it as one of the class names, or drop the row"
+    raise DataError(f"{path}: line {numbered[k][0]}, column {column!r}: {what}, while the column's other labels are "
+                    f"{'numbers (class codes)' if odd_is_word else 'class names'} (e.g. line {numbered[other][0]}: "
+                    f"{cells[other][:40]!r}); a label column holds either class codes or class names, not both: {fix}.")
+
+
+def _named_labels(path, cells: list[str], numbered, column, class_names) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Class codes of text labels: positions in ``class_names``, or in the sorted unique labels without them."""
+    empty = next((k for k, c in enumerate(cells) if not c), None)
+    if empty is not None:
+        raise DataError(f"{path}: line {numbered[empty][0]}, column {column!r}: empty label; fill or drop the row.")
+    long = next((k for k, c in enumerate(cells) if len(c) > MAX_CLASS_NAME), None)
+    if long is not None:
+        raise DataError(f"{path}: line {numbered[long][0]}, column {column!r}: the label is {len(cells[long]):,} "
+                        f"characters long (it starts {cells[long][:40]!r}); class names are at most {MAX_CLASS_NAME:,} "
+                        "characters: check that this is the label column (--label-column), or shorten the name.")
+    if class_names is None:
+        class_names = tuple(sorted(set(cells)))
+        if len(class_names) < 2:
+            raise DataError(f"{path}: column {column!r} holds a single class ({class_names[0]!r}); a classifier needs "
+                            "at least two classes.")
+    else:
+        class_names = tuple(str(c) for c in class_names)
+    codes = {name: k for k, name in enumerate(class_names)}
+    y = np.empty(len(cells), dtype=np.int64)
+    for k, cell in enumerate(cells):
+        code = codes.get(cell)
+        if code is None:
+            shown = ", ".join(repr(c) for c in class_names[:10]) + (", ..." if len(class_names) > 10 else "")
+            raise DataError(f"{path}: line {numbered[k][0]}, column {column!r}: label {cell!r} is not one of the "
+                            f"{len(class_names)} classes the model was trained on ({shown}); a model cannot predict "
+                            "a class it never saw: drop the row, or train on data that has this class.")
+        y[k] = code
+    return y, class_names
 
 
 def _is_number(text: str) -> bool:
@@ -412,18 +507,22 @@ def _column_index(path, column, names, width, arg) -> int:
                 "pass the column's 0-based index instead."
             )
         if column not in names:
-            raise DataError(f"{path}: no column named {column!r}; the columns are {names}. Pass {arg}=.")
+            raise DataError(f"{path}: no column named {column!r}; the columns are {names}. Name one of them, or "
+                            f"give a 0-based index, with {arg}= (on the command line --{arg.replace('_', '-')}).")
         return names.index(column)
     if isinstance(column, (int, np.integer)) and not isinstance(column, bool):
         if not -width <= column < width:
-            raise DataError(f"{path}: {arg}={column} is out of range for {width} columns.")
+            raise DataError(f"{path}: {arg}={column} is out of range for {width} columns (valid indices "
+                            f"0..{width - 1}, or -{width}..-1 from the end; the columns are {names or list(range(width))}).")
         return int(column) % width
     raise DataError(f"{arg} must be a column name or an integer index; got {column!r}.")
 
 
-def _raise_first_bad_cell(path, numbered, columns):
+def _raise_first_bad_cell(path, numbered, columns, skip: int | None = None):
     for line, r in numbered:
         for j, cell in enumerate(r):
+            if j == skip:
+                continue
             text = cell.strip()
             if not text:
                 raise DataError(f"{path}: line {line}, column {columns[j]!r}: empty value; fill or drop the row.")
@@ -432,7 +531,7 @@ def _raise_first_bad_cell(path, numbered, columns):
             except ValueError:
                 raise DataError(
                     f"{path}: line {line}, column {columns[j]!r}: {cell!r} is not a number; "
-                    "every feature and the label must be numeric."
+                    "every feature (and the id column) must be numeric; text is allowed only in the label column."
                 ) from None
             if not math.isfinite(value):
                 raise DataError(

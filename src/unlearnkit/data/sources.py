@@ -13,8 +13,14 @@ Grammar
     ``d`` (20), ``classes`` (2), ``sparse`` (0/1), ``density`` (0.01), ``noise`` (0.25),
     ``seed`` (0). Example: ``synthetic:n=1000,d=20,classes=2,sparse=0,seed=0``.
 ``PATH.csv`` / ``PATH.npz`` [``:train|:test``]
-    A file read with :func:`~unlearnkit.data.readers.read_csv` (label column ``label``) or
+    A file read with :func:`~unlearnkit.data.readers.read_csv` (label column ``label`` unless
+    ``label_column`` names another; ids from ``id_column`` or the row number) or
     :func:`~unlearnkit.data.readers.read_npz`.
+
+Row ids of a ``:train`` or ``:test`` part are those of the whole source: ``file.csv:train``
+holds about 80 % of the file's rows, each with the id it has in the file (its ``id_column``
+value, else its 0-based row number), so a change set written for the part names the same rows
+in the file.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from unlearnkit.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load", "available"]
+__all__ = ["load", "available", "is_csv"]
 
 _EMBEDDED = {
     "digits": embedded.load_digits,
@@ -54,7 +60,17 @@ def available() -> tuple[str, ...]:
     return (*_EMBEDDED, "fashion-mnist", "synthetic")
 
 
-def load(spec: str) -> Dataset:
+def is_csv(spec: str) -> bool:
+    """Whether the source string names a ``.csv`` file (with or without ``:train`` / ``:test``)."""
+    if not isinstance(spec, str):
+        return False
+    head, sep, tail = spec.strip().rpartition(":")
+    base = head if sep and tail.lower() in _PARTS and head else spec.strip()
+    return base.lower().endswith(".csv")
+
+
+def load(spec: str, *, label_column: str | int | None = None, id_column: str | int | None = None,
+         class_names=None) -> Dataset:
     """Load the data set a source string names (grammar in the module docstring).
 
     Parameters
@@ -62,6 +78,13 @@ def load(spec: str) -> Dataset:
     spec:
         E.g. ``"digits"``, ``"digits:train"``, ``"fashion-mnist:test"``,
         ``"synthetic:n=5000,d=50,classes=3"``, ``"data/train.csv"``.
+    label_column, id_column:
+        For a ``.csv`` source: the label column (default ``label``) and the optional id
+        column, by header name or 0-based index (see :func:`~unlearnkit.data.readers.read_csv`).
+        Refused for other sources, whose layout is fixed.
+    class_names:
+        For a ``.csv`` source: read its labels as these class names (the ones a model was
+        trained with). Ignored by sources whose labels are class codes.
 
     Returns
     -------
@@ -83,10 +106,18 @@ def load(spec: str) -> Dataset:
         base, part = head, tail.lower()
 
     lowered = base.lower()
+    if (label_column is not None or id_column is not None) and not lowered.endswith(".csv"):
+        option = "label_column" if label_column is not None else "id_column"
+        raise DataError(f"{option} applies to .csv files only; {spec!r} has a fixed layout (its labels and ids "
+                        "come with it). Leave the option out.")
     if lowered.endswith((".csv", ".npz")):
         if not os.path.isfile(base):
             raise DataError(f"data file {base!r} not found. Check the path. {_valid()}")
-        ds = readers.read_csv(base) if lowered.endswith(".csv") else readers.read_npz(base)
+        if lowered.endswith(".csv"):
+            ds = readers.read_csv(base, label_column="label" if label_column is None else label_column,
+                                  id_column=id_column, class_names=class_names)
+        else:
+            ds = readers.read_npz(base)
         return _part(ds, part, spec)
 
     name, _, params = base.partition(":")

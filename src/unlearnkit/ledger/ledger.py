@@ -76,7 +76,8 @@ import torch
 
 from unlearnkit.data.changes import Changes
 from unlearnkit.data.dataset import Dataset
-from unlearnkit.errors import CertificationError, ChangesError, LedgerError, ModelError
+from unlearnkit.data.preprocess import METADATA_KEY, Preprocessing
+from unlearnkit.errors import CertificationError, ChangesError, LedgerError, ModelError, UnlearnKitError
 from unlearnkit.influence.certified import (
     Calibration,
     CertifiedModel,
@@ -97,6 +98,10 @@ from unlearnkit.models.linear import LogisticRegression
 log = logging.getLogger(__name__)
 
 FORMAT = "unlearnkit.ledger/1"
+FORMAT_PREPROCESS = "unlearnkit.ledger/2"
+"""The format a ledger that stores preprocessing (scaling, class names, CSV columns) records in its metadata: an
+older unlearnkit, which would ignore the preprocessing and take requests in the wrong units, refuses it. Ledgers
+without preprocessing keep :data:`FORMAT`. (Entry HMACs always use :data:`FORMAT`.)"""
 DB_NAME = "ledger.sqlite"
 KEY_ENV = "UNLEARNKIT_LEDGER_KEY"
 """Environment variable the command line reads the ledger's HMAC key from (see :func:`read_key`)."""
@@ -133,7 +138,7 @@ CREATE TABLE macs (seq INTEGER PRIMARY KEY, mac TEXT NOT NULL);
 _ENTRY_FIELDS = ("seq", "kind", "time", "reason", "changes", "n_affected", "residual_bound", "worst_case_bound",
                  "cumulative_bound", "exact_residual", "params_before", "params_after", "certificate", "state",
                  "details", "model_file", "prev_hash")
-_JSON_META = ("spec", "model", "train_config", "data")
+_JSON_META = ("spec", "model", "train_config", "data", METADATA_KEY)
 
 
 def parameter_hash(model: LogisticRegression) -> str:
@@ -359,9 +364,14 @@ class Ledger:
     def create(
         cls, path: str | Path, data: Dataset, *, model: LogisticRegression | None = None, spec: CertifiedSpec | None = None,
         seed: int | None = None, reason: str = "initial training", batch_size: int = 8192, device=None,
-        key: bytes | None = None,
+        key: bytes | None = None, preprocessing: Preprocessing | None = None,
     ) -> "Ledger":
         """Train a certified model on ``data`` and start a ledger for it in the new folder ``path``.
+
+        ``preprocessing`` (see :mod:`unlearnkit.data.preprocess`) says how ``data`` was scaled from the
+        user's raw units (``ledger init --standardize --scale-rows``): ``data`` is given already scaled,
+        the ledger records the preprocessing in its metadata (and in every model file it writes), and
+        :meth:`apply` maps the feature values of each change set from raw units before applying it.
 
         ``seed`` draws the noise ``b``; None (default) draws a secret random seed (recorded in the
         database, which must stay private, like the model file: whoever knows ``b`` and the data
@@ -413,7 +423,7 @@ class Ledger:
                     build = path / f"{INIT_BUILD_PREFIX}{secrets.token_hex(6)}"
                     build.mkdir()
                 try:
-                    cls._build(build, path, cm, data, spec, batch_size, reason, key)
+                    cls._build(build, path, cm, data, spec, batch_size, reason, key, preprocessing)
                     with _Write(f"Creating the ledger at {path}"):
                         (path / INIT_MARKER).touch()  # from here, an interrupted init left files in `path`
                         _fsync_dir(path)
@@ -445,7 +455,7 @@ class Ledger:
             lock.acquire()
             with _Write(f"Creating the ledger at {path}"):
                 (build / INIT_MARKER).touch()  # tells `_remove_dead_builds` that the builder holds the lock
-            cls._build(build, path, cm, data, spec, batch_size, reason, key)
+            cls._build(build, path, cm, data, spec, batch_size, reason, key, preprocessing)
             with _Write(f"Creating the ledger at {path}"):
                 try:
                     os.rename(build, path)  # the ledger appears complete or not at all
@@ -465,7 +475,7 @@ class Ledger:
 
     @classmethod
     def _build(cls, build: Path, path: Path, cm, data: Dataset, spec: CertifiedSpec, batch_size: int, reason: str,
-               key: bytes | None) -> None:
+               key: bytes | None, preprocessing: Preprocessing | None = None) -> None:
         """Write a complete ledger into the folder ``build`` (its files synced to disk)."""
         with _Write(f"Creating the ledger at {path}"):
             fp = write_base(build / "data", data)
@@ -474,15 +484,18 @@ class Ledger:
             _cache_data_check(build / "data", _data_signature(build / "data"), fp, key)
             _fsync_dir(build / "data")
             model_file = f"model-000000-{secrets.token_hex(8)}.pt"
-            _write_model_file(cm.model, build / model_file, metadata={"ledger": str(path), "entry": 0})
+            extra = {} if preprocessing is None or preprocessing.is_empty else {METADATA_KEY: preprocessing.to_dict()}
+            _write_model_file(cm.model, build / model_file, metadata={"ledger": str(path), "entry": 0, **extra})
             meta = {
-                "format": FORMAT, "created": _now(), "spec": json.dumps(spec.to_dict()),
+                "format": FORMAT_PREPROCESS if extra else FORMAT, "created": _now(), "spec": json.dumps(spec.to_dict()),
                 "model": json.dumps({"kind": cm.model.kind, "config": cm.model.config}),
                 "train_config": json.dumps(cm.model.train_config.to_dict()),
                 "data": json.dumps({"fingerprint": fp, "n": len(data), "feature_shape": list(data.feature_shape),
                                     "n_classes": data.n_classes, "name": data.name}),
                 "batch_size": str(int(batch_size)),
             }
+            if extra:  # ledgers without preprocessing have no such key (and read as before)
+                meta[METADATA_KEY] = json.dumps(extra[METADATA_KEY])
             if key is not None:
                 meta["mac"] = MAC_ALGORITHM
             cert = cm.certificate(exact_residual=cm.state.cumulative_bound)
@@ -524,8 +537,8 @@ class Ledger:
                     raise LedgerError(f"{self.path / DB_NAME} failed SQLite's integrity check ({check}); nothing was changed.")
                 self._check_size(conn)
                 meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-                if meta.get("format") != FORMAT:
-                    raise LedgerError(f"{self.path / DB_NAME} is not an unlearnkit ledger (format {meta.get('format')!r}).")
+                if meta.get("format") not in (FORMAT, FORMAT_PREPROCESS):
+                    raise LedgerError(_format_problem(self.path / DB_NAME, meta.get("format")))
                 cur = conn.execute("SELECT * FROM entries ORDER BY seq DESC LIMIT 1")
                 cols = [c[0] for c in cur.description]
                 last = cur.fetchone()
@@ -592,6 +605,8 @@ class Ledger:
             config = dict(self.model_meta["config"])
             n_features = int(config["n_features"])
             model_classes = int(config.get("n_classes", 2))
+            self.preprocessing = (Preprocessing.from_dict(json.loads(meta[METADATA_KEY]), where=str(self.path / DB_NAME))
+                                  if METADATA_KEY in meta else Preprocessing())
         except (KeyError, ValueError, TypeError, RecursionError, AttributeError, CertificationError) as exc:
             raise LedgerError(f"{self.path / DB_NAME} has malformed metadata ({type(exc).__name__}: {str(exc)[:200]}).") from None
         if meta.get("mac") not in (None, MAC_ALGORITHM):
@@ -902,7 +917,8 @@ class Ledger:
         entry = self._entry(seq, kind, reason, None if changes is None else changes.to_json(), n_affected,
                             residual_bound, worst_case_bound, cm, self.last["params_after"], cert, details, model_file,
                             prev_hash=self.last["entry_hash"], cert_dict=cert_dict)
-        written = _write_model_file(cm.model, self.path / model_file, metadata={"ledger": str(self.path), "entry": seq})
+        written = _write_model_file(cm.model, self.path / model_file, metadata={"ledger": str(self.path), "entry": seq,
+                                                                              **self._model_file_extra()})
         # the writer's connection, unless the database file was replaced since it was opened (a backup restored with
         # mv, say): a connection to the unlinked file could not commit, so open the file that is there now
         own = self._conn is None or _file_identity(self.path / DB_NAME) != self._conn_identity
@@ -936,6 +952,29 @@ class Ledger:
         except OSError as exc:  # committed: a superseded file left behind is removed by the next writer
             log.warning("could not remove superseded model files in %s (%s)", self.path, describe_os_error(exc))
         return entry
+
+    def _model_file_extra(self) -> dict:
+        """What the model files record beside the entry: the preprocessing, if the ledger has one."""
+        prep = getattr(self, "preprocessing", None)
+        return {} if prep is None or prep.is_empty else {METADATA_KEY: prep.to_dict()}
+
+    def to_model_units(self, changes: Changes) -> Changes:
+        """``changes`` with feature values given in raw units mapped into the units the ledger's data is stored in
+        (its :attr:`preprocessing`: standardisation and row scaling); unchanged for a ledger without scaling. A
+        feature edit without rows on a standardised column is written out with the rows where the column is
+        non-zero in raw units (the stored value differs from the transform of 0), of the current data."""
+        prep = self.preprocessing
+        if not prep.scales:
+            return changes
+        rows = self.certified.rows
+        return prep.map_changes(changes, lambda cols, zero: rows.nonzero_ids(cols, zero))
+
+    def request_bound(self, changes: Changes) -> float:
+        """The residual bound the request ``changes`` (raw units) would spend now (the data-dependent or the
+        worst-case one, as the spec says), computed without changing anything."""
+        cm = self.certified
+        proposal = cm.propose(cm.rows.resolve(self.to_model_units(changes)))
+        return float(proposal.residual_bound if self.spec.bound == "data" else proposal.worst_case_bound)
 
     def _referenced(self, model_file: str) -> bool:
         try:
@@ -997,8 +1036,11 @@ class Ledger:
             raise ChangesError(f"changes must be an unlearnkit Changes, got {type(changes).__name__}.")
         _check_reason(reason)
 
+        given = changes
+
         def step():
             cm = self.certified
+            changes = self.to_model_units(given)  # recorded in the data's stored units, as replay re-applies it
             resolved = cm.rows.resolve(changes)
             overlay = cm.rows.overlay_records(resolved)
             before = cm.state.cumulative_bound
@@ -1006,6 +1048,8 @@ class Ledger:
             cert = result.certificate
             details = {"seconds": result.seconds, "method": result.method, "noise_seed": cm.state.noise_seed,
                        **{k: v for k, v in result.diagnostics.items() if k != "certificate"}}
+            if changes is not given:  # the request as given, in raw units
+                details["changes_as_given"] = given.to_dict()
             if cert.retrained:
                 details["retrained_because"] = (
                     f"cumulative bound {before:.6g} + request bound {cert.residual_bound if self.spec.bound == 'data' else cert.worst_case_bound:.6g} "
@@ -1115,7 +1159,7 @@ class Ledger:
                     has_macs = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='macs'").fetchone()
                     macs = dict(conn.execute("SELECT seq, mac FROM macs").fetchall()) if has_macs else {}
                     conn.execute("COMMIT")
-                model_problem = self._verify_model_file(entries)
+                model_problem = self._verify_model_file(entries, meta)
         except (sqlite3.DatabaseError, LedgerError) as exc:
             report.problems.append(f"database unreadable: {exc}")
             return report
@@ -1159,7 +1203,9 @@ class Ledger:
                 report.problems.append(str(exc))
         return report
 
-    def _verify_model_file(self, entries: list[dict]) -> str | None:
+    def _verify_model_file(self, entries: list[dict], meta: dict | None = None) -> str | None:
+        """A problem with the last entry's model file: its name, its parameters, or the preprocessing it records
+        (which must be the ledger's, else the model would read and scale new data differently)."""
         if not entries:
             return None
         f = self.path / str(entries[-1]["model_file"])
@@ -1171,6 +1217,17 @@ class Ledger:
                 return f"model file {f.name} was modified: its parameters do not match entry {entries[-1]['seq']}"
         except ModelError as exc:
             return f"model file {f.name}: {exc}"
+        if meta is not None:
+            try:
+                ours = (Preprocessing.from_dict(json.loads(meta[METADATA_KEY]), where="the ledger's metadata")
+                        if METADATA_KEY in meta else Preprocessing())
+                theirs = Preprocessing.of_model(m, where=f"model file {f.name}")
+            except (ValueError, UnlearnKitError) as exc:
+                return f"model file {f.name}: its preprocessing cannot be compared with the ledger's ({exc})"
+            difference = ours.difference(theirs, mine="the ledger", theirs="the model file")
+            if difference:
+                return (f"model file {f.name} records another preprocessing than the ledger ({difference}): the file "
+                        "was edited or replaced")
         return None
 
     def _verify_chain(self, entries: list[dict], params: dict, report: VerifyReport) -> None:
@@ -1425,6 +1482,15 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _format_problem(where: Path, found) -> str:
+    """Why a ledger database of format ``found`` is refused: a newer unlearnkit's, or not a ledger."""
+    prefix = FORMAT.rsplit("/", 1)[0] + "/"
+    if isinstance(found, str) and found.startswith(prefix) and found[len(prefix):].isdigit():
+        return (f"{where} was written by a newer version of unlearnkit (ledger format {found!r}; this version reads "
+                f"{FORMAT!r} and {FORMAT_PREPROCESS!r}); upgrade unlearnkit to use it.")
+    return f"{where} is not an unlearnkit ledger (format {found!r})."
 
 
 def _data_signature(folder: Path) -> list:

@@ -164,14 +164,21 @@ class LedgerRows:
                     X[k], y[k] = edited
         return Dataset(X.reshape(len(ids), *self.feature_shape), y, ids, n_classes=self.n_classes, name=self.name)
 
-    def _nonzero_rows(self, columns) -> set[int]:
+    def nonzero_ids(self, columns, zero=None) -> set[int]:
+        """Ids of the current rows where any of ``columns`` differs from ``zero`` (one value per column; default 0):
+        the rows a feature edit without rows selects. A ledger that stores standardised data passes the transform of
+        0, so that "non-zero" keeps meaning non-zero in the user's raw units."""
+        return self._nonzero_rows(columns, zero)
+
+    def _nonzero_rows(self, columns, zero=None) -> set[int]:
         cols = np.asarray(columns, dtype=np.int64)
+        zero = 0.0 if zero is None else np.asarray(zero, dtype=np.float64)
         out = set()
         for start in range(0, len(self.X), 65536):
             block = np.asarray(self.X[start:start + 65536][:, cols])
-            out.update(int(i) for i in self.ids[start:start + 65536][np.any(block != 0, axis=1)])
+            out.update(int(i) for i in self.ids[start:start + 65536][np.any(block != zero, axis=1)])
         for row_id, (x, _) in self.edited.items():
-            if np.any(x[cols] != 0):
+            if np.any(x[cols] != zero):
                 out.add(row_id)
             else:
                 out.discard(row_id)

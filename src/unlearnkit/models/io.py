@@ -40,6 +40,11 @@ from unlearnkit.models import MODELS, UnlearnableModel, build
 log = logging.getLogger(__name__)
 
 FORMAT = "unlearnkit.model/1"
+FORMAT_PREPROCESS = "unlearnkit.model/2"
+"""The format of a model file whose metadata stores preprocessing (key ``"preprocess"``: scaling, class names, CSV
+columns). An older unlearnkit would ignore it and feed the model unscaled data; it refuses this format instead.
+Files without preprocessing keep :data:`FORMAT` and stay readable by older versions."""
+_FORMATS = (FORMAT, FORMAT_PREPROCESS)
 WRAPPED = "wrapped"
 """The kind of a wrapped user module (:class:`~unlearnkit.models.wrap.WrappedModel`) in a model file."""
 
@@ -77,7 +82,7 @@ def model_payload(model: UnlearnableModel, *, metadata: dict | None = None) -> d
             log.info("The custom loss of the wrapped %s is not saved; a factory that returns uk.wrap(module, loss=...) "
                      "restores it when the file is loaded.", model.module_type)
     return {
-        "format": FORMAT,
+        "format": FORMAT_PREPROCESS if (metadata or {}).get("preprocess") else FORMAT,
         "kind": model.kind,
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
         "train_config": train_config.to_dict() if isinstance(train_config, TrainConfig) else None,
@@ -129,6 +134,36 @@ def load_model(
                               factory_path=factory_path, factory_args=factory_args)
 
 
+def read_metadata(path: str | Path) -> dict:
+    """The metadata a model file records (what ``unlearnkit train`` stored: the data source, its fingerprint,
+    its preprocessing), read with the same safety checks as :func:`load_model` but without building the model, so
+    it works for a wrapped user module without its factory too. A plain weights file has none: ``{}``."""
+    path = Path(path)
+    _check_model_file(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"{path} is not a readable unlearnkit model file ({type(exc).__name__}).") from None
+    if _is_state_dict(payload):
+        return {}
+    if not isinstance(payload, dict) or payload.get("format") not in _FORMATS:
+        raise ModelError(_format_problem(path, payload))
+    metadata = payload.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ModelError(f"{path}: malformed unlearnkit model file (metadata is not a dict).")
+    return dict(metadata)
+
+
+def _format_problem(where, payload) -> str:
+    """Why ``payload`` is refused: a newer unlearnkit's file (format ``unlearnkit.model/N``), or not a model file."""
+    found = payload.get("format") if isinstance(payload, dict) else None
+    prefix = FORMAT.rsplit("/", 1)[0] + "/"
+    if isinstance(found, str) and found.startswith(prefix) and found[len(prefix):].isdigit():
+        return (f"{where} was written by a newer version of unlearnkit (model format {found!r}; this version reads "
+                f"{', '.join(repr(f) for f in _FORMATS)}); upgrade unlearnkit to load it.")
+    return f"{where} is not an unlearnkit model file (expected format {FORMAT!r})."
+
+
 def model_from_payload(
     payload, where: str, *, device=None, factory: str | None = None, module=None, factory_path: str | Path | None = None,
     factory_args: dict | None = None,
@@ -147,8 +182,8 @@ def model_from_payload(
                          "weights file (a state_dict), which holds no architecture. "
                          "Load it with the code that builds the module: load_model(path, factory='pkg.mod:fn') or "
                          "load_model(path, module=my_module) (command line: --factory pkg.mod:fn --weights FILE).")
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ModelError(f"{where} is not an unlearnkit model file (expected format {FORMAT!r}).")
+    if not isinstance(payload, dict) or payload.get("format") not in _FORMATS:
+        raise ModelError(_format_problem(where, payload))
     kind = payload.get("kind")
     if kind == WRAPPED:
         recorded = payload.get("config", {}).get("factory") if isinstance(payload.get("config"), dict) else None
@@ -251,7 +286,7 @@ def _user_model(payload, where: str, *, device, factory, module, factory_path, f
     source = f"the factory {factory!r}" if factory is not None else f"the module given ({type(module).__name__})"
     if _is_state_dict(payload):
         plain, config, state, extra = True, {}, payload, {}
-    elif isinstance(payload, dict) and payload.get("format") == FORMAT:
+    elif isinstance(payload, dict) and payload.get("format") in _FORMATS:
         kind = payload.get("kind")
         if kind != WRAPPED:
             raise ModelError(f"{where} holds a {kind!r} model of the unlearnkit zoo, which loads from the file alone; "
