@@ -45,7 +45,9 @@ def digits_cnn():
 
 def test_head_only_update_changes_only_the_head_and_is_treated_as_convex(digits_cnn):
     model, data, changes = digits_cnn
-    method = uk.methods.make("second-order", params="head")
+    # guard=False: the paper's undamped head step (guarded by default, like every convex problem; this model, three
+    # epochs from its optimum, is one where the guard refuses the step)
+    method = uk.methods.make("second-order", params="head", guard=False)
     settings = method.resolved(model, data, changes)
     assert settings["convex"] and settings["solver"] == "exact" and settings["damping"] == 0.0
     assert settings["n_params"] == sum(p.numel() for p in model.head().parameters())
@@ -69,7 +71,7 @@ def test_head_only_update_changes_only_the_head_and_is_treated_as_convex(digits_
     G = head_gradient(model, corrected) - before
     left = head_gradient(new, corrected) - before
     assert float(torch.linalg.vector_norm(left)) < 0.25 * float(torch.linalg.vector_norm(G))
-    first = uk.methods.make("first-order", params="head").unlearn(model, data, changes).model
+    first = uk.methods.make("first-order", params="head", guard=False).unlearn(model, data, changes).model
     assert torch.equal(first.features[0].weight, model.features[0].weight)
     assert not torch.equal(first.head().weight, model.head().weight)
 

@@ -105,7 +105,7 @@ def test_method_exposes_the_guard(tabular):
     res = uk.unlearn(model, data, changes, method="second-order", guard=True, guard_rows=None)
     assert res.diagnostics["settings"]["guard"] is True
     assert res.status in ("accepted", "backtracked") and corrected_objective(res.model, data, changes) < f0
-    plain = uk.unlearn(model, data, changes, method="second-order")  # convex: unguarded by default
+    plain = uk.unlearn(model, data, changes, method="second-order", guard=False)  # convex: guarded by default
     assert plain.diagnostics["settings"]["guard"] is False and plain.status is None
     info = uk.methods.info("second-order")
     sources = {h.name: h.source for h in info.hyperparameters}

@@ -20,6 +20,8 @@ def unlearn(
     method: str = "second-order",
     val: Dataset | None = None,
     device=None,
+    check: bool | str = True,
+    retrained: UnlearnableModel | None = None,
     **hyperparameters,
 ) -> UnlearnResult:
     """Unlearn ``changes`` from ``model`` trained on ``data``; returns a new model and diagnostics.
@@ -33,7 +35,31 @@ def unlearn(
     ``data`` may be streamed (:func:`unlearnkit.data.from_torch` on a ``torch.utils.data.Dataset``):
     the influence updates and the methods that train batch by batch read it in batches; a method
     that needs the whole retain set as one tensor refuses it with a :class:`MethodError`.
+
+    ``check`` measures the original and the unlearned model before → after and logs a warning, with
+    the likely cause and the fix, for every measure the update made worse (see
+    :mod:`unlearnkit.before_after`); the numbers are in ``result.diagnostics["check"]``
+    (``{measure: {"before", "after", "better", "worse"}}``, and ``"retrained"`` with ``retrained=``)
+    and the names of the worse ones in :attr:`~unlearnkit.influence.updates.UnlearnResult.worse`.
+    The check runs after the method and is not counted in ``result.seconds``.
+
+    - ``True`` / ``"cheap"`` (default): accuracy on the corrected affected rows (``O(k)``) and, for
+      a convex model, the gradient residual ``||grad L(theta; D~)||_2`` on the corrected data (one
+      pass over the ``n`` rows). With a fitted curvature (``curvature=``, the per-request path of a
+      few milliseconds) the residual is left out, so that path stays ``O(k)``.
+    - ``"full"``: also the residual with a fitted curvature, and accuracy on the corrected data
+      (one more pass over the ``n`` rows).
+    - ``False`` / ``"off"``: no check.
+
+    ``retrained``: the model retrained on the corrected data, if you have it (e.g.
+    ``unlearnkit.training.retrain(model, data, changes)``): the check then judges every measure
+    against its retrained value (worse: farther from it than the original was), since retraining
+    itself can lower the accuracy on the corrected data. The result of ``method="retrain"`` is
+    never judged worse.
     """
+    from unlearnkit import before_after
+
+    mode = before_after.Check.of(check)
     if not isinstance(data, Dataset):
         raise DataError(f"data must be an unlearnkit Dataset, got {type(data).__name__}.")
     if not isinstance(changes, Changes):
@@ -44,4 +70,18 @@ def unlearn(
     if not isinstance(model, UnlearnableModel):
         raise ModelError(f"model must be an unlearnkit model (a model of unlearnkit.models, or unlearnkit.wrap(module) "
                          f"for a torch.nn.Module), got {type(model).__name__}.")
-    return methods.make(method, **hyperparameters).unlearn(model, data, changes, val=val, device=device)
+    if retrained is not None and not isinstance(retrained, UnlearnableModel):
+        raise ModelError(f"retrained must be an unlearnkit model (the model retrained on the corrected data), got "
+                         f"{type(retrained).__name__}.")
+    if isinstance(getattr(model, "metadata", None), dict) and "preprocess" in model.metadata:
+        from unlearnkit.data.preprocess import check_prepared
+
+        check_prepared(model, data)  # a model trained on scaled data, given the raw data: refused with the fix
+    result = methods.make(method, **hyperparameters).unlearn(model, data, changes, val=val, device=device)
+    if mode is not before_after.Check.OFF:
+        cached = not isinstance(hyperparameters.get("curvature"), (str, type(None)))
+        result.diagnostics["check"] = before_after.measure(model, result.model, data, changes, check=mode,
+                                                           cached_curvature=cached, device=device,
+                                                           retrained=retrained, method=result.method)
+        before_after.warn(result, convex=bool(getattr(model, "convex", False)))
+    return result

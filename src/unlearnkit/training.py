@@ -25,13 +25,13 @@ import enum
 import logging
 import math
 import numbers
-import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import numpy as np
 import torch
 
+from unlearnkit import timing
 from unlearnkit.data.changes import Changes
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import ModelError
@@ -207,7 +207,7 @@ def train(
         cpu_net = net.to("cpu")
         cpu_net.init_parameters(gen)
         net = cpu_net.to(device)
-    start = time.perf_counter()
+    start = timing.start()
     if hasattr(net, "fit_members"):  # a sharded ensemble trains each member on its own shard
         net.fit_members(data, config, device, progress)
     elif config.optimizer is Optimizer.NEWTON:
@@ -217,7 +217,7 @@ def train(
     else:
         _fit_minibatch(net, data, config, device, dtype, progress)
     net.train_config = config
-    net.train_seconds = time.perf_counter() - start
+    net.train_seconds = timing.since(start)
     log.debug("trained %s on %s in %.3fs", net.kind, data.name, net.train_seconds)
     return net
 

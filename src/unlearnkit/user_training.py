@@ -41,7 +41,6 @@ import logging
 import numbers
 import secrets
 import sys
-import time
 import types
 import weakref
 from typing import Callable
@@ -49,6 +48,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from unlearnkit import timing
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import ModelError
 from unlearnkit.models.base import UnlearnableModel
@@ -109,11 +109,11 @@ def train_with_fn(model: UnlearnableModel, data: Dataset, train_fn: TrainFn, *, 
     expected = type(target)
     name = fn_name(train_fn)
     layout = {n: (t.dtype, t.device) for n, t in (*target.named_parameters(), *target.named_buffers())}
-    start = time.perf_counter()
+    start = timing.start()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(int(seed))
         out = train_fn(target, data)
-    seconds = time.perf_counter() - start
+    seconds = timing.since(start)
     if out is not None and out is not target:
         if type(out) is not expected:
             raise ModelError(f"train_fn {name} returned a {type(out).__name__}; it must train the {expected.__name__} it "

@@ -47,12 +47,12 @@ import json
 import logging
 import math
 import numbers
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from unlearnkit import timing
 from unlearnkit.errors import ModelError, SolverError
 from unlearnkit.influence.curvature import CachedCurvature
 from unlearnkit.influence.functional import FlatModel
@@ -403,7 +403,7 @@ def fit(model, data, *, kind: str = "auto", params="all", batch_size: int = 256,
     if len(data) == 0:
         raise SolverError("Cannot fit a curvature on empty data.")
     names = _names(model, params)
-    start = time.perf_counter()
+    start = timing.start()
     work = copy.deepcopy(model).eval()  # the given model is never modified (hooks, mode, device)
     if device is not None:
         work = work.to(device)
@@ -470,7 +470,7 @@ def fit(model, data, *, kind: str = "auto", params="all", batch_size: int = 256,
                            damping_rule=("added to the Kronecker eigenvalues (eigenbasis form), not pi-damping"
                                          if mode is not Mode.DIAGONAL else "added to the diagonal"),
                            layers=[p.describe() for p in plans])
-    diagnostics["fit_seconds"] = time.perf_counter() - start
+    diagnostics["fit_seconds"] = timing.since(start)
     meta = {"architecture": arch, "parameters": values, "data_fingerprint": data.fingerprint(), "n_rows": len(data),
             "diagnostics": diagnostics, "cg": {"tol": float(cg_tol), "max_iter": int(cg_max_iter)}}
     curv = Curvature(kind=kind, names=names, shapes=[tuple(s) for s in flat.shapes], reg=reg, blocks=blocks,

@@ -100,7 +100,6 @@ import copy
 import functools
 import math
 import secrets
-import time
 import warnings
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -109,6 +108,7 @@ import numpy as np
 import torch
 from scipy import optimize, special
 
+from unlearnkit import timing
 from unlearnkit.data.changes import Changes, Resolved
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import CertificationError, SolverError
@@ -708,7 +708,7 @@ class CertifiedModel:
         :class:`CertificationError` and changes nothing. ``exact_residual=True`` also measures
         the residual (one pass over the data).
         """
-        start = time.perf_counter()
+        start = timing.start()
         return self.apply_resolved(self.rows.resolve(changes), exact_residual=exact_residual,
                                    on_exhausted=on_exhausted, start=start)
 
@@ -717,7 +717,7 @@ class CertifiedModel:
         """:meth:`unlearn` for a change set already resolved against :attr:`rows`."""
         if on_exhausted not in ("retrain", "error"):
             raise CertificationError(f"on_exhausted must be 'retrain' or 'error', got {on_exhausted!r}.")
-        start = time.perf_counter() if start is None else start
+        start = timing.start() if start is None else start
         proposal = self.propose(resolved)
         spend = proposal.residual_bound if self.spec.bound == "data" else proposal.worst_case_bound
         if self.state.cumulative_bound + spend > self.spec.budget:
@@ -743,7 +743,7 @@ class CertifiedModel:
                                     exact_residual=self.exact_residual() if exact_residual else None)
             method = "certified-second-order"
         return CertifiedResult(
-            copy.deepcopy(self.model), method, time.perf_counter() - start, resolved.n_affected,
+            copy.deepcopy(self.model), method, timing.since(start), resolved.n_affected,
             per_sample_gradients=proposal.per_sample_gradients,
             diagnostics={"step_norm": proposal.step_norm, "grad_diff_norm": proposal.grad_diff_norm,
                          "low_rank_update": proposal.low_rank, "certificate": cert.to_dict()},
@@ -808,7 +808,7 @@ def newton_refine(flat: FlatModel, data: Dataset, theta: torch.Tensor, curvature
         raise CertificationError(f"target must be a positive number, got {target}.")
     if max_steps < 0:
         raise CertificationError(f"max_steps must be >= 0, got {max_steps}.")
-    start = time.perf_counter()
+    start = timing.start()
     steps = refreshes = 0
     previous = math.inf
     while True:
@@ -834,7 +834,7 @@ def newton_refine(flat: FlatModel, data: Dataset, theta: torch.Tensor, curvature
         previous = r if t == 1.0 else 0.0  # after a damped step, refresh the curvature
         steps += 1
     return theta, curvature, {"steps": steps, "hessian_refreshes": refreshes, "residual": r, "target": target,
-                              "reached": r <= target, "seconds": time.perf_counter() - start}
+                              "reached": r <= target, "seconds": timing.since(start)}
 
 
 # ---------------------------------------------------------------------------- training

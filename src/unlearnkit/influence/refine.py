@@ -54,11 +54,11 @@ import copy
 import enum
 import logging
 import math
-import time
 
 import numpy as np
 import torch
 
+from unlearnkit import timing
 from unlearnkit.data.changes import Changes, Resolved
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import ModelError, SolverError
@@ -260,7 +260,7 @@ def refine(flat: FlatModel, data: Dataset, theta: torch.Tensor, curvature: Cache
     n = len(data) if resolved is None else len(data) - len(resolved.Z) + len(resolved.Z_tilde)
     if n == 0:
         raise SolverError("Cannot refine on an empty dataset.")
-    start = time.perf_counter()
+    start = timing.start()
     passes = 0
     objective = (ObjectiveGradient(flat, data, batch_size=batch_size) if resolved is None
                  else CorrectedGradient(flat, data, resolved, batch_size=batch_size))
@@ -322,7 +322,7 @@ def refine(flat: FlatModel, data: Dataset, theta: torch.Tensor, curvature: Cache
         "status": status.value, "tol": tol, "residual_scaling": "||grad L(theta; D~)||_2 / n", "n_rows": n,
         "max_steps": max_steps, "steps": steps, "residuals": residuals, "step_kinds": kinds,
         "residual": r / n, "residual_norm": r, "gradient_passes": passes, "gradient": objective.path, "backtracks": backtracks,
-        "restarted": restarted, "factor_refreshed": refreshes > 0, "refreshes": refreshes, "seconds": time.perf_counter() - start,
+        "restarted": restarted, "factor_refreshed": refreshes > 0, "refreshes": refreshes, "seconds": timing.since(start),
     }
     if status is not RefineStatus.CONVERGED:
         log.warning(
@@ -363,7 +363,7 @@ def cached_second_order_update(
     """
     from unlearnkit.influence.updates import UnlearnResult, _prepare, gradient_difference
 
-    start = time.perf_counter()
+    start = timing.start()
     check_refinable(model)
     if refine_tol is not None:
         refine_tol = _check_tol(refine_tol)
@@ -419,6 +419,6 @@ def cached_second_order_update(
         diagnostics["status"] = "refined" if report["status"] == RefineStatus.CONVERGED.value else f"refine-{report['status']}"
     new = flat.to_model(theta)
     return UnlearnResult(
-        new, "second-order", time.perf_counter() - start, resolved.n_affected,
+        new, "second-order", timing.since(start), resolved.n_affected,
         per_sample_gradients=len(resolved.Z) + len(resolved.Z_tilde), hvps=0, diagnostics=diagnostics,
     )

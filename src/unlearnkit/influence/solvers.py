@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import enum
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from unlearnkit import timing
 from unlearnkit.errors import SolverError
 from unlearnkit.influence.hessian import HessianOperator
 
@@ -106,7 +106,7 @@ class Exact:
         self.singular = singular
 
     def solve(self, H: HessianOperator, v: torch.Tensor) -> tuple[torch.Tensor, SolverReport]:
-        start = time.perf_counter()
+        start = timing.start()
         v_norm = _check_rhs(v)
         p = H.n_params
         if p > self.max_params:
@@ -164,7 +164,7 @@ class Exact:
         x = x.to(v.dtype)  # the residual is that of the solution returned, in the model's precision
         residual = float(torch.linalg.vector_norm(M @ x.to(torch.float64) - v.to(torch.float64))) / v_norm if v_norm else 0.0
         report = SolverReport("exact", iterations=1, residual=residual, converged=True, hvps=0,
-                              seconds=time.perf_counter() - start, details=details)
+                              seconds=timing.since(start), details=details)
         return x, report
 
 
@@ -224,7 +224,7 @@ class ConjugateGradient:
         self.max_iter = int(max_iter)
 
     def solve(self, H: HessianOperator, v: torch.Tensor) -> tuple[torch.Tensor, SolverReport]:
-        start = time.perf_counter()
+        start = timing.start()
         v_norm = _check_rhs(v)
         x = torch.zeros_like(v)
         if v_norm == 0:
@@ -257,7 +257,7 @@ class ConjugateGradient:
         if not math.isfinite(residual):
             raise SolverError("Conjugate gradients produced NaN or infinite values; increase damping.")
         report = SolverReport("cg", iterations=it, residual=residual, converged=converged, hvps=hvps,
-                              seconds=time.perf_counter() - start, details={"damping": self.damping, "tol": self.tol})
+                              seconds=timing.since(start), details={"damping": self.damping, "tol": self.tol})
         return x, report
 
 
@@ -305,7 +305,7 @@ class LiSSA:
         self.seed = int(seed)
 
     def solve(self, H: HessianOperator, v: torch.Tensor) -> tuple[torch.Tensor, SolverReport]:
-        start = time.perf_counter()
+        start = timing.start()
         v_norm = _check_rhs(v)
         hvps_before = H.n_hvp
         scale = self.scale if self.scale is not None else 1.1 * H.largest_eigenvalue(seed=self.seed)
@@ -346,7 +346,7 @@ class LiSSA:
             residual = float(torch.linalg.vector_norm(H.matvec(x) + eff * x - v)) / v_norm if v_norm else 0.0
         report = SolverReport(
             "lissa", iterations=iterations, residual=residual, converged=converged, hvps=hvps,
-            seconds=time.perf_counter() - start,
+            seconds=timing.since(start),
             details={"scale": scale, "damping": self.damping, "effective_damping": self.damping * scale,
                      "batch_size": self.batch_size, "repeats": self.repeats},
         )

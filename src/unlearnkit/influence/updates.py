@@ -34,12 +34,12 @@ import copy
 import enum
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from unlearnkit import timing
 from unlearnkit.data.changes import Changes, Resolved
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import SolverError
@@ -78,6 +78,12 @@ class UnlearnResult:
         ``backtracked``, or ``rejected``: the original parameters were returned); None when the
         update states none."""
         return self.diagnostics.get("status")
+
+    @property
+    def worse(self) -> list[str]:
+        """Names of the measures the update made worse, beyond their tolerance (``diagnostics["check"]``, filled by
+        :func:`unlearnkit.unlearn`; see :mod:`unlearnkit.before_after`); empty when none did or none were measured."""
+        return [name for name, m in self.diagnostics.get("check", {}).items() if m.get("worse")]
 
 
 def gradient_difference(flat: FlatModel, resolved: Resolved, *, batch_size: int = 1024) -> torch.Tensor:
@@ -151,7 +157,7 @@ def first_order_update(
     matrix instead of the Hessian (positive for deep models, where the Hessian may not be).
     ``params="head"`` updates only the classifier head (see :class:`Params`).
     """
-    start = time.perf_counter()
+    start = timing.start()
     flat, resolved = _prepare(model, data, changes, device, params)
     G = gradient_difference(flat, resolved, batch_size=batch_size)
     hvps = 0
@@ -175,7 +181,7 @@ def first_order_update(
     theta = flat.theta() - tau_value * G
     new = flat.to_model(theta)
     return UnlearnResult(
-        new, "first-order", time.perf_counter() - start, resolved.n_affected,
+        new, "first-order", timing.since(start), resolved.n_affected,
         per_sample_gradients=len(resolved.Z) + len(resolved.Z_tilde), hvps=hvps,
         diagnostics={"tau": tau_value, "grad_diff_norm": float(torch.linalg.vector_norm(G)),
                      "update_norm": tau_value * float(torch.linalg.vector_norm(G))},
@@ -218,7 +224,9 @@ def second_order_update(
 
     ``guard`` applies the trust-region rule of :mod:`unlearnkit.influence.guard`: ``"auto"`` (the
     default) guards non-convex problems and leaves convex ones (a convex model, or
-    ``params="head"``) to the paper's undamped step; ``True`` / ``False`` force it on / off; a
+    ``params="head"``) to the paper's undamped step (this low-level function is the paper's step; the
+    registered ``second-order`` method, what :func:`unlearnkit.unlearn` runs, judges convex steps too and
+    returns them unchanged when they pass); ``True`` / ``False`` force it on / off; a
     :class:`~unlearnkit.influence.guard.TrustRegion` gives its settings. ``damping`` is the
     damping of the step (the guard's initial damping); None takes the solver's own
     (``solver.damping``; for LiSSA its effective damping ``damping x scale``), or 0 for a
@@ -251,7 +259,7 @@ def second_order_update(
             model, data, changes, curvature=factor, refine_tol=refine,
             max_steps=DEFAULT_MAX_STEPS if refine_max_steps is None else refine_max_steps,
             max_params=getattr(solver, "max_params", 5000), batch_size=batch_size, device=device)
-    start = time.perf_counter()
+    start = timing.start()
     convex = model.convex or Params(params) is Params.HEAD
     trust = _trust_region(guard, convex)
     flat, resolved = _prepare(model, data, changes, device, params)
@@ -284,7 +292,7 @@ def second_order_update(
         theta = flat.theta() - step
         diagnostics.update(update_norm=float(torch.linalg.vector_norm(step)), solver=report)
         return UnlearnResult(
-            flat.to_model(theta), "second-order", time.perf_counter() - start, resolved.n_affected,
+            flat.to_model(theta), "second-order", timing.since(start), resolved.n_affected,
             per_sample_gradients=len(resolved.Z) + len(resolved.Z_tilde), hvps=hvps, diagnostics=diagnostics,
         )
     solve, matvec, initial, rule, counter = _damped_problem(cached, H, solver, damping)
@@ -312,7 +320,7 @@ def second_order_update(
             "of the corrected objective below the original model's (%.6g); the original parameters are returned.",
             [t["damping"] for t in guard_diag["tries"]], outcome.objective_original)
     return UnlearnResult(
-        flat.to_model(outcome.theta), "second-order", time.perf_counter() - start, resolved.n_affected,
+        flat.to_model(outcome.theta), "second-order", timing.since(start), resolved.n_affected,
         per_sample_gradients=len(resolved.Z) + len(resolved.Z_tilde), hvps=counter["hvps"], diagnostics=diagnostics,
     )
 
@@ -528,7 +536,7 @@ def iterative_update(
     fitted is reported in ``diagnostics["curvature"]["drift"]``: the relative change of the
     parameters and the share of rows already corrected.
     """
-    start = time.perf_counter()
+    start = timing.start()
     current_model, current_data = model, data
     grads = hvps = 0
     resolved = changes.resolve(data)
@@ -584,7 +592,7 @@ def iterative_update(
                                               held_out_applies=_held_out_applies(kwargs.get("held_out"), changes))
         diagnostics.update(guard=summary, status=summary["status"])
     return UnlearnResult(
-        current_model, method, time.perf_counter() - start,
+        current_model, method, timing.since(start),
         resolved.n_affected, per_sample_gradients=grads, hvps=hvps, diagnostics=diagnostics,
     )
 

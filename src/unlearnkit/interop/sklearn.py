@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from unlearnkit import timing
 from unlearnkit.data.changes import Changes
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import ModelError
@@ -127,7 +127,7 @@ def unlearn_logistic_regression(
     corrected data (``O(n p^2)``) and ``2k`` per-sample gradients for the one-step update; one
     gradient pass per refinement step (and a Hessian pass when a step contracts slowly).
     """
-    start = time.perf_counter()
+    start = timing.start()
     check_estimator(estimator)
     X = np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != estimator.coef_.shape[1]:
@@ -166,7 +166,7 @@ def unlearn_logistic_regression(
     if model.fit_intercept:
         out.intercept_ = values[n_w:].reshape(np.shape(estimator.intercept_)).copy()
     return SklearnUnlearnResult(
-        out, time.perf_counter() - start, resolved.n_affected, one_step_residual, residual, steps, distance,
+        out, timing.since(start), resolved.n_affected, one_step_residual, residual, steps, distance,
         diagnostics={"initial_residual": gradient_residual(flat, data, batch_size=batch_size),
                      "hessian_refreshes": info.get("hessian_refreshes", 0), "reached": info.get("reached", not refine)},
     )

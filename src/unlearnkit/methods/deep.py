@@ -16,12 +16,12 @@ non-finite raises :class:`~unlearnkit.errors.MethodError` instead of returning t
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
+from unlearnkit import timing
 from unlearnkit.errors import MethodError
 from unlearnkit.influence.updates import UnlearnResult
 from unlearnkit.methods.base import Hyperparameter, Method, info
@@ -129,12 +129,12 @@ class DeepMethod(Method):
             p.requires_grad_(True)
         ctx = RunContext(frozen_copy(net), torch.Generator(device="cpu").manual_seed(int(self.seed)), device,
                          next(net.parameters()).dtype, task)
-        start = time.perf_counter()
+        start = timing.start()
         net.train()
         diagnostics = self.run(net, task, ctx) or {}
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
+        seconds = timing.since(start)
         net.eval()
         net.zero_grad(set_to_none=True)
         for p in net.parameters():

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import abc
+import logging
 
-import time
+import torch
 
+from unlearnkit import timing
 from unlearnkit.errors import MethodError, SolverError
 from unlearnkit.influence.functional import FlatModel
 from unlearnkit.influence.refine import DEFAULT_MAX_STEPS as REFINE_MAX_STEPS
@@ -24,6 +26,8 @@ from unlearnkit.influence.updates import (
 )
 from unlearnkit.methods.base import Hyperparameter, Method, register
 
+log = logging.getLogger(__name__)
+
 WARNECKE = "Warnecke, Pirch, Wressnegger, Rieck. Machine Unlearning of Features and Labels. NDSS 2023."
 
 _BATCH = Hyperparameter("batch_size", int, 1024, "rows per block for gradients and HVPs (bounds memory)", ">= 1", "engineering")
@@ -39,6 +43,13 @@ _CHUNKS = Hyperparameter("chunks", int, 1, "apply the change in this many chunks
         Hyperparameter("tau", (float, str), "auto", "unlearning rate; 'auto' = G.G / G.H~G (exact line minimiser along -G; "
                        "H~ is the generalised Gauss-Newton matrix for non-convex models, whose curvature is positive)",
                        "> 0 or 'auto'", "paper: tuned by hand; 'auto' is ours"),
+        Hyperparameter("guard", (bool, str), "auto", "convex problems (a convex model or params='head'): judge the step "
+                       "on the corrected objective and its gradient residual (both exact) and shorten it (halvings) "
+                       "until the objective falls by a share of the predicted decrease and the residual does not rise; "
+                       "nothing passes: the original parameters, status 'rejected'. A step that passes as it is comes "
+                       "back unchanged. auto = on for convex problems, off for non-convex ones (use second-order, "
+                       "whose guard covers them); False = the raw step", "auto; or True/False",
+                       TRUST_REGION_SOURCE),
         _PARAMS,
         _CHUNKS,
         _BATCH,
@@ -46,18 +57,65 @@ _CHUNKS = Hyperparameter("chunks", int, 1, "apply the change in this many chunks
     reference=WARNECKE,
 )
 class FirstOrder(Method):
-    def __init__(self, *, tau="auto", params: str = "all", chunks: int = 1, batch_size: int = 1024) -> None:
+    def __init__(self, *, tau="auto", guard="auto", params: str = "all", chunks: int = 1, batch_size: int = 1024) -> None:
         self.tau = tau
+        self.guard = guard
         self.params = params
         self.chunks = chunks
         self.batch_size = batch_size
 
     def unlearn(self, model, data, changes, *, val=None, device=None):
+        if not (isinstance(self.guard, bool) or self.guard == "auto"):
+            raise MethodError(f"first-order: guard must be 'auto', True or False, got {self.guard!r}.")
+        convex = model.convex or parameter_names(model, self.params) is not None
+        if self.guard is True and not convex:
+            raise MethodError("first-order: guard=True applies to convex problems (a convex model or params='head'); "
+                              "for a network use second-order, whose guard covers it.")
         kwargs = dict(tau=self.tau, batch_size=self.batch_size, device=device, params=self.params,
                       curvature="hessian" if model.convex else "ggn")
         if self.chunks > 1:
-            return iterative_update(first_order_update, model, data, changes, chunks=self.chunks, **kwargs)
-        return first_order_update(model, data, changes, **kwargs)
+            fast = iterative_update(first_order_update, model, data, changes, chunks=self.chunks, **kwargs)
+        else:
+            fast = first_order_update(model, data, changes, **kwargs)
+        if self.guard is False or not convex:
+            return fast
+        return self._guarded(model, data, changes, fast)
+
+    def _guarded(self, model, data, changes, fast):
+        """Backtracking along the step on the exact corrected objective and gradient residual (rules 2, 3b and 6 of
+        :mod:`unlearnkit.influence.guard`; no damping: a first-order step has none)."""
+        from unlearnkit.influence.guard import GradientResidual, GuardStatus, SampledObjective
+        from unlearnkit.influence.updates import gradient_difference
+
+        names = parameter_names(model, self.params)
+        flat = FlatModel(model, names)
+        theta0 = flat.theta()
+        resolved = changes.resolve(data)
+        step = theta0 - FlatModel(fast.model, parameter_names(fast.model, self.params)).theta().to(theta0)
+        G = gradient_difference(flat, resolved, batch_size=self.batch_size)
+        objective = SampledObjective(flat, resolved.corrected, resolved.Z_tilde, rows=None, batch_size=self.batch_size)
+        residual = GradientResidual(flat, data, resolved, theta0, batch_size=self.batch_size)
+        matvec = None  # tau = G.G / G.HG (one chunk): the quadratic model's s.Hs is G.s, which the rule then uses
+        if self.tau != "auto" or self.chunks > 1:
+            H = HessianOperator(flat, resolved.corrected, batch_size=self.batch_size, curvature="hessian")
+            matvec = H.matvec
+        rule = TrustRegion(max_tries=1, untouched_slack=None)
+        outcome = rule.step(theta0, G, lambda v, damping: step, objective, initial_damping=0.0, matvec=matvec,
+                            initial_damping_rule="none (a first-order step: shortened, not damped)", residual=residual)
+        diag = {**outcome.diagnostics, "objective": objective.describe(), "objective_evaluations": objective.evaluations,
+                "residual": residual.describe()}
+        fast.per_sample_gradients += len(resolved.Z) + len(resolved.Z_tilde)
+        fast.hvps += 1 if matvec is not None else 0
+        if outcome.status is GuardStatus.ACCEPTED:
+            fast.diagnostics.update(guard=diag, status=outcome.status.value)
+            return fast
+        fast.model = flat.to_model(outcome.theta)
+        fast.diagnostics.update(update_norm=float(torch.linalg.vector_norm(outcome.step)), guard=diag,
+                                status=outcome.status.value)
+        if outcome.status is GuardStatus.REJECTED:
+            log.warning("first-order update rejected by its guard: no shortened step lowered the corrected objective "
+                        "without raising its gradient residual; the original parameters are returned.")
+        return fast
 
 
 DEEP_RELATIVE_DAMPING = 1e-3
@@ -75,6 +133,18 @@ corrected data (all rows if there are fewer): a Gauss-Newton estimate from a tho
 cent along the directions the damped step uses, and each product then costs a fixed amount, not a pass over the
 data (the reference code's mini-batch Hessian, B = 500-1024)."""
 
+
+GUARD_ROWS = 4096
+"""``guard_rows="auto"`` on non-convex problems: the rows (besides ``Z~``) of the guard's objective estimate."""
+
+CACHED_GUARD_ROWS = 1024
+"""``guard_rows="auto"`` for a convex model with an exact cached curvature. The sample there uses the rows'
+linearisation at the original parameters as a control variate, so it estimates only the curvature part of the
+untouched rows' change (the linear part is exact): measured on a planted logistic model (``n = 20,000`` and ``1e5``,
+``d = 10`` and ``100``, 10 random relabels) the exact steps' ratio ``rho`` was 0.83-1.03 with 512 rows and 1.03 with
+4,096. Fewer rows keep the guard's cost near the request's own: at ``n = 1e5, d = 100, k = 10`` on one thread the
+unguarded update took 1.6 ms of CPU time (median of 60 requests, ``check=False``), guarded with 1,024 / 4,096 rows
+6.6 / 12.2 ms (an earlier run: 512 rows 0.5 ms less than 1,024)."""
 
 class CurvatureObject(abc.ABC):
     """A curvature fitted once and reused (:func:`unlearnkit.curvature.fit`, or a
@@ -121,24 +191,32 @@ class CurvatureObject(abc.ABC):
         Hyperparameter("guard", (bool, str), "auto", "choose the damping by a Levenberg-Marquardt / trust-region rule on an "
                        "estimate of the corrected objective (Z~ plus a fixed sample of the other rows), starting from "
                        "'damping', and never return a step that makes that estimate worse than the original model's "
-                       "(status 'rejected': the original parameters); auto = on for non-convex problems, off for convex "
-                       "ones (a convex model or params='head': the paper's undamped step)", "auto; or True/False",
+                       "(status 'rejected': the original parameters); auto = on for every model, but off with refine= "
+                       "(refine's Newton steps are safeguarded themselves and end at the corrected optimum). Convex "
+                       "problems (a convex model or params='head'): the update is computed as without the guard and "
+                       "returned unchanged when its step passes the first try (ratio test, and the gradient residual "
+                       "on the corrected data must not rise, in place of guard_untouched); only otherwise are damped "
+                       "steps computed (with an exact cached curvature: the corrected Hessian, one pass). False = "
+                       "the raw one-step update", "auto; or True/False",
                        TRUST_REGION_SOURCE),
         Hyperparameter("guard_eta", float, 0.1, "guard: accept a step when actual / predicted decrease > guard_eta", "[0, 1)",
                        TRUST_REGION_SOURCE),
         Hyperparameter("guard_tries", int, 6, "guard: dampings tried (x10 after each failure) before backtracking", ">= 1",
                        TRUST_REGION_SOURCE),
         Hyperparameter("guard_backtrack", int, 10, "guard: halvings of the best step tried last", ">= 0", TRUST_REGION_SOURCE),
-        Hyperparameter("guard_untouched", float, 1.0, "guard: the objective's part outside Z~ (the rows the request did "
+        Hyperparameter("guard_untouched", float, 1.0, "guard, non-convex problems: the objective's part outside Z~ (the rows the request did "
                        "not touch, and the L2 term) may rise by at most this multiple of the step's decrease of the "
                        "estimate (1: never more than the whole objective gains, which retraining satisfies in the "
                        "quadratic model; 0: must not rise)", ">= 0", TRUST_REGION_SOURCE),
-        Hyperparameter("guard_val", bool, True, "guard: when val is given and the request only relabels rows "
+        Hyperparameter("guard_val", bool, True, "guard, non-convex problems: when val is given and the request only relabels rows "
                        "(corrections; not removals of rows or features), a step must also not misclassify more of those held-out rows than the "
                        "original model (a network can keep its training rows while unseen rows change class)",
                        "True/False", TRUST_REGION_SOURCE),
-        Hyperparameter("guard_rows", (int, type(None)), 4096, "guard: rows of the corrected data (besides Z~) in the "
-                       "objective estimate, drawn with seed and weighted; None = all rows (the exact objective)", ">= 1",
+        Hyperparameter("guard_rows", (int, str, type(None)), "auto", "guard: rows of the corrected data (besides Z~) in the "
+                       "objective estimate, drawn with seed and weighted; None = all rows (the exact objective); auto = "
+                       f"{GUARD_ROWS} on non-convex problems; on convex ones all rows (the Hessian pass reads them "
+                       f"all anyway), or {CACHED_GUARD_ROWS} with an exact cached curvature (no pass over the data; the "
+                       "sample then uses the rows' linearisation as a control variate)", ">= 1, None or 'auto'",
                        TRUST_REGION_SOURCE),
         _PARAMS,
         _CHUNKS,
@@ -150,7 +228,7 @@ class SecondOrder(Method):
     def __init__(self, *, solver="auto", damping="auto", relative_damping=DEEP_RELATIVE_DAMPING, tol=1e-8, max_iter="auto",
                  scale=None, depth=1000, lissa_batch_size=None, hessian_rows="auto", curvature="auto", seed=0, max_params=5000,
                  refine=None, refine_max_steps=REFINE_MAX_STEPS, guard="auto", guard_eta=0.1, guard_tries=6, guard_backtrack=10,
-                 guard_untouched=1.0, guard_val=True, guard_rows=4096, params="all", chunks=1, batch_size=1024) -> None:
+                 guard_untouched=1.0, guard_val=True, guard_rows="auto", params="all", chunks=1, batch_size=1024) -> None:
         self.guard = guard
         self.guard_eta = guard_eta
         self.guard_tries = guard_tries
@@ -204,7 +282,7 @@ class SecondOrder(Method):
             raise MethodError(f"second-order: hessian_rows must be an integer >= 1, None or 'auto', got {rows!r}.")
         if not (isinstance(self.guard, bool) or self.guard == "auto"):
             raise MethodError(f"second-order: guard must be 'auto', True or False, got {self.guard!r}.")
-        guarded = (not convex) if isinstance(self.guard, str) else self.guard
+        guarded = True if isinstance(self.guard, str) else self.guard
         out = {"solver": solver, "curvature": curvature, "max_iter": int(max_iter), "params": Params(self.params).value,
                "n_params": n_params, "convex": convex, "hessian_rows": rows, "damping_hvps": 0, "guard": guarded}
         if self.damping != "auto":
@@ -239,7 +317,7 @@ class SecondOrder(Method):
         out = {"solver": "cached", "curvature": getattr(kind, "value", kind) or type(self.curvature).__name__,
                "max_iter": 0, "params": Params(self.params).value, "n_params": flat.n_params,
                "convex": convex, "hessian_rows": None, "damping_hvps": 0,
-               "guard": (not convex) if isinstance(self.guard, str) else self.guard}
+               "guard": True if isinstance(self.guard, str) else self.guard}
         matvec = getattr(self.curvature, "matvec", None)
         if self.damping != "auto":
             out["damping"] = float(self.damping)
@@ -270,10 +348,15 @@ class SecondOrder(Method):
         return make_solver("lissa", scale=self.scale, damping=settings["damping"], depth=self.depth,
                            batch_size=self.lissa_batch_size, seed=self.seed)
 
-    def trust_region(self) -> TrustRegion:
-        """The guard's rule with this method's settings (its objective sample drawn with ``seed``)."""
+    def trust_region(self, rows=GUARD_ROWS) -> TrustRegion:
+        """The guard's rule with this method's settings (its objective sample drawn with ``seed``; ``rows``: what
+        ``guard_rows="auto"`` resolves to)."""
+        if self.guard_rows != "auto" and (isinstance(self.guard_rows, (str, bool)) or
+                                          (self.guard_rows is not None and self.guard_rows < 1)):
+            raise MethodError(f"second-order: guard_rows must be an integer >= 1, None or 'auto', got {self.guard_rows!r}.")
         trust = TrustRegion(eta=self.guard_eta, max_tries=self.guard_tries, backtrack_steps=self.guard_backtrack,
-                            untouched_slack=self.guard_untouched, rows=self.guard_rows, seed=self.seed)
+                            untouched_slack=self.guard_untouched,
+                            rows=rows if self.guard_rows == "auto" else self.guard_rows, seed=self.seed)
         try:
             trust.check()
         except SolverError as exc:
@@ -281,7 +364,7 @@ class SecondOrder(Method):
         return trust
 
     def unlearn(self, model, data, changes, *, val=None, device=None):
-        start = time.perf_counter()  # the damping estimate is part of the method's cost
+        start = timing.start()  # the damping estimate is part of the method's cost
         if self.refine is not None:
             from unlearnkit.influence.refine import check_refinable
 
@@ -291,24 +374,146 @@ class SecondOrder(Method):
         settings = self.resolved(model, data, changes)
         if self.refine is not None and self.solver == "auto":
             settings["solver"] = "exact"  # refine works on the Cholesky factor, whatever the size
+        if self.refine is not None and self.guard == "auto":
+            # refine's own iterations are safeguarded (an overshooting first step restarts from the original
+            # parameters with a backtracking Newton step) and end at the corrected optimum: no guard on top
+            settings["guard"] = False
+            settings["guard_rule"] = "off: refine= continues to the corrected optimum with its own safeguarded Newton steps"
         cached = settings["solver"] == "cached"
+        factor_path = cached and settings["convex"] and self._exact_factor() and not settings["damping"]
+        rows = (CACHED_GUARD_ROWS if factor_path else None) if settings["convex"] else GUARD_ROWS
+        trust = self.trust_region(rows) if settings["guard"] else False
+        if trust:
+            settings["guard_rows"] = trust.rows
         kwargs = dict(solver=None if cached else self.make_solver(settings), hessian_rows=settings["hessian_rows"],
                       curvature=self.curvature if cached else settings["curvature"],
-                      params=settings["params"], guard=self.trust_region() if settings["guard"] else False,
+                      params=settings["params"], guard=trust,
                       seed=self.seed, batch_size=self.batch_size, device=device)
         if cached and settings["damping"]:
             kwargs["damping"] = settings["damping"]
         if self.refine is not None:
             kwargs.update(refine=self.refine, refine_max_steps=self.refine_max_steps)
-        if settings["guard"] and self.guard_val and val is not None:
+        # the held-out test is for networks (rows they never saw can change class while their training rows keep
+        # their margins); a convex model's corrected objective is what retraining minimises, and its exact step
+        # should not be refused because retraining itself would misclassify another held-out row
+        if settings["guard"] and self.guard_val and val is not None and not settings["convex"]:
             check_val(data, val, model)
             kwargs["held_out"] = val
         settings["guard_held_out_rows"] = len(val) if "held_out" in kwargs else 0
-        if self.chunks > 1:
-            result = iterative_update(second_order_update, model, data, changes, chunks=self.chunks, **kwargs)
+        convex_guard = bool(settings["guard"]) and settings["convex"] and self.refine is None
+        if convex_guard:
+            settings["guard_rule"] = ("convex: the one-step update, judged by the guard (ratio test and gradient "
+                                      "residual); returned unchanged when its first try passes")
+        update = (lambda **kw: iterative_update(second_order_update, model, data, changes, chunks=self.chunks, **kw)) \
+            if self.chunks > 1 else (lambda **kw: second_order_update(model, data, changes, **kw))
+        if convex_guard:
+            result = self._convex_guard(model, data, changes, update(**{**kwargs, "guard": False}), trust, settings,
+                                        factor_path)
         else:
-            result = second_order_update(model, data, changes, **kwargs)
+            result = update(**kwargs)
         result.hvps += settings.pop("damping_hvps")
         result.diagnostics["settings"] = settings
-        result.seconds = time.perf_counter() - start
+        result.seconds = timing.since(start)
         return result
+
+    def _exact_factor(self) -> bool:
+        """Whether ``curvature=`` carries an exact Cholesky factor (a CachedCurvature, or a fitted ``exact`` curvature)."""
+        from unlearnkit.influence.curvature import CachedCurvature
+
+        return isinstance(self.curvature, CachedCurvature) or isinstance(getattr(self.curvature, "factor", None),
+                                                                          CachedCurvature)
+
+    def _convex_guard(self, model, data, changes, fast, trust: TrustRegion, settings: dict, factor_path: bool):
+        """The guard on a convex problem, around the update ``fast`` computed without it (its parameters unchanged
+        when the guard's first try, the undamped step, passes).
+
+        The step ``s = theta* - theta_fast`` is judged by the trust-region rule of
+        :mod:`unlearnkit.influence.guard` with the gradient residual (rule 3b) in place of the untouched-rows test.
+        Only when that first try fails are damped steps computed: on the same curvature (a curvature object's own
+        damped solve; the corrected Hessian, computed then, for an exact cached factor); a chunked update is
+        shortened along its total step (backtracking only). With an exact cached factor the first try costs
+        ``O(|Z~| + guard_rows)`` rows (sampled objective and residual, with the control variate of
+        :meth:`~unlearnkit.influence.guard.SampledObjective.with_control_variate`); otherwise the objective and the
+        residual are exact (one pass over the data each evaluation, as the Hessian pass of the update).
+        """
+        import copy
+
+        from unlearnkit.influence.gradients import summed_gradient
+        from unlearnkit.influence.guard import GradientResidual, GuardStatus, SampledObjective
+        from unlearnkit.influence.updates import _damped_problem, gradient_difference
+
+        names = parameter_names(model, settings["params"])
+        flat = FlatModel(model, names)
+        theta0 = flat.theta()
+        resolved = changes.resolve(data)
+        step = theta0 - FlatModel(fast.model, parameter_names(fast.model, settings["params"])).theta().to(theta0)
+        G = gradient_difference(flat, resolved, batch_size=self.batch_size)
+        objective = SampledObjective.for_request(flat, data, resolved, rows=trust.rows, seed=trust.seed,
+                                                 batch_size=self.batch_size)
+        grads = len(resolved.Z) + len(resolved.Z_tilde)
+        if not objective.exact:  # the original model at its optimum (what the update assumes): the rest's gradient is -g(Z)
+            objective.with_control_variate(theta0, -summed_gradient(flat, resolved.Z, theta0, batch_size=self.batch_size))
+            grads += len(resolved.Z) + len(objective.sample)
+        # rule 3b needs the exact residual: estimated from the guard's sample (weight n/m) its noise exceeds what it
+        # must detect (measured at n = 1e5, k = 10: exact Newton steps, rho = 0.99, refused for a sampled residual
+        # of 51 against 31 at theta0), so on a sampled objective only the objective's rule judges the step
+        residual = GradientResidual(flat, data, resolved, theta0, batch_size=self.batch_size) if objective.exact else None
+        initial = float(settings["damping"])
+        chunked = self.chunks > 1
+        cached = settings["solver"] == "cached"
+        built = {}
+
+        def problem():
+            """The damped solves and curvature products, built on first use (only when the first try failed)."""
+            if "p" not in built:
+                if cached and not factor_path and not chunked:
+                    built["p"] = _damped_problem(self.curvature, None, None, None)
+                else:
+                    from unlearnkit.influence.hessian import HessianOperator
+                    from unlearnkit.influence.updates import hessian_sample
+
+                    rows, weight = hessian_sample(resolved.corrected, settings["hessian_rows"], self.seed)
+                    H = HessianOperator(flat, rows, batch_size=self.batch_size, weight=weight,
+                                        curvature="hessian" if cached else settings["curvature"])
+                    solver = make_solver("exact", max_params=self.max_params) if cached else self.make_solver(settings)
+                    built["p"] = _damped_problem(None, H, solver, initial)
+            return built["p"]
+
+        def solve(v, damping):
+            return step if damping == initial else problem()[0](v, damping)
+
+        exact_solve = not chunked and (factor_path or (not cached and settings["solver"] == "exact"))
+
+        def matvec(v):
+            return problem()[1](v)
+
+        rule = copy.copy(trust)
+        rule.untouched_slack = None  # rule 3b: the residual replaces the untouched-rows test
+        if chunked:
+            rule.max_tries = 1  # the chunks' total step: shortened along it, not re-solved
+        has_matvec = exact_solve or not (cached and not factor_path and not chunked) \
+            or callable(getattr(self.curvature, "matvec", None))
+        outcome = rule.step(theta0, G, solve, objective, initial_damping=initial,
+                            matvec=None if exact_solve or not has_matvec else matvec,
+                            initial_damping_rule="the update's own damping (its step, computed without the guard)",
+                            residual=residual)
+        diag = {**outcome.diagnostics, "objective": objective.describe(), "objective_evaluations": objective.evaluations,
+                "residual": residual.describe() if residual is not None else "not judged (sampled objective)", "untouched_slack": None,
+                "convex": "rule 3b: the gradient residual on the corrected data in place of the untouched-rows test"}
+        fast.per_sample_gradients += grads
+        if "p" in built:
+            fast.hvps += built["p"][4]["hvps"]
+        if outcome.status is GuardStatus.ACCEPTED and outcome.damping == initial:
+            fast.diagnostics.update(guard=diag, status=outcome.status.value)
+            return fast
+        fast.model = flat.to_model(outcome.theta)
+        fast.diagnostics.update(update_norm=float(torch.linalg.vector_norm(outcome.step)), guard=diag,
+                                status=outcome.status.value)
+        if outcome.status is GuardStatus.REJECTED:
+            log.warning("second-order update rejected by its guard: no damping (tried %s) and no shortened step lowered "
+                        "the corrected objective without raising its gradient residual; the original parameters are "
+                        "returned.", [t["damping"] for t in diag["tries"]])
+        else:
+            log.info("second-order update %s by its guard at damping %s (the undamped step: %s).", outcome.status.value,
+                     outcome.damping, diag["tries"][0].get("refused", f"rho {diag['tries'][0].get('rho')}"))
+        return fast

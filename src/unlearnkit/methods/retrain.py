@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
 
+from unlearnkit import timing
 from unlearnkit.errors import MethodError
 from unlearnkit.influence.updates import UnlearnResult
 from unlearnkit.methods.base import Method, register
@@ -24,10 +24,10 @@ class Retrain(Method):
                               "none (it was not trained by unlearnkit.train). Train it with unlearnkit.train(model, "
                               "data, train_fn=your_loop) or config=TrainConfig(...), or call "
                               "unlearnkit.retrain(model, data, changes, train_fn=your_loop) directly.")
-        start = time.perf_counter()
+        start = timing.start()
         resolved = changes.resolve(data)
         new = retrain(model, resolved.corrected, device=device, warm_start=self.warm_start)
-        return UnlearnResult(new, self.name, time.perf_counter() - start, resolved.n_affected,
+        return UnlearnResult(new, self.name, timing.since(start), resolved.n_affected,
                              diagnostics={"rows": len(resolved.corrected)})
 
 

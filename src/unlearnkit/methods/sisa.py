@@ -13,10 +13,10 @@ implemented: a touched shard retrains from scratch.
 from __future__ import annotations
 
 import copy
-import time
 
 import numpy as np
 
+from unlearnkit import timing
 from unlearnkit.errors import MethodError
 from unlearnkit.influence.updates import UnlearnResult
 from unlearnkit.methods.base import Method, register
@@ -43,7 +43,7 @@ class SISA(Method):
             raise MethodError("The ensemble carries no train_config: train it with unlearnkit.train(...) first.")
         task = Task.build(data, changes, val)
         model.check_data(data)
-        start = time.perf_counter()
+        start = timing.start()
         touched = sorted(set(model.shards(task.resolved.affected_ids).tolist()))
         net = copy.deepcopy(model)
         if device is not None:
@@ -54,6 +54,6 @@ class SISA(Method):
                                   members=touched)
         net.eval()
         sizes = np.bincount(model.shards(task.retain.ids), minlength=model.n_shards)
-        return UnlearnResult(net, self.name, time.perf_counter() - start, task.n_affected,
+        return UnlearnResult(net, self.name, timing.since(start), task.n_affected,
                              diagnostics={"shards": model.n_shards, "retrained_shards": touched,
                                           "retrained_rows": int(sizes[touched].sum()), "member_seconds": seconds})

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from unlearnkit import methods
+from unlearnkit import methods, timing
 from unlearnkit.data.changes import Changes
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.errors import ModelError, UnlearnKitError
@@ -165,9 +164,9 @@ def compare(
         ref = methods.make("retrain").unlearn(problem.model, problem.train, problem.changes, device=device)
         reference, retrain_seconds = ref.model, ref.seconds
     else:
-        start = time.perf_counter()
+        start = timing.start(device)
         reference = retrain(problem.model, problem.train, problem.changes, train_fn=train_fn, device=device)
-        retrain_seconds = time.perf_counter() - start
+        retrain_seconds = timing.since(start, device)
     ref_preds = predict(reference, test, device=device)
     original = measure(ORIGINAL, problem.model, ref_preds, True)
     original.seconds = 0.0

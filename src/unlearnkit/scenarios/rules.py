@@ -25,8 +25,8 @@
 from __future__ import annotations
 
 import math
-import time
 
+from unlearnkit import timing
 from unlearnkit.data.changes import Changes
 from unlearnkit.data.dataset import Dataset
 from unlearnkit.influence.functional import FlatModel
@@ -66,7 +66,7 @@ def influence_strategies(model: UnlearnableModel, data: Dataset, changes: Change
 
 def fine_tune_strategy(model: UnlearnableModel, data: Dataset, changes: Changes, *, seed: int = 0, device=None) -> Strategy:
     """One epoch of SGD on the corrected data with ``lr = 1 / lambda_max(H~ / n)`` (see the module docstring)."""
-    start = time.perf_counter()
+    start = timing.start(device)
     corrected = changes.apply(data)
     net = model if device is None else _on(model, device)
     sample, weight = hessian_sample(corrected, min(FINE_TUNE_ROWS, len(corrected)), seed)
@@ -78,7 +78,7 @@ def fine_tune_strategy(model: UnlearnableModel, data: Dataset, changes: Changes,
     hp = {"epochs": 1, "lr": float(lr), "momentum": 0.0, "weight_decay": model.l2 / len(corrected), "batch_size": batch,
           "seed": seed}
     return Strategy("fine-tune", "ft", hp, f"1 epoch SGD, lr = 1/lambda_max(H~/n) = {lr:.3g}, weight decay l2/n",
-                    setup_seconds=time.perf_counter() - start)
+                    setup_seconds=timing.since(start, device))
 
 
 def _on(model: UnlearnableModel, device) -> UnlearnableModel:
