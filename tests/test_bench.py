@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -34,10 +35,15 @@ def tiny(extra=()):
 
 
 # ---------------------------------------------------------------------------- configuration
-def test_presets_validate():
+def test_presets_validate(tmp_path):
     for name in ("quick", "features-labels"):
         cfg = load_config(name)
         assert cfg.problems and cfg.methods and not set(cfg.eval_seeds) & set(cfg.tuning_seeds)
+    quick = load_config("quick")
+    assert quick.trials >= 4 and len(quick.eval_seeds) >= 3 and quick.tuning_seeds, "a quick look, still tuned and replicated"
+    with pytest.raises(BenchError, match="progress must be 'auto'"):
+        uk.bench.run(quick, tmp_path / "never-made", progress="loud")
+    assert not (tmp_path / "never-made").exists()
     if Path("/usr/share/datasets/fashion-mnist").is_dir():
         cfg = load_config("deepunlearn-fmnist")
         assert len(cfg.methods) == 18 and cfg.trials == 100 and len(cfg.eval_seeds) == 10
@@ -235,11 +241,17 @@ def _check_complete(out: Path, cfg) -> list[dict]:
     return cells
 
 
-def test_quick_preset_end_to_end_local_and_report(tmp_path):
+def test_quick_preset_end_to_end_local_and_report(tmp_path, caplog):
     cfg = tiny()
     out = tmp_path / "run"
-    summary = uk.bench.run(cfg, out, executor="local", workers=2)
+    with caplog.at_level(logging.INFO, logger="unlearnkit.bench"):
+        summary = uk.bench.run(cfg, out, executor="local", workers=2)  # no callbacks: progress still reaches the log
     assert summary.status == "done" and summary.failed_cells == 0
+    logged = [r.getMessage() for r in caplog.records if r.name == "unlearnkit.bench.runner"]
+    grid = len(cfg.methods) * len(cfg.eval_seeds)
+    for stage, total in (("references", 3), ("search", len(cfg.methods) * cfg.trials), ("cells", grid)):
+        assert f"{stage}: {total} / {total}" in logged, stage
+    assert any("RetDev" in m for m in logged) and "s CPU" in logged[-1]
     cells = _check_complete(out, cfg)
     for c in cells:
         m = c["metrics"]
@@ -262,6 +274,10 @@ def test_quick_preset_end_to_end_local_and_report(tmp_path):
     assert "Nemenyi CD" in md
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html and "src=\"cd-" not in html
+    report = json.loads((out / "report.json").read_text())
+    assert report
+    for png in (p for p in paths if p.suffix == ".png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     header = (out / "cells.csv").read_text().splitlines()[0]
     for col in ("problem", "method", "seed", "retdev", "rte", "indisc_test", "acc_forget", "params"):
         assert col in header

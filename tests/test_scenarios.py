@@ -1,6 +1,7 @@
 """Every scenario end to end at its tiny size: reports with every method, and the properties the issue asks for."""
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from unlearnkit import scenarios
 from unlearnkit.cli import app
 from unlearnkit.scenarios import canary, rules
 from unlearnkit.scenarios.registry import ScenarioError
+from unlearnkit.scenarios.report import ScenarioResult
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,28 +53,73 @@ def test_sensitive_features(tmp_path):
     assert any(p.startswith("text (fortunes)") for p in stored["problems"])
 
 
-def test_label_poisoning_and_backdoor(tmp_path):
+def test_label_poisoning(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(2)  # the caller's setting: the run uses its own (threads=1) and gives it back
     poison = scenarios.run("label-poisoning", size="tiny", out=tmp_path)
+    assert torch.get_num_threads() == 2 and poison.machine()["threads"] == 1
     _check_report(poison, tmp_path, extra=("first-order [head]", "second-order [head]"))
     summary = poison.aggregate()
     assert all("restored" in e for e in summary)
-    assert next(e for e in summary if e["method"] == "retrain")["restored"] == pytest.approx(1.0)
-    backdoor = scenarios.run("backdoor", size="tiny", out=tmp_path)
+    get = {e["method"]: e for e in summary}
+    assert get["retrain"]["restored"] == pytest.approx(1.0)
+    assert get["retrain"]["test_accuracy"] > get["original"]["test_accuracy"]  # the poisoning costs accuracy ...
+    assert get["second-order [head]"]["restored"] > 0  # ... and the update wins some of it back
+
+
+def test_backdoor_from_the_command_line_as_json(tmp_path):
+    # the command line's defaults: --size tiny; --format json prints the per-method means and the goals
+    res = CliRunner().invoke(app, ["scenario", "backdoor", "--out", str(tmp_path), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout)
+    assert printed["size"] == "tiny" and printed["goals"] and printed["report"]["md"] == str(tmp_path / "backdoor.md")
+    assert all({"problem", "method", "test_accuracy", "attack_success", "noop"} <= set(e) for e in printed["summary"])
+    stored = json.loads((tmp_path / "backdoor.json").read_text())
+    backdoor = ScenarioResult.from_dict(stored)
+    assert backdoor.size == "tiny"
     _check_report(backdoor, tmp_path, extra=("second-order [head]",))
-    get = {e["method"]: e for e in backdoor.aggregate()}
+    get = {e["method"]: e for e in printed["summary"]}
     assert get["original"]["attack_success"] > 0.5  # the backdoor works ...
     assert get["retrain"]["attack_success"] < 0.1   # ... and retraining without it removes it
     assert get["second-order"]["attack_success"] < 0.5 * get["original"]["attack_success"]
+    assert not get["second-order"]["noop"]
 
 
-def test_canary_exposure_drops(tmp_path):
-    result = scenarios.run("canary", size="tiny", out=tmp_path)
+def test_canary_exposure_drops(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="unlearnkit.scenarios"):
+        result = scenarios.run("canary", out=tmp_path)  # no callback: progress still reaches the log
+    assert result.size == "tiny"  # the default size
+    steps = [r.getMessage() for r in caplog.records if r.name == "unlearnkit.scenarios.registry"]
+    assert any("building the problems" in m for m in steps) and any("second-order-it" in m for m in steps)
+    assert "s CPU" in steps[-1]
     _check_report(result, tmp_path)
     get = {e["method"]: e for e in result.aggregate()}
     top = np.log2(10.0 ** canary.SIZES["tiny"].digits)
     assert get["original"]["exposure"] > top - 1  # memorised: the secret is (nearly) the model's first guess
     assert get["retrain"]["exposure"] < 4          # a model that never saw it: chance is about 1.44 bits
     assert get["original"]["exposure"] - get["second-order-it"]["exposure"] > 3
+
+
+def test_canary_exposure_scores_only_what_differs_between_candidates():
+    """The scenario scores a candidate from its secret on; the characters before it are the same for every candidate,
+    so the exposure equals the one from whole texts (Carlini et al.'s definition)."""
+    import torch
+
+    from unlearnkit.data.text import CharVocab
+    from unlearnkit.metrics.exposure import Canary, canary_exposure
+    from unlearnkit.models.lstm import CharLSTM, char_log_perplexity
+
+    vocab = CharVocab.from_text(canary.PREFIX + canary.LEAD + canary.REPLACEMENT + "0123456789" + canary.SUFFIX)
+    torch.manual_seed(0)
+    model = CharLSTM(vocab_size=len(vocab), window=6, embed_dim=4, hidden=8)
+    secret = Canary(canary.PREFIX, "042", suffix=canary.SUFFIX)
+    lead = vocab.encode(canary.LEAD)
+
+    def whole(texts):
+        return char_log_perplexity(model, [np.concatenate([lead, vocab.encode(t)]) for t in texts])
+
+    expected = canary_exposure(secret, whole, seed=0).exposure
+    assert canary._exposure(model, secret, vocab, lead, 0, None) == pytest.approx(expected, abs=1e-9)
 
 
 def test_canary_changes_cover_every_affected_window():
@@ -104,6 +151,10 @@ def test_bad_arguments(tmp_path):
         scenarios.run("canary", size="huge")
     with pytest.raises(ScenarioError, match="seeds"):
         scenarios.run("canary", size="tiny", seeds=[1, 1])
+    with pytest.raises(ScenarioError, match="threads must be a positive integer"):
+        scenarios.run("canary", threads=0)
+    with pytest.raises(ScenarioError, match="progress must be 'auto'"):
+        scenarios.run("canary", progress="loud")
     runner = CliRunner()
     res = runner.invoke(app, ["scenario", "nope", "--size", "tiny", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "Unknown scenario" in res.output
@@ -111,3 +162,31 @@ def test_bad_arguments(tmp_path):
     assert res.exit_code != 0
     res = runner.invoke(app, ["scenario", "list"])
     assert res.exit_code == 0 and all(name in res.output for name in scenarios.SCENARIOS)
+    res = runner.invoke(app, ["scenario", "list", "--format", "json"])
+    assert res.exit_code == 0 and [e["name"] for e in json.loads(res.stdout)] == list(scenarios.SCENARIOS)
+    res = runner.invoke(app, ["scenario", "canary", "--format", "xml"])
+    assert res.exit_code == 2 and "table or json" in res.output
+
+
+def test_progress_auto_draws_on_a_terminal_only(monkeypatch):
+    """``progress="auto"`` (the default of scenarios.run and bench.run) draws a live line on standard error when it is
+    a terminal, and nothing when it is a file or a pipe; True and False force it on and off."""
+    import io
+    import sys
+
+    from unlearnkit import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        assert progress.wants_display("auto") is shown
+        with progress.status_line("auto", "first") as show:
+            show("seed 0: second-order")
+        with progress.stage_bars("auto") as bars:
+            bars("search", 3, 6)
+        text = stream.getvalue()
+        assert ("seed 0: second-order" in text and "3/6" in text) if shown else text == ""
+    assert progress.wants_display(True) and not progress.wants_display(False) and not progress.wants_display(None)

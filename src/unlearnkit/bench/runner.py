@@ -17,6 +17,7 @@ abandoned, nothing half-written), and the same command resumes; so does a run ki
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -35,6 +36,9 @@ from unlearnkit.bench.space import describe_space, search_space
 from unlearnkit.bench.store import Store
 from unlearnkit.devices import check_device
 from unlearnkit.errors import BenchError
+from unlearnkit.progress import check_progress, stage_bars
+
+logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``."""
@@ -142,9 +146,16 @@ class _Study:
 
 
 def run(config: BenchConfig, out: str | Path, *, executor: str = "local", workers: int | None = None,
-        address: str | None = None, retry_failed: bool = False, progress: Progress | None = None,
+        address: str | None = None, retry_failed: bool = False, progress: Progress | bool | str | None = "auto",
         log: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None) -> RunSummary:
     """Run (or resume) the benchmark ``config`` with its results in folder ``out``.
+
+    Progress: each finished job's line (``log(message)`` when given) and each stage's count
+    ("search: 12 / 64") are logged at ``INFO`` through this module's logger
+    (``logging.basicConfig(level=logging.INFO)`` shows them), and the run's wall and CPU time at
+    the end. ``progress="auto"`` also draws transient progress bars on standard error when it is
+    a terminal (``True``: always, ``False`` or None: never); a callable
+    ``progress(stage, done, total)`` receives the counts instead of the bars.
 
     ``should_stop`` is asked between results (about twice a second); when it returns True the run
     stops as on Ctrl-C (``KeyboardInterrupt``, the run recorded as interrupted). The command line
@@ -156,12 +167,28 @@ def run(config: BenchConfig, out: str | Path, *, executor: str = "local", worker
     ``out`` that cannot be a folder. A cell whose method fails is stored as failed with its
     error and counted in ``RunSummary.failed_cells``; the run goes on.
     """
-    log = log or (lambda msg: None)
-    progress = progress or (lambda stage, done, total: None)
+    check_progress(progress, error=BenchError)
     start = time.perf_counter()
     check_run_options(out, executor=executor, workers=workers)
     if executor == "local":
         check_device(config.device, what="run.device", error=BenchError)
+    with stage_bars(False if callable(progress) else progress) as bars:
+        def on_progress(stage: str, done: int, total: int) -> None:
+            logger.info("%s: %d / %d", stage, done, total)
+            bars(stage, done, total)
+            if callable(progress):
+                progress(stage, done, total)
+
+        def on_log(message: str) -> None:
+            logger.info("%s", message)
+            if log is not None:
+                log(message)
+
+        return _run(config, out, executor, workers, address, retry_failed, on_progress, on_log, should_stop, start)
+
+
+def _run(config, out, executor, workers, address, retry_failed, progress, log, should_stop, start) -> RunSummary:
+    cpu_start = _cpu_seconds()
     store = Store(out, create=True)
     try:
         store.lock()
@@ -190,12 +217,23 @@ def run(config: BenchConfig, out: str | Path, *, executor: str = "local", worker
         pool.shutdown()
         failed = sum(1 for c in store.cells() if c["status"] != "ok")
         store.finish_run(run_id, "done")
-        return RunSummary(Path(out), run_id, "done", store.counts(), failed, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        log(f"run {run_id} done in {seconds:.1f} s wall, {_cpu_seconds() - cpu_start:.1f} s CPU "
+            f"(this process and its finished local workers)")
+        return RunSummary(Path(out), run_id, "done", store.counts(), failed, seconds)
     except sqlite3.Error as exc:
         raise BenchError(f"The results store {store.path} could not be written ({exc}); finished jobs are kept. "
                          "Check the disk, then rerun to resume.") from None
     finally:
         store.close()
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its children that have exited."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def check_run_options(out: str | Path, *, executor: str = "local", workers: int | None = None) -> None:

@@ -95,7 +95,7 @@ strategies = poisoning.strategies
 
 
 def goals(summary: list[dict]) -> list:
-    """No target in the issue; we check that second-order brings attack success within 10 points of retraining's."""
+    """The target: second-order brings attack success within 10 points of retraining's."""
     from unlearnkit.scenarios.report import Goal, lookup
 
     details, met = [], True

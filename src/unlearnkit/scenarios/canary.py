@@ -53,7 +53,7 @@ class Size:
 
 
 SIZES = {
-    "tiny": Size(3_000, 1_500, 4, 12, 16, 48, 16, 12, 1e-2, 64),
+    "tiny": Size(2_000, 1_500, 4, 12, 6, 48, 16, 12, 1e-2, 64),  # a 6-character window: a first look in half a minute
     "full": Size(20_000, 8_000, 6, 10, 24, 64, 32, 15, 5e-3, 128),
 }
 
@@ -129,8 +129,14 @@ def problems(size: Size, seed: int, device) -> list[Problem]:
 
 
 def _exposure(model, canary: Canary, vocab: CharVocab, lead, seed: int, device) -> float:
+    # Every candidate text is LEAD + prefix + secret + suffix: the characters before the secret, and the windows that
+    # predict them, are the same for every candidate, so they add one constant to every log-perplexity and change no
+    # rank. Only the characters from the secret on are scored, each with its full window of context: the same
+    # exposure, about five times cheaper.
+    skip = max(0, len(lead) + len(canary.prefix) - int(model.input_shape[0]))
+
     def scorer(texts):
-        return char_log_perplexity(model, [np.concatenate([lead, vocab.encode(t)]) for t in texts], device=device)
+        return char_log_perplexity(model, [np.concatenate([lead, vocab.encode(t)])[skip:] for t in texts], device=device)
 
     return canary_exposure(canary, scorer, seed=seed).exposure
 

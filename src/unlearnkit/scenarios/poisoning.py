@@ -51,7 +51,7 @@ class Size:
 
 
 SIZES = {
-    "tiny": Size(0, 0, (0.2,), ("random",), 4, 0, (4, 8), 16),
+    "tiny": Size(0, 0, (0.2,), ("random",), 10, 0, (4, 8), 16),
     "full": Size(5_000, 5_000, (0.1, 0.2), ("random", "targeted"), 20, 8),
 }
 

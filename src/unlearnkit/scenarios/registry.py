@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -12,6 +13,7 @@ from typing import Callable
 from unlearnkit.atomic import check_folder, check_target
 from unlearnkit.devices import check_device
 from unlearnkit.errors import UnlearnKitError
+from unlearnkit.progress import check_progress, status_line
 from unlearnkit.scenarios import rules
 from unlearnkit.scenarios.compare import compare
 from unlearnkit.scenarios.report import ScenarioResult, write
@@ -19,7 +21,7 @@ from unlearnkit.scenarios.report import ScenarioResult, write
 log = logging.getLogger(__name__)
 
 SIZES = ("tiny", "full")
-"""``tiny``: seconds, for tests and a first look; ``full``: the sizes the committed report uses."""
+"""``tiny``: under a minute each, for tests and a first look; ``full``: the sizes of the published reports."""
 
 
 class ScenarioError(UnlearnKitError):
@@ -51,11 +53,13 @@ SCENARIOS = {s.name: s for s in (
 def run(
     name: str,
     *,
-    size: str = "full",
+    size: str = "tiny",
     seeds=(0,),
     out: str | Path | None = None,
     device=None,
-    step: Callable[[str], None] = lambda message: None,
+    threads: int = 1,
+    progress="auto",
+    step: Callable[[str], None] | None = None,
 ) -> ScenarioResult:
     """Run scenario ``name`` at ``size`` on each seed; write its report under ``out`` (if given).
 
@@ -65,6 +69,21 @@ def run(
     :class:`~unlearnkit.scenarios.report.ScenarioResult`; ``result.to_dict()`` is the JSON.
     ``out`` is checked before anything is computed: it must be a folder (new or existing) that
     can be written, else :class:`~unlearnkit.errors.OutputError`.
+
+    ``size`` is ``"tiny"`` (the default: a first look, 18 to 37 s of CPU time per scenario on one
+    thread) or ``"full"`` (the sizes of the published reports: minutes to hours).
+
+    ``threads`` is the number of torch CPU threads for the run (restored afterwards). The
+    scenarios' models are small: one thread is fastest, and with more threads than idle cores
+    every operation waits for the others (on a busy two-core machine, two threads made the
+    canary's LSTM train 15 to 80 times slower than one). Raise it for ``"full"`` on an idle machine.
+
+    Progress: every step ("seed 0: canary: second-order", ...) is logged at ``INFO`` through
+    this module's logger (``logging.basicConfig(level=logging.INFO)`` shows them), and the run's
+    wall and CPU time at the end. ``progress="auto"`` also draws a live status line on standard
+    error when it is a terminal (``True``: always, ``False``: never); a callable
+    ``progress(message)`` receives each step instead of the line. ``step`` is the older name of
+    that callable and works the same.
     """
     if name not in SCENARIOS:
         raise ScenarioError(f"Unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}.")
@@ -76,27 +95,59 @@ def run(
         raise ScenarioError(f"seeds must be integers, got {seeds!r}.") from None
     if not seeds or any(not 0 <= s < 2**63 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ScenarioError(f"seeds must be distinct integers in [0, 2**63), got {', '.join(map(str, seeds))[:200]}.")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ScenarioError(f"threads must be a positive integer (torch CPU threads; 1 is fastest for these small "
+                            f"models), got {threads!r}.")
+    check_progress(progress, error=ScenarioError)
+    if step is not None and not callable(step):
+        raise ScenarioError(f"step must be a callable step(message), got {type(step).__name__}.")
     check_device(device, what="device", error=ScenarioError)
     if out is not None:  # before any computing: a run of minutes must not end on an unwritable path
         check_folder(out, option="--out")
         for ext in ("json", "png", "md"):
             check_target(Path(out) / f"{name}.{ext}", user_path=True)
+    callback = step if step is not None else progress if callable(progress) else None
+    display = False if callback is not None else progress
     spec = SCENARIOS[name]
-    module = spec.load()
-    preset = module.SIZES[size]
-    start = time.perf_counter()
-    rows, problems_info = [], {}
-    for seed in seeds:
-        step(f"seed {seed}: building the problems (data, poisoning, training)")
-        for problem in module.problems(preset, seed, device):
-            problems_info.setdefault(problem.name, problem.info)
-            strategies = getattr(module, "strategies", rules.default_strategies)(
-                problem.model, problem.train, problem.changes, seed=seed, device=device)
-            rows += compare(problem, strategies, device=device, step=lambda m, s=seed: step(f"seed {s}: {m}"))
-    result = ScenarioResult(name, size, seeds, rows, problems=problems_info, derive=getattr(module, "derive", None),
-                            rules=rules.__doc__ or "")
-    result.goals = module.goals(result.aggregate())
-    result.seconds = time.perf_counter() - start
-    if out is not None:
-        write(result, Path(out), title=module.TITLE, intro=module.__doc__ or "", y=spec.y, y_label=spec.y_label)
+    with torch_threads(threads), status_line(display, f"{name} ({size}): starting") as show:
+        def report(message: str) -> None:
+            log.info("%s (%s): %s", name, size, message)
+            show(f"{name} ({size}) {time.perf_counter() - start:5.0f}s  {message}")
+            if callback is not None:
+                callback(message)
+
+        start, cpu_start = time.perf_counter(), time.process_time()
+        module = spec.load()
+        preset = module.SIZES[size]
+        rows, problems_info = [], {}
+        for seed in seeds:
+            report(f"seed {seed}: building the problems (data, poisoning, training)")
+            for problem in module.problems(preset, seed, device):
+                problems_info.setdefault(problem.name, problem.info)
+                strategies = getattr(module, "strategies", rules.default_strategies)(
+                    problem.model, problem.train, problem.changes, seed=seed, device=device)
+                rows += compare(problem, strategies, device=device, step=lambda m, s=seed: report(f"seed {s}: {m}"))
+        result = ScenarioResult(name, size, seeds, rows, problems=problems_info, derive=getattr(module, "derive", None),
+                                rules=rules.__doc__ or "")
+        result.goals = module.goals(result.aggregate())
+        result.seconds = time.perf_counter() - start
+        result.machine()  # recorded now, with the run's thread count
+        if out is not None:
+            report(f"writing the report to {out}")
+            write(result, Path(out), title=module.TITLE, intro=module.__doc__ or "", y=spec.y, y_label=spec.y_label)
+        log.info("%s (%s): done in %.1f s wall, %.1f s CPU (this process, %d torch thread%s)", name, size,
+                 time.perf_counter() - start, time.process_time() - cpu_start, threads, "" if threads == 1 else "s")
     return result
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch's CPU thread count set to ``n`` inside the block, the caller's restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
