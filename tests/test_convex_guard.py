@@ -102,6 +102,7 @@ def test_exact_steps_on_a_sampled_objective_are_accepted_unchanged():
         plain = uk.unlearn(model, data, changes, method="second-order", curvature=cache, guard=False)
         guard = r.diagnostics["guard"]
         assert guard["objective"]["control_variate"] is True and guard["residual"] == "not judged (sampled objective)"
+        assert "shifted by an unknown constant" in guard["objective"]["values"]  # objective_* are not L(theta; D~)
         assert r.status == "accepted" and len(guard["tries"]) == 1
         assert guard["tries"][0]["rho"] == pytest.approx(1.0, abs=0.25)  # not noise (-21 without the control variate)
         assert torch.equal(_theta(r.model), _theta(plain.model))
@@ -112,3 +113,128 @@ def test_refine_turns_the_guard_off_and_reaches_the_optimum(fitted):
     result = uk.unlearn(model, data, _overshoot(data), method="second-order", refine=1e-6, check="full")
     assert result.diagnostics["settings"]["guard"] is False and result.status == "refined"
     assert result.diagnostics["check"]["gradient_residual"]["after"] < 1e-3
+
+
+# ---------------------------------------------------------------------------- float32 models, tiny steps, first-order
+
+
+@pytest.fixture(scope="module")
+def planted32():
+    from workloads import make_logistic_data
+
+    data = make_logistic_data(5000, 10, seed=1)
+    torch.manual_seed(0)
+    return data, uk.train(uk.models.for_data("logreg", data, l2=1.0), data, config=uk.TrainConfig(dtype="float32"))
+
+
+def _small_requests(data):
+    rng = np.random.default_rng(0)
+    rows = [rng.choice(len(data), k, replace=False) for k in (3, 1, 3)]
+    return [uk.Changes.remove(data.ids[rows[0]]), uk.Changes.relabel(data.ids[rows[1]], 1 - data.y[rows[1]]),
+            uk.Changes.set_features([0], [0.5], rows=[int(i) for i in data.ids[rows[2]]])]
+
+
+@pytest.mark.parametrize("method", ["second-order", "first-order"])
+def test_float32_model_small_requests_are_accepted_unchanged(planted32, method, caplog):
+    """In float32 the rounding floor of the summed losses (1.4e-3 here) exceeds these requests' whole decrease
+    (about 5e-5): judged in the model's precision, the exact step was refused and the original model came back. The
+    objective of a convex model is evaluated in float64, where the decrease is measured (rho about 1)."""
+    data, model = planted32
+    assert next(model.parameters()).dtype == torch.float32
+    for changes in _small_requests(data):
+        with caplog.at_level(logging.WARNING):
+            guarded = uk.unlearn(model, data, changes, method=method)
+        plain = uk.unlearn(model, data, changes, method=method, guard=False)
+        guard = guarded.diagnostics["guard"]
+        assert guarded.status == "accepted" and len(guard["tries"]) == 1, guard["tries"]
+        assert guard["objective"]["dtype"] == "torch.float64" and guard["rounding_floor"] < 1e-9
+        assert torch.equal(_theta(guarded.model), _theta(plain.model))
+    assert not [r for r in caplog.records if "rejected" in r.getMessage()]
+
+
+def test_float32_model_gross_overshoot_is_still_damped():
+    data, = standardize(uk.data.load("breast-cancer:train"))
+    torch.manual_seed(0)
+    model = uk.train(uk.models.for_data("logreg", data, l2=1.0), data, config=uk.TrainConfig(dtype="float32"))
+    result = uk.unlearn(model, data, _overshoot(data), method="second-order", check="full")
+    guard = result.diagnostics["guard"]
+    assert result.status in ("accepted", "backtracked") and guard["accepted_damping"] > 0
+    assert guard["tries"][0]["refused"] in ("the objective rose", "the gradient residual rose")
+    assert result.diagnostics["check"]["gradient_residual"]["after"] < result.diagnostics["check"]["gradient_residual"]["before"]
+    assert next(result.model.parameters()).dtype == torch.float32
+
+
+def test_a_step_below_the_rounding_floor_is_accepted_as_not_judged_and_a_measurable_rise_is_not():
+    """Rule 2 with ``below_floor="accept"``: an undamped step whose predicted and actual changes lie below the floor
+    passes as it is; the same step with a measurable rise fails with its reason; the default still refuses it."""
+    from unlearnkit.influence.guard import TrustRegion
+
+    theta0, G = torch.zeros(2, dtype=torch.float64), torch.tensor([1e-6, 0.0], dtype=torch.float64)
+
+    def objective(rise):
+        def f(theta):
+            return 100.0 + rise * float(theta.abs().sum() > 0)
+        f.noise = 1e-6  # the rounding floor
+        return f
+
+    solve = lambda v, damping: v / (1.0 + damping)  # noqa: E731
+    tiny = TrustRegion(below_floor="accept", backtrack_steps=0).step(theta0, G, solve, objective(-1e-9), initial_damping=0.0)
+    assert tiny.status.value == "accepted" and tiny.damping == 0.0
+    assert tiny.diagnostics["note"] == "not judged: the decrease is below the rounding floor"
+    assert "not_judged" in tiny.diagnostics["tries"][0]
+    rise = TrustRegion(below_floor="accept", max_tries=2, backtrack_steps=0).step(theta0, G, solve, objective(1e-3),
+                                                                                   initial_damping=0.0)
+    assert rise.status.value == "rejected" and [t["refused"] for t in rise.diagnostics["tries"]] == ["the objective rose"] * 2
+    default = TrustRegion(max_tries=1, backtrack_steps=0).step(theta0, G, solve, objective(-1e-9), initial_damping=0.0)
+    assert default.status.value == "rejected"
+    assert default.diagnostics["tries"][0]["refused"] == "the decrease is below the rounding floor"
+
+
+def test_rejection_warning_names_the_reason_of_every_try(fitted, caplog):
+    data, model = fitted
+    with caplog.at_level(logging.WARNING, logger="unlearnkit.methods.influence"):
+        result = uk.unlearn(model, data, _overshoot(data), method="second-order", guard_tries=1, guard_backtrack=0)
+    assert result.status == "rejected" and result.diagnostics["guard"]["tries"][0]["refused"]
+    message = caplog.records[-1].getMessage()
+    assert "damping 0: " + result.diagnostics["guard"]["tries"][0]["refused"] in message
+
+
+def _retrained(model, data, changes):
+    return _theta(uk.unlearn(model, data, changes, method="second-order", refine=1e-9).model)
+
+
+def test_first_order_guard_judges_the_objective_not_the_residual(fitted):
+    """Removing 20 rows of standardised breast cancer: the gradient step lowers the objective as predicted (rho 0.98)
+    but raises the gradient residual (1.69 -> 1.75); shortening it for that left it farther from retraining. The
+    first-order guard judges the objective only: the step comes back as it is."""
+    data, model = fitted
+    rng = np.random.default_rng(1)
+    for i in range(6):  # the sixth request of this stream: 20 rows removed
+        rows = rng.choice(len(data), [1, 5, 20][i % 3], replace=False)
+    changes = uk.Changes.remove(data.ids[rows])
+    guarded = uk.unlearn(model, data, changes, method="first-order")
+    raw = uk.unlearn(model, data, changes, method="first-order", guard=False)
+    target, theta0 = _retrained(model, data, changes), _theta(model)
+    assert guarded.status == "accepted" and guarded.diagnostics["guard"]["residual"].startswith("not judged")
+    assert torch.norm(_theta(guarded.model) - target) <= torch.norm(_theta(raw.model) - target) < torch.norm(theta0 - target)
+
+
+@pytest.mark.parametrize("method, update", [("second-order", "second_order_update"), ("first-order", "first_order_update")])
+def test_a_first_try_accept_returns_the_unguarded_result_itself(fitted, monkeypatch, method, update):
+    """No rebuild: the very model the unguarded update computed is returned, not a copy from the guard's vector."""
+    import unlearnkit.methods.influence as module
+
+    data, model = fitted
+    made = []
+    original = getattr(module, update)
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        made.append(out.model)  # the model object as the update made it (the guard could replace out.model)
+        return out
+
+    monkeypatch.setattr(module, update, recording)
+    changes = uk.Changes.set_features([3], [0.5], rows=[int(data.ids[5]), int(data.ids[7])])
+    result = uk.unlearn(model, data, changes, method=method)
+    assert result.status == "accepted" and len(result.diagnostics["guard"]["tries"]) == 1
+    assert len(made) == 1 and result.model is made[0]

@@ -46,7 +46,7 @@ from unlearnkit.errors import SolverError
 from unlearnkit.influence.curvature import CachedCurvature
 from unlearnkit.influence.functional import FlatModel
 from unlearnkit.influence.gradients import summed_gradient
-from unlearnkit.influence.guard import GuardStatus, HeldOutErrors, SampledObjective, TrustRegion, relative_damping
+from unlearnkit.influence.guard import GuardStatus, HeldOutErrors, SampledObjective, TrustRegion, refusals, relative_damping
 from unlearnkit.influence.hessian import HessianOperator
 from unlearnkit.influence.solvers import ConjugateGradient, Exact, LiSSA
 from unlearnkit.models.base import UnlearnableModel
@@ -315,10 +315,8 @@ def second_order_update(
     diagnostics.update(update_norm=float(torch.linalg.vector_norm(outcome.step)),
                        solver=accepted[0] if accepted else None, guard=guard_diag, status=outcome.status.value)
     if outcome.status is GuardStatus.REJECTED:
-        logger.warning(
-            "second-order update rejected by its guard: no damping (tried %s) and no shortened step lowered the estimate "
-            "of the corrected objective below the original model's (%.6g); the original parameters are returned.",
-            [t["damping"] for t in guard_diag["tries"]], outcome.objective_original)
+        logger.warning("second-order update rejected by its guard (%s); the original parameters are returned.",
+                       refusals(guard_diag))
     return UnlearnResult(
         flat.to_model(outcome.theta), "second-order", timing.since(start), resolved.n_affected,
         per_sample_gradients=len(resolved.Z) + len(resolved.Z_tilde), hvps=counter["hvps"], diagnostics=diagnostics,
