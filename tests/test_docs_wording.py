@@ -29,6 +29,11 @@ PHRASES = [
     r"\bour (build|test|development) machines?\b",
     r"\b(was|were) not available (to us|here|to this)\b",
     r"\bhelper \d+\b",
+    r"\bnow fixed\b",                                # history of the work: say what the numbers are instead
+    r"\bfound a bug\b",
+    r"\bthe rerun\b",
+    r"\b(before|after) the (last|latest|recent) review\b",
+    r"\breview(ed)? of the (fitting |)code\b",
 ]
 PROSE_ONLY = [
     r"\b(on|from|of) this machine\b",               # in a page, "this machine" is the writer's, not the reader's
@@ -55,12 +60,15 @@ def test_the_phrase_list_catches_what_it_should_and_spares_citations():
     caught = ["Full-size runs of the scenarios (issue 6).", "as issue #12 asks", "the issue's goals",
               "the issue sets no goal", "see the research notes", "shared/research/kfac.md", "see DESIGN.md",
               "no GPU was lent", "A GPU was not lent to us", "no GPU was available", "a 2-core machine without a GPU",
-              "measured in this session", "on this machine", "pinned for our build machines"]
+              "measured in this session", "on this machine", "pinned for our build machines",
+              "The full run found a bug, now fixed.", "The table above is from the rerun with the fix.",
+              "These fits ran before the last review of the fitting code", "the same code after the latest review"]
     for text in caught:
         assert hits(text), text
     spared = ["See GitHub issue 1234 of pytorch/pytorch.", "run on a CPU-only machine with 2 cores",
               "the whole pytest session", "the machine's cores", "issues are welcome on the issue tracker",
-              "Machine Unlearning of Features and Labels (NDSS 2023)"]
+              "Machine Unlearning of Features and Labels (NDSS 2023)", "rerun a scenario with --size full",
+              "a review of the literature", "the exact solver is now used", "a bug in the user's data"]
     for text in spared:
         assert not hits(text), (text, hits(text))
     assert not hits("a CUDA device that exists on this machine", prose=False)

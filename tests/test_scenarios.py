@@ -190,3 +190,44 @@ def test_progress_auto_draws_on_a_terminal_only(monkeypatch):
         text = stream.getvalue()
         assert ("seed 0: second-order" in text and "3/6" in text) if shown else text == ""
     assert progress.wants_display(True) and not progress.wants_display(False) and not progress.wants_display(None)
+
+
+def test_no_live_line_while_logging_writes_progress_to_the_terminal(monkeypatch):
+    """A live line redrawn between log records on the same terminal garbles both: with a handler that writes the
+    INFO progress records to standard error (logging.basicConfig(level=INFO)), no live line is drawn, and the
+    records come out whole; a handler writing to a file, or one above INFO, leaves the live line on."""
+    import io
+    import logging
+    import sys
+
+    from unlearnkit import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    name = "unlearnkit.scenarios.registry"
+    root = logging.getLogger()
+    level = root.level
+    for handler_stream, handler_level, drawn in (("stderr", logging.INFO, False), ("file", logging.INFO, True),
+                                                  ("stderr", logging.WARNING, True)):
+        stream = Terminal()
+        monkeypatch.setattr(sys, "stderr", stream)
+        handler = logging.StreamHandler(stream if handler_stream == "stderr" else io.StringIO())
+        handler.setLevel(handler_level)
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        try:
+            assert progress.wants_display("auto", name) is drawn and progress.wants_display(True, name) is drawn
+            with progress.status_line("auto", "first", name) as show:
+                logging.getLogger(name).info("canary (tiny): step 1")
+                show("canary (tiny) 0s step 1")
+            with progress.stage_bars("auto", name) as bars:
+                bars("search", 3, 6)
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(level)
+        text = stream.getvalue()
+        assert ("3/6" in text) is drawn
+        if not drawn:
+            assert text == "canary (tiny): step 1\n"

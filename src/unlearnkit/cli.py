@@ -175,7 +175,8 @@ def demo(
 def scenario_cmd(
     name: str = typer.Argument(..., help="sensitive-features, canary, label-poisoning or backdoor ('list' to list them)."),
     size: str = typer.Option("tiny", help="tiny (the default; measured wall time on 2 idle CPU cores, one torch "
-                             "thread: sensitive-features 15 s, canary 32 s, label-poisoning 19 s, backdoor 19 s) "
+                             "thread: sensitive-features 15 s wall / 16 s CPU, canary 32 / 33 s, label-poisoning 19 / 19 s, backdoor 19 / "
+                             "19 s) "
                              "or full (the published reports' sizes: minutes to hours)."),
     seeds: str = typer.Option("0", help="Comma-separated seeds; every method runs on the same seeds."),
     out: Path = typer.Option(Path("scenario-reports"), help="Folder for <name>.md, <name>.png and <name>.json."),

@@ -172,7 +172,7 @@ def run(config: BenchConfig, out: str | Path, *, executor: str = "local", worker
     check_run_options(out, executor=executor, workers=workers)
     if executor == "local":
         check_device(config.device, what="run.device", error=BenchError)
-    with stage_bars(False if callable(progress) else progress) as bars:
+    with stage_bars(False if callable(progress) else progress, logger.name) as bars:
         def on_progress(stage: str, done: int, total: int) -> None:
             logger.info("%s: %d / %d", stage, done, total)
             bars(stage, done, total)
@@ -201,7 +201,8 @@ def _run(config, out, executor, workers, address, retry_failed, progress, log, s
         pool = make_executor(executor, workers, address, config.device)
         if should_stop is not None:
             pool = _Stoppable(pool, should_stop)
-        run_id = store.start_run(pool.name, {**environment(config.device), "workers": pool.workers})
+        run_id = store.start_run(pool.name, {**environment(config.device), "workers": pool.workers,
+                                                  "threads_per_worker": config.threads_per_worker})
         log(f"run {run_id} in {out}: {pool.name} executor, {pool.workers} worker(s)")
         try:
             _references(config, store, pool, run_id, progress, log)

@@ -70,8 +70,9 @@ def run(
     ``out`` is checked before anything is computed: it must be a folder (new or existing) that
     can be written, else :class:`~unlearnkit.errors.OutputError`.
 
-    ``size`` is ``"tiny"`` (the default: a first look, 18 to 37 s of CPU time per scenario on one
-    thread) or ``"full"`` (the sizes of the published reports: minutes to hours).
+    ``size`` is ``"tiny"`` (the default: a first look at the mechanics, about 15 to 33 s of wall and of
+    CPU time per scenario on one thread of an idle core; one seed of tiny data, so its numbers are no evidence
+    for or against the goals) or ``"full"`` (the sizes of the published reports: minutes to hours).
 
     ``threads`` is the number of torch CPU threads for the run (restored afterwards). The
     scenarios' models are small: one thread is fastest, and with more threads than idle cores
@@ -109,7 +110,7 @@ def run(
     callback = step if step is not None else progress if callable(progress) else None
     display = False if callback is not None else progress
     spec = SCENARIOS[name]
-    with torch_threads(threads), status_line(display, f"{name} ({size}): starting") as show:
+    with torch_threads(threads), status_line(display, f"{name} ({size}): starting", log.name) as show:
         def report(message: str) -> None:
             log.info("%s (%s): %s", name, size, message)
             show(f"{name} ({size}) {time.perf_counter() - start:5.0f}s  {message}")
@@ -131,7 +132,7 @@ def run(
                                 rules=rules.__doc__ or "")
         result.goals = module.goals(result.aggregate())
         result.seconds = time.perf_counter() - start
-        result.machine()  # recorded now, with the run's thread count
+        result.machine(device)  # recorded now, with the run's thread count and device
         if out is not None:
             report(f"writing the report to {out}")
             write(result, Path(out), title=module.TITLE, intro=module.__doc__ or "", y=spec.y, y_label=spec.y_label)

@@ -67,8 +67,9 @@ class ScenarioResult:
     def methods(self) -> list[str]:
         return list(dict.fromkeys(r.method for r in self.rows))
 
-    def machine(self) -> dict:
-        """The run's environment: the stored one, else this process's (Python, torch, CPU, threads, accelerator)."""
+    def machine(self, device=None) -> dict:
+        """The run's environment: the stored one, else this process's (Python, torch, CPU, threads, accelerator,
+        and ``device``, the one the run computed on: the CPU when None)."""
         if not self.environment:
             import torch
 
@@ -76,7 +77,8 @@ class ScenarioResult:
                 "python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
                 "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                 "cpus": os.cpu_count(), "platform": platform.platform(),
-                "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+                "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                "device": str(torch.device(device)) if device is not None else "cpu"}
         return self.environment
 
     def to_dict(self) -> dict:
@@ -134,11 +136,13 @@ SHARES = ("test_accuracy", "corrected_accuracy", "agreement", "attack_success")
 """Measures that are shares in [0, 1]: their floor is ``NOOP_FLOOR`` absolute (one point); every
 other measure's floor is ``NOOP_FLOOR`` relative to the original's value (1 %)."""
 NOOP_FLAG = "≈ original: no-op"
-NOOP_RULE = ("*≈ original: no-op* marks a method that, on every seed, moved less than a tenth of the way from the "
-             "original model to retraining on every measure of its row (test accuracy, accuracy on the corrected "
-             "points, agreement with and distance to the retrained model, the scenario's own measures): each value "
-             f"differs from the original model's by at most {100 * NOOP_SHARE:g} % of the original's gap to "
-             f"retraining, or by at most one point (shares) or 1 % (other measures) where that gap is smaller")
+NOOP_RULE = ("*≈ original: no-op* marks a method that, on every seed, is within tolerance of the original model on "
+             "every measure of its row (test accuracy, accuracy on the corrected points, agreement with and distance "
+             "to the retrained model, the scenario's own measures): each value is within max(1 point, "
+             f"{100 * NOOP_SHARE:g} % of the original's gap to retraining) of the original model's (1 % of the "
+             "original's value instead of 1 point for measures that are not shares), so within that tolerance nothing "
+             "shown tells it apart from doing nothing; a row without the distance or a scenario measure (such as "
+             "SISA's) is never marked")
 
 
 def noop_methods(rows: list[Row]) -> set[tuple[str, str]]:
@@ -148,7 +152,9 @@ def noop_methods(rows: list[Row]) -> set[tuple[str, str]]:
     efficacy measures) where the original and retrained rows of that seed have it too:
     ``|m - m_original| <= max(floor, NOOP_SHARE * |m_retrained - m_original|)``, the floor being
     ``NOOP_FLOOR`` for shares in [0, 1] (:data:`SHARES`) and ``NOOP_FLOOR * |m_original|`` for the
-    others. A pair is flagged when this holds for every measure on every seed (a failed row never is).
+    others. A pair is flagged when this holds for every measure on every seed and, on every seed, the
+    distance or an efficacy measure was among those compared (a failed row never is; nor is a row
+    judged on the coarse shares alone, such as SISA's, which has neither).
     """
     refs = {(r.problem, r.seed, r.method): r for r in rows if r.method in (ORIGINAL, RETRAIN) and r.status == "ok"}
     verdict: dict[tuple[str, str], bool] = {}
@@ -158,18 +164,19 @@ def noop_methods(rows: list[Row]) -> set[tuple[str, str]]:
         key = (r.problem, r.method)
         o, z = refs.get((r.problem, r.seed, ORIGINAL)), refs.get((r.problem, r.seed, RETRAIN))
         ok = r.status == "ok" and o is not None and z is not None and verdict.get(key, True)
-        compared = 0
+        compared, fine = 0, 0
         if ok:
             for name in ("test_accuracy", "corrected_accuracy", "agreement", "distance", *r.efficacy):
                 vals = [x.efficacy.get(name) if name in r.efficacy else getattr(x, name) for x in (r, o, z)]
                 if any(v is None or not math.isfinite(v) for v in vals):
                     continue
                 compared += 1
+                fine += name not in SHARES[:3]
                 floor = NOOP_FLOOR if name in SHARES else NOOP_FLOOR * abs(vals[1])
                 if abs(vals[0] - vals[1]) > max(floor, NOOP_SHARE * abs(vals[2] - vals[1])):
                     ok = False
                     break
-        verdict[key] = ok and compared > 0
+        verdict[key] = ok and compared > 0 and fine > 0
     return {k for k, v in verdict.items() if v}
 
 
@@ -201,10 +208,17 @@ def run_description(result: ScenarioResult) -> list[str]:
     methods, machine and time."""
     env = result.machine()
     methods = [m for m in result.methods() if m not in (ORIGINAL, RETRAIN)]
+    device = str(env.get("device") or "")
+    on_cpu = device.startswith("cpu")
     machine = [f"{env.get('cpus')} CPU cores" if env.get("cpus") else "",
+               f"ran on the CPU; accelerator present, not used ({env['accelerator']})"
+               if env.get("accelerator") and on_cpu else
+               f"ran on {device} ({env['accelerator']})" if env.get("accelerator") and device else
                f"a machine with {env['accelerator']}" if env.get("accelerator") else
+               "ran on the CPU (CPU-only machine)" if on_cpu and ("accelerator" in env or "+cpu" in str(env.get("torch", ""))) else
+               "ran on the CPU" if on_cpu else
+               f"device {device}" if device else
                "CPU-only machine" if "accelerator" in env or "+cpu" in str(env.get("torch", "")) else "",
-               f"device {env['device']}" if env.get("device") else "",
                _n(env["threads"], "torch thread") if env.get("threads") else "",
                env.get("platform") or env.get("processor") or env.get("machine") or "",
                f"Python {env['python']}, torch {env['torch']}" if env.get("python") else ""]
@@ -275,7 +289,8 @@ def markdown(result: ScenarioResult, *, title: str, intro: str, image: str | Non
 
 # ---------------------------------------------------------------------------------------------- plot
 LOWER_IS_BETTER = {"exposure", "attack_success", "distance", "seconds", "residual", "bits_per_char"}
-MARKERS = "osD^vP*XhpH<>d8"
+MARKERS = "osD^vPXhpH<>d8"
+"""Markers of the methods; never ``*``, retraining's star."""
 
 
 def figure(result: ScenarioResult, *, y: str = "test_accuracy", y_label: str = "test accuracy (%)"):
