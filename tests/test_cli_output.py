@@ -22,14 +22,6 @@ runner = CliRunner()
 SPEC = "synthetic:n=120,d=4,seed=3"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def invoke(*args, **kw):
     return runner.invoke(app, [str(a) for a in args], **kw)
 

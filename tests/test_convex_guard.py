@@ -11,14 +11,6 @@ from unlearnkit.data import standardize
 from unlearnkit.influence.curvature import CachedCurvature
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def fitted():
     data, = standardize(uk.data.load("breast-cancer:train"))

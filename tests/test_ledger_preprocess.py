@@ -14,13 +14,6 @@ from unlearnkit.data.preprocess import row_norms
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 OLDER_READER = "da3603f"
 """The last revision whose model files and ledgers know format 1 only."""
 

@@ -5,7 +5,6 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import unlearnkit as uk
@@ -16,14 +15,6 @@ from unlearnkit.models import LogisticRegression
 from unlearnkit.training import TrainConfig, train
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

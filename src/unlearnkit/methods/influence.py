@@ -89,7 +89,7 @@ class FirstOrder(Method):
         step minimises the objective along ``-G``, it does not aim to lower the gradient's norm, and halving it
         whenever the residual rose left it farther from retraining (measured on standardised breast cancer: 5 of 36
         requests shortened that way, each one farther from the retrained parameters than the raw step)."""
-        from unlearnkit.influence.guard import GuardStatus, SampledObjective, float64_view, refusals
+        from unlearnkit.influence.guard import GuardStatus, SampledObjective, float64_view
         from unlearnkit.influence.updates import gradient_difference
 
         names = parameter_names(model, self.params)
@@ -111,16 +111,24 @@ class FirstOrder(Method):
                 "residual": "not judged (a gradient step does not aim to lower it)"}
         fast.per_sample_gradients += len(resolved.Z) + len(resolved.Z_tilde)
         fast.hvps += 1 if matvec is not None else 0
-        if outcome.status is GuardStatus.ACCEPTED:
-            fast.diagnostics.update(guard=diag, status=outcome.status.value)
-            return fast
-        fast.model = flat.to_model(outcome.theta)
-        fast.diagnostics.update(update_norm=float(torch.linalg.vector_norm(outcome.step)), guard=diag,
-                                status=outcome.status.value)
-        if outcome.status is GuardStatus.REJECTED:
-            log.warning("first-order update rejected by its guard (%s); the original parameters are returned.",
-                        refusals(diag))
+        return _apply_outcome(fast, flat, outcome, diag, "first-order", unchanged=outcome.status is GuardStatus.ACCEPTED)
+
+
+def _apply_outcome(fast, flat: FlatModel, outcome, diag: dict, name: str, *, unchanged: bool):
+    """``fast`` (the update computed without the guard) with the guard's verdict recorded: returned as it is when
+    ``unchanged`` (its first try passed), else carrying the guard's parameters; a rejection is logged as a warning."""
+    from unlearnkit.influence.guard import GuardStatus, refusals
+
+    if unchanged:
+        fast.diagnostics.update(guard=diag, status=outcome.status.value)
         return fast
+    fast.model = flat.to_model(outcome.theta)
+    fast.diagnostics.update(update_norm=float(torch.linalg.vector_norm(outcome.step)), guard=diag,
+                            status=outcome.status.value)
+    if outcome.status is GuardStatus.REJECTED:
+        log.warning("%s update rejected by its guard (%s); the original parameters are returned.", name,
+                    refusals(diag))
+    return fast
 
 
 DEEP_RELATIVE_DAMPING = 1e-3
@@ -444,7 +452,7 @@ class SecondOrder(Method):
         import copy
 
         from unlearnkit.influence.gradients import summed_gradient
-        from unlearnkit.influence.guard import GradientResidual, GuardStatus, SampledObjective, float64_view, refusals
+        from unlearnkit.influence.guard import GradientResidual, GuardStatus, SampledObjective, float64_view
         from unlearnkit.influence.updates import _damped_problem, gradient_difference
 
         names = parameter_names(model, settings["params"])
@@ -514,16 +522,9 @@ class SecondOrder(Method):
         fast.per_sample_gradients += grads
         if "p" in built:
             fast.hvps += built["p"][4]["hvps"]
-        if outcome.status is GuardStatus.ACCEPTED and outcome.damping == initial:
-            fast.diagnostics.update(guard=diag, status=outcome.status.value)
-            return fast
-        fast.model = flat.to_model(outcome.theta)
-        fast.diagnostics.update(update_norm=float(torch.linalg.vector_norm(outcome.step)), guard=diag,
-                                status=outcome.status.value)
-        if outcome.status is GuardStatus.REJECTED:
-            log.warning("second-order update rejected by its guard (%s); the original parameters are returned.",
-                        refusals(diag))
-        else:
+        unchanged = outcome.status is GuardStatus.ACCEPTED and outcome.damping == initial
+        fast = _apply_outcome(fast, flat, outcome, diag, "second-order", unchanged=unchanged)
+        if not unchanged and outcome.status is not GuardStatus.REJECTED:
             log.info("second-order update %s by its guard at damping %s (the undamped step: %s).", outcome.status.value,
                      outcome.damping, diag["tries"][0].get("refused", f"rho {diag['tries'][0].get('rho')}"))
         return fast
