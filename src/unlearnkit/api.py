@@ -77,11 +77,12 @@ def unlearn(
         from unlearnkit.data.preprocess import check_prepared
 
         check_prepared(model, data)  # a model trained on scaled data, given the raw data: refused with the fix
-    result = methods.make(method, **hyperparameters).unlearn(model, data, changes, val=val, device=device)
-    if mode is not before_after.Check.OFF:
-        cached = not isinstance(hyperparameters.get("curvature"), (str, type(None)))
-        result.diagnostics["check"] = before_after.measure(model, result.model, data, changes, check=mode,
-                                                           cached_curvature=cached, device=device,
-                                                           retrained=retrained, method=result.method)
-        before_after.warn(result, convex=bool(getattr(model, "convex", False)))
+    with changes._remember(data):  # the update, its guard and the check share one resolution (Z, Z~, D~)
+        result = methods.make(method, **hyperparameters).unlearn(model, data, changes, val=val, device=device)
+        if mode is not before_after.Check.OFF:
+            cached = result.diagnostics.get("settings", {}).get("solver") == "cached"  # a fitted curvature's path
+            result.diagnostics["check"] = before_after.measure(model, result.model, data, changes, check=mode,
+                                                               cached_curvature=cached, device=device,
+                                                               retrained=retrained, method=result.method)
+            before_after.warn(result, convex=bool(getattr(model, "convex", False)))
     return result

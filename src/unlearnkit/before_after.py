@@ -126,9 +126,9 @@ def measure(original, unlearned, data, changes, *, check: Check, cached_curvatur
         names.append("accuracy_corrected_data")
     if getattr(original, "convex", False) and (check is Check.FULL or not cached_curvature):
         names.append("gradient_residual")
-    before = values(original, resolved, names, batch_size=batch_size)
-    after = values(unlearned, resolved, names, batch_size=batch_size)
-    ref = values(retrained, resolved, names, batch_size=batch_size) if retrained is not None else {}
+    before = values(original, resolved, names, data=data, batch_size=batch_size)
+    after = values(unlearned, resolved, names, data=data, batch_size=batch_size)
+    ref = values(retrained, resolved, names, data=data, batch_size=batch_size) if retrained is not None else {}
     exact = method in EXACT_METHODS
     slack = {}
     if "accuracy_corrected_data" in names and not ref:  # resolved.corrected is built only when measured (O(n))
@@ -142,9 +142,10 @@ BETTER = {"accuracy_corrected_rows": "higher", "accuracy_corrected_data": "highe
 """Which way each measure is better."""
 
 
-def values(model, resolved, names, *, device=None, batch_size: int = 1024) -> dict[str, float]:
-    """The measures ``names`` of one model for a change set ``resolved`` against its data (``Changes.resolve``), on
-    ``device`` (default: where the model's parameters are; the model is not moved)."""
+def values(model, resolved, names, *, data=None, device=None, batch_size: int = 1024) -> dict[str, float]:
+    """The measures ``names`` of one model for a change set ``resolved`` against its data ``data``
+    (``Changes.resolve(data)``), on ``device`` (default: where the model's parameters are; the model is not moved).
+    Without ``data`` the residual is computed on ``resolved.corrected`` (a copy of the data)."""
     from unlearnkit.training import accuracy
 
     out = {}
@@ -154,18 +155,28 @@ def values(model, resolved, names, *, device=None, batch_size: int = 1024) -> di
         elif name == "accuracy_corrected_data":
             out[name] = accuracy(model, resolved.corrected, device=device)
         elif name == "gradient_residual":
-            out[name] = residual(model, resolved.corrected, batch_size=batch_size)
+            out[name] = (residual(model, data, resolved, batch_size=batch_size) if data is not None
+                         else residual(model, resolved.corrected, batch_size=batch_size))
         else:
             raise ValueError(f"unknown measure {name!r}")
     return out
 
 
-def residual(model, data, *, batch_size: int = 1024) -> float:
-    """``||grad L(theta; data)||_2`` of ``model``'s summed objective on ``data`` (one pass)."""
+def residual(model, data, resolved=None, *, batch_size: int = 1024) -> float:
+    """``||grad L(theta; data)||_2`` of ``model``'s summed objective on ``data`` (one pass); with ``resolved`` (a
+    change set resolved against ``data``) on the corrected data ``D~`` instead, from ``data`` and the affected rows
+    (one pass over ``data``, no copy of it)."""
     from unlearnkit.influence.functional import FlatModel
     from unlearnkit.influence.gradients import gradient_residual
 
-    return gradient_residual(FlatModel(model), data, batch_size=batch_size)
+    flat = FlatModel(model)
+    if resolved is None:
+        return gradient_residual(flat, data, batch_size=batch_size)
+    import torch
+
+    from unlearnkit.influence.refine import CorrectedGradient
+
+    return float(torch.linalg.vector_norm(CorrectedGradient(flat, data, resolved, batch_size=batch_size)(flat.theta())))
 
 
 def advice(name: str, *, convex: bool, method: str) -> str:

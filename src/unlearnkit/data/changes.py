@@ -26,6 +26,7 @@ Validation rules (each failure is a :class:`~unlearnkit.errors.ChangesError` nam
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -364,6 +365,34 @@ class Changes:
         are never loaded whole: label edits and removals read none, an "every non-zero row" edit
         scans them once in batches, and edited cells are applied as rows are read.
         """
+        memo = self.__dict__.get("_memo")
+        if memo is not None and memo[0] is data:
+            if memo[1] is None:
+                memo[1] = self._resolve(data)
+            return memo[1]
+        return self._resolve(data)
+
+    @contextlib.contextmanager
+    def _remember(self, data: Dataset):
+        """Within this block :meth:`resolve` on ``data`` (this very object) computes once and returns that
+        :class:`Resolved` again (the data set and the change set are immutable), so that a request's update, its
+        guard and its check share one ``Z``, ``Z~`` and ``D~``. Outside the block nothing is kept (``D~`` is a copy
+        of the data). A nested block on the same change set leaves the outer one's memo in place."""
+        if "_memo" in self.__dict__:
+            yield
+            return
+        object.__setattr__(self, "_memo", [data, None])
+        try:
+            yield
+        finally:
+            self.__dict__.pop("_memo", None)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_memo", None)  # a request's memo is not part of the change set
+        return state
+
+    def _resolve(self, data: Dataset) -> Resolved:
         n_cols = data.n_features
         n_rows = len(data)
         for what, count in (("removes", len(self.removed_ids)),

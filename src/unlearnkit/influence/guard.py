@@ -168,6 +168,8 @@ class SampledObjective:
             self.weight = n_rest / len(self.sample)
         self.rows_total = n
         self.evaluations = 0
+        self.linear = None  # (c, theta0): the control variate's linear term (with_control_variate)
+        self.control_variate = False
 
     @classmethod
     def for_request(cls, flat: FlatModel, data: Dataset, resolved, *, rows: int | None = 4096, seed: int = 0,
@@ -197,6 +199,7 @@ class SampledObjective:
         out.weight = (n - len(z_tilde)) / len(out.sample)
         out.rows_total = n
         out.evaluations = 0
+        out.linear, out.control_variate = None, False
         return out
 
     def with_control_variate(self, theta0: torch.Tensor, rest_gradient: torch.Tensor) -> "SampledObjective":
@@ -216,8 +219,7 @@ class SampledObjective:
         from unlearnkit.influence.gradients import summed_gradient
 
         theta0 = theta0.detach().to(dtype=self.flat.dtype)
-        self.sample_gradient0 = summed_gradient(self.flat, self.sample, theta0, batch_size=self.batch_size)
-        sampled = self.weight * self.sample_gradient0
+        sampled = self.weight * summed_gradient(self.flat, self.sample, theta0, batch_size=self.batch_size)
         reg = self.flat.reg_gradient(theta0)
         self.linear = ((rest_gradient - reg - sampled).double(), theta0.double())
         self.control_variate = True
@@ -245,7 +247,7 @@ class SampledObjective:
                 value, magnitude = value + affected, magnitude + affected_magnitude
             reg = float(self.flat.reg_value(theta).double())
             value, magnitude = value + reg, magnitude + abs(reg)
-            linear = getattr(self, "linear", None)
+            linear = self.linear
             if linear is not None:  # the control variate of with_control_variate: a linear term, exact
                 c, theta_ref = linear
                 shift = float(c @ (theta.double() - theta_ref))
@@ -264,7 +266,7 @@ class SampledObjective:
         sampled = len(self.sample) - len(self.z_tilde) if self.exact else len(self.sample)
         out = {"rows_affected": len(self.z_tilde), "rows_sampled": sampled, "weight": self.weight,
                "rows_total": self.rows_total, "seed": self.seed, "exact": self.exact,
-               "control_variate": bool(getattr(self, "control_variate", False)), "dtype": str(self.flat.dtype)}
+               "control_variate": self.control_variate, "dtype": str(self.flat.dtype)}
         if out["control_variate"]:
             out["values"] = ("objective_original, objective_final and each try's objective are control-variate "
                              "estimates of L(theta; D~) shifted by an unknown constant: only their differences "
@@ -306,68 +308,40 @@ class HeldOutErrors:
 class GradientResidual:
     """``r(theta) = ||grad L(theta; D~)||_2``, the gradient residual on the corrected data (rule 3b, convex problems).
 
-    Exact (``sample=None``, or an exact objective): one pass over ``data`` per call, corrected by ``Z`` and ``Z~``
+    One pass over ``data`` per call, corrected by ``Z`` and ``Z~``
     (:class:`unlearnkit.influence.refine.CorrectedGradient`); its :attr:`noise` is the original model's own
     residual ``||grad L(theta0; D)||`` (what the update does not try to remove: a step is not refused for the
-    training tolerance of the original model) plus the rounding floor. With a sampled objective (a cached
-    curvature: no pass over the data), the residual is estimated with the same control variate as the objective:
-    ``g(Z~; theta) - g(Z; theta0) + grad reg(theta) - grad reg(theta0) + w (g(S; theta) - g(S; theta0))``, exact
-    at ``theta0`` (``||G||``) for a model at the optimum of the original data, what the cached update assumes.
+    training tolerance of the original model) plus the rounding floor. The pass over ``D`` at ``theta0`` is made
+    once, when the residual is built, and serves ``r(theta0)``.
     """
 
+    exact = True  # judged only on an exact objective (a sampled residual's noise exceeds what it must detect)
+
     def __init__(self, flat: FlatModel, data: Dataset, resolved, theta0: torch.Tensor, *,
-                 sample: "SampledObjective | None" = None, batch_size: int = 1024) -> None:
-        from unlearnkit.influence.gradients import summed_gradient
+                 batch_size: int = 1024) -> None:
+        from unlearnkit.influence.refine import CorrectedGradient
 
         self.flat, self.resolved, self.batch_size = flat, resolved, int(batch_size)
         self.theta0 = theta0.detach().to(dtype=flat.dtype)
         self.evaluations = 0
         eps = torch.finfo(flat.dtype).eps
-        self.exact = sample is None or sample.exact
-        if self.exact:
-            from unlearnkit.influence.refine import CorrectedGradient
-
-            self.gradient = CorrectedGradient(flat, data, resolved, batch_size=batch_size)
-            base = self.gradient.base(self.theta0)
-            self.original_residual = float(torch.linalg.vector_norm(base))
-            self.noise = self.original_residual + ROUNDING_FACTOR * eps * float(torch.linalg.vector_norm(base))
-        else:
-            self.sample, self.weight = sample.sample, sample.weight
-            self.g_z = summed_gradient(flat, resolved.Z, self.theta0, batch_size=batch_size)
-            shared = getattr(sample, "sample_gradient0", None)  # computed once for the objective's control variate
-            self.g_s0 = shared if shared is not None else summed_gradient(flat, self.sample, self.theta0,
-                                                                          batch_size=batch_size)
-            self.reg0 = flat.reg_gradient(self.theta0)
-            scale = sum(float(torch.linalg.vector_norm(v)) for v in (self.g_z, self.weight * self.g_s0, self.reg0))
-            self.original_residual = None
-            self.noise = ROUNDING_FACTOR * eps * scale * math.sqrt(max(sample.rows_total, 1))
+        self.gradient = CorrectedGradient(flat, data, resolved, batch_size=batch_size)
+        self.base0 = self.gradient.base(self.theta0)  # grad L(theta0; D)
+        self.original_residual = float(torch.linalg.vector_norm(self.base0))
+        self.noise = self.original_residual + ROUNDING_FACTOR * eps * self.original_residual
 
     def __call__(self, theta: torch.Tensor) -> float:
-        from unlearnkit.influence.gradients import summed_gradient
-
         self.evaluations += 1
         theta = theta.to(dtype=self.flat.dtype)
         with torch.no_grad():
-            if self.exact:
-                g = self.gradient(theta)
-            else:
-                g = -self.g_z + self.flat.reg_gradient(theta) - self.reg0
-                if len(self.resolved.Z_tilde):
-                    g = g + summed_gradient(self.flat, self.resolved.Z_tilde, theta, batch_size=self.batch_size)
-                if not torch.equal(theta, self.theta0):  # (at theta0 the sampled term is 0 by construction)
-                    g = g + self.weight * (summed_gradient(self.flat, self.sample, theta, batch_size=self.batch_size)
-                                           - self.g_s0)
+            at_theta0 = torch.equal(theta, self.theta0)
+            g = self.gradient(theta, base=self.base0 if at_theta0 else None)
         r = float(torch.linalg.vector_norm(g))
         return r if math.isfinite(r) else math.inf
 
     def describe(self) -> dict:
-        out = {"what": "||grad L(theta; D~)||_2", "exact": self.exact, "evaluations": self.evaluations,
-               "tolerance": self.noise}
-        if self.exact:
-            out["original_model_residual_on_D"] = self.original_residual
-        else:
-            out["estimate"] = "sampled rows with their gradient at theta0 as control variate; exact at theta0 for a model at its optimum"
-        return out
+        return {"what": "||grad L(theta; D~)||_2", "exact": self.exact, "evaluations": self.evaluations,
+                "tolerance": self.noise, "original_model_residual_on_D": self.original_residual}
 
 
 ROUNDING_FACTOR = 8.0

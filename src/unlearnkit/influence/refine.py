@@ -219,8 +219,9 @@ class CorrectedGradient:
         self.base = ObjectiveGradient(flat, data, batch_size=batch_size)
         self.path = f"{self.base.path} on D, corrected by Z and Z~"
 
-    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
-        g = self.base(theta)
+    def __call__(self, theta: torch.Tensor, *, base: torch.Tensor | None = None) -> torch.Tensor:
+        """The gradient at ``theta``; ``base``: ``grad L(theta; D)`` when already computed (no pass over ``D``)."""
+        g = self.base(theta) if base is None else base
         if len(self.resolved.Z):
             g = g - summed_gradient(self.flat, self.resolved.Z, theta, batch_size=self.batch_size)
         if len(self.resolved.Z_tilde):
@@ -361,7 +362,7 @@ def cached_second_order_update(
     ``refine_tol``: continue with :func:`refine` until ``||grad L(theta; D~)||_2 / n~ <= refine_tol``
     (at most ``max_steps`` steps; diagnostics ``"refine"``). None: the one-step update.
     """
-    from unlearnkit.influence.updates import UnlearnResult, _prepare, gradient_difference
+    from unlearnkit.influence.updates import UnlearnResult, _gradient_parts, _prepare
 
     start = timing.start()
     check_refinable(model)
@@ -369,7 +370,7 @@ def cached_second_order_update(
         refine_tol = _check_tol(refine_tol)
     flat, resolved = _prepare(model, data, changes, device)
     theta0 = flat.theta()
-    G = gradient_difference(flat, resolved, batch_size=batch_size)
+    G, minus_gz = _gradient_parts(flat, resolved, batch_size=batch_size)
     # the corrected data set (a copy of the data) is built only when a pass over it is needed: to compute the
     # Hessian, or to refine; a request on a cached factor touches only Z and Z~
     n_corrected = len(data) - len(changes.removed_ids)
@@ -418,7 +419,9 @@ def cached_second_order_update(
         diagnostics["refine"] = report
         diagnostics["status"] = "refined" if report["status"] == RefineStatus.CONVERGED.value else f"refine-{report['status']}"
     new = flat.to_model(theta)
-    return UnlearnResult(
+    result = UnlearnResult(
         new, "second-order", timing.since(start), resolved.n_affected,
         per_sample_gradients=len(resolved.Z) + len(resolved.Z_tilde), hvps=0, diagnostics=diagnostics,
     )
+    result._gradients = (G, minus_gz)
+    return result

@@ -65,6 +65,9 @@ class UnlearnResult:
     per_sample_gradients: int = 0
     hvps: int = 0
     diagnostics: dict = field(default_factory=dict)
+    _gradients: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    """``(G, -g(Z))`` at the original parameters, kept by a one-step second-order update for its guard (which would
+    otherwise compute them again); not part of the result's record."""
 
     def to_dict(self) -> dict:
         return {
@@ -88,13 +91,19 @@ class UnlearnResult:
 
 def gradient_difference(flat: FlatModel, resolved: Resolved, *, batch_size: int = 1024) -> torch.Tensor:
     """``G = g(Z~) - g(Z)`` at the model's parameters (``2|Z|`` per-sample gradients at most)."""
+    return _gradient_parts(flat, resolved, batch_size=batch_size)[0]
+
+
+def _gradient_parts(flat: FlatModel, resolved: Resolved, *, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(G, -g(Z))`` at the model's parameters: :func:`gradient_difference` and its first term."""
     theta = flat.theta()
-    G = -summed_gradient(flat, resolved.Z, theta, batch_size=batch_size)
+    minus_gz = -summed_gradient(flat, resolved.Z, theta, batch_size=batch_size)
+    G = minus_gz
     if len(resolved.Z_tilde):
         G = G + summed_gradient(flat, resolved.Z_tilde, theta, batch_size=batch_size)
     if not torch.all(torch.isfinite(G)):
         raise SolverError("The gradient difference G contains NaN or infinite values; the model was not changed.")
-    return G
+    return G, minus_gz
 
 
 class Params(str, enum.Enum):
@@ -263,7 +272,7 @@ def second_order_update(
     convex = model.convex or Params(params) is Params.HEAD
     trust = _trust_region(guard, convex)
     flat, resolved = _prepare(model, data, changes, device, params)
-    G = gradient_difference(flat, resolved, batch_size=batch_size)
+    G, minus_gz = _gradient_parts(flat, resolved, batch_size=batch_size)
     cached = None if isinstance(curvature, str) else curvature
     if cached is not None:
         _check_curvature_object(cached, flat)
@@ -291,10 +300,12 @@ def second_order_update(
             report, hvps = rep.to_dict(), rep.hvps
         theta = flat.theta() - step
         diagnostics.update(update_norm=float(torch.linalg.vector_norm(step)), solver=report)
-        return UnlearnResult(
+        result = UnlearnResult(
             flat.to_model(theta), "second-order", timing.since(start), resolved.n_affected,
             per_sample_gradients=len(resolved.Z) + len(resolved.Z_tilde), hvps=hvps, diagnostics=diagnostics,
         )
+        result._gradients = (G, minus_gz)
+        return result
     solve, matvec, initial, rule, counter = _damped_problem(cached, H, solver, damping)
     objective = SampledObjective(flat, resolved.corrected, resolved.Z_tilde, rows=trust.rows, seed=trust.seed,
                                  batch_size=batch_size)

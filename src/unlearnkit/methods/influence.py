@@ -65,6 +65,10 @@ class FirstOrder(Method):
         self.batch_size = batch_size
 
     def unlearn(self, model, data, changes, *, val=None, device=None):
+        with changes._remember(data):  # the update and its guard share one resolution (Z, Z~, D~)
+            return self._unlearn(model, data, changes, val=val, device=device)
+
+    def _unlearn(self, model, data, changes, *, val=None, device=None):
         if not (isinstance(self.guard, bool) or self.guard == "auto"):
             raise MethodError(f"first-order: guard must be 'auto', True or False, got {self.guard!r}.")
         convex = model.convex or parameter_names(model, self.params) is not None
@@ -287,10 +291,10 @@ class SecondOrder(Method):
         if isinstance(max_iter, str) or max_iter < 1:
             raise MethodError(f"second-order: max_iter must be an integer >= 1 or 'auto', got {self.max_iter!r}.")
         resolved = changes.resolve(data)
-        corrected = resolved.corrected
+        n_corrected = len(data) - len(resolved.Z) + len(resolved.Z_tilde)  # len(D~), without building it
         rows = self.hessian_rows
         if rows == "auto":
-            rows = None if convex else min(len(corrected), max(DEEP_HESSIAN_ROWS, resolved.n_affected))
+            rows = None if convex else min(n_corrected, max(DEEP_HESSIAN_ROWS, resolved.n_affected))
         elif rows is not None and (isinstance(rows, str) or rows < 1):
             raise MethodError(f"second-order: hessian_rows must be an integer >= 1, None or 'auto', got {rows!r}.")
         if not (isinstance(self.guard, bool) or self.guard == "auto"):
@@ -307,7 +311,7 @@ class SecondOrder(Method):
         else:
             if not self.relative_damping > 0:
                 raise MethodError(f"second-order: relative_damping must be > 0, got {self.relative_damping!r}.")
-            sample, weight = hessian_sample(corrected, rows, self.seed)
+            sample, weight = hessian_sample(resolved.corrected, rows, self.seed)
             H = HessianOperator(flat, sample, batch_size=self.batch_size, weight=weight, curvature=curvature)
             lam = H.largest_eigenvalue(iterations=20, seed=self.seed)
             out["damping"] = self.relative_damping * lam
@@ -377,6 +381,10 @@ class SecondOrder(Method):
         return trust
 
     def unlearn(self, model, data, changes, *, val=None, device=None):
+        with changes._remember(data):  # the settings, the update and its guard share one resolution (Z, Z~, D~)
+            return self._unlearn(model, data, changes, val=val, device=device)
+
+    def _unlearn(self, model, data, changes, *, val=None, device=None):
         start = timing.start()  # the damping estimate is part of the method's cost
         if self.refine is not None:
             from unlearnkit.influence.refine import check_refinable
@@ -460,31 +468,42 @@ class SecondOrder(Method):
         theta0 = flat.theta()
         resolved = changes.resolve(data)
         step = theta0 - FlatModel(fast.model, parameter_names(fast.model, settings["params"])).theta().to(theta0)
-        G = gradient_difference(flat, resolved, batch_size=self.batch_size)
+        chunked = self.chunks > 1
+        # G and -g(Z) at theta0 as the one-step update computed them (on the same rows, parameters and batches)
+        kept = None if chunked else fast._gradients
+        if kept is not None and not all(t.dtype == theta0.dtype and t.device == theta0.device and t.shape == theta0.shape
+                                        for t in kept):
+            kept = None  # (computed on another device: the update's `device=`)
+        G = kept[0] if kept is not None else gradient_difference(flat, resolved, batch_size=self.batch_size)
         # a convex model's objective and residual in float64 (one copy of a linear model): float32's rounding floor
         # exceeds the decrease of ordinary requests; with params="head" the network's body would have to run in
         # float64 too, so there the model's dtype and its rounding floor apply
         judge = float64_view(flat) if model.convex else flat
         objective = SampledObjective.for_request(judge, data, resolved, rows=trust.rows, seed=trust.seed,
                                                  batch_size=self.batch_size)
-        grads = len(resolved.Z) + len(resolved.Z_tilde)
+        grads = 0 if kept is not None else len(resolved.Z) + len(resolved.Z_tilde)  # (per-sample gradients computed here)
         if not objective.exact:  # the original model at its optimum (what the update assumes): the rest's gradient is -g(Z)
-            objective.with_control_variate(theta0, -summed_gradient(judge, resolved.Z, theta0.to(judge.dtype),
-                                                                    batch_size=self.batch_size))
-            grads += len(resolved.Z) + len(objective.sample)
+            if kept is not None and judge is flat:  # the judge in the model's own dtype: the update's -g(Z) is its own
+                minus_gz = kept[1]
+            else:
+                minus_gz = -summed_gradient(judge, resolved.Z, theta0.to(judge.dtype), batch_size=self.batch_size)
+                grads += len(resolved.Z)
+            objective.with_control_variate(theta0, minus_gz)
+            grads += len(objective.sample)
         # rule 3b needs the exact residual: estimated from the guard's sample (weight n/m) its noise exceeds what it
         # must detect (measured at n = 1e5, k = 10: exact Newton steps, rho = 0.99, refused for a sampled residual
         # of 51 against 31 at theta0), so on a sampled objective only the objective's rule judges the step
         residual = GradientResidual(judge, data, resolved, theta0, batch_size=self.batch_size) if objective.exact else None
         initial = float(settings["damping"])
-        chunked = self.chunks > 1
         cached = settings["solver"] == "cached"
+        # a curvature object's own damped solves (K-FAC, EK-FAC, ...): no Hessian to build
+        own_solves = cached and not factor_path and not chunked
         built = {}
 
         def problem():
             """The damped solves and curvature products, built on first use (only when the first try failed)."""
             if "p" not in built:
-                if cached and not factor_path and not chunked:
+                if own_solves:
                     built["p"] = _damped_problem(self.curvature, None, None, None)
                 else:
                     from unlearnkit.influence.hessian import HessianOperator
@@ -510,8 +529,7 @@ class SecondOrder(Method):
         rule.below_floor = "accept"  # an undamped step whose effect the precision cannot measure is not refused
         if chunked:
             rule.max_tries = 1  # the chunks' total step: shortened along it, not re-solved
-        has_matvec = exact_solve or not (cached and not factor_path and not chunked) \
-            or callable(getattr(self.curvature, "matvec", None))
+        has_matvec = not own_solves or callable(getattr(self.curvature, "matvec", None))
         outcome = rule.step(theta0, G, solve, objective, initial_damping=initial,
                             matvec=None if exact_solve or not has_matvec else matvec,
                             initial_damping_rule="the update's own damping (its step, computed without the guard)",
