@@ -396,7 +396,9 @@ def unlearn(
     from unlearnkit.api import unlearn as unlearn_fn
     from unlearnkit.training import retrain
 
-    if check not in ("full", "cheap", "off"):
+    try:
+        before_after.Check.of(check)
+    except UnlearnKitError:
         _fail(_OptionError(f"--check must be full, cheap or off; got {check!r}."))
     params = _parse_params(param)
     reserved = sorted(set(params) & {"model", "data", "changes", "method", "val", "device", "check", "retrained"})
@@ -438,7 +440,8 @@ def unlearn(
                 ref = retrain(net, ds, ch)
         with console.status(escape(_plain(f"{method}: unlearning {ch!r}"))), _quiet(before_after.logger):
             result = unlearn_fn(net, ds, ch, method=method, val=val_ds, check=check, retrained=ref, **params)
-        report = _unlearn_report(net, result, ref, ch.resolve(ds), data_name=ds.name)
+        measures = _unlearn_measures(net, result, ref)
+        report = _unlearn_report(result, measures, ref, convex=bool(getattr(net, "convex", False)), data_name=ds.name)
         rejected = result.status == "rejected"
         written = not (strict and (report["worse"] or rejected))
         if written:
@@ -451,12 +454,9 @@ def unlearn(
         typer.echo(_json_text(report))
     else:
         _print_unlearn_report(report)
-    convex = bool(getattr(net, "convex", False))
     if result.status != "rejected":
         for name in report["worse"]:
-            m = report["measures"][name]
-            text = before_after.describe(name, {"before": m["original"], "after": m["unlearned"], "better": m["better"],
-                                                "retrained": m.get("retrained")}, convex=convex, method=result.method)
+            text = before_after.describe(name, measures[name], convex=report["convex"], method=result.method)
             err.print("[yellow]warning:[/] " + escape(text), highlight=False)
     if not written:
         worse = ", ".join(before_after.LABELS.get(name, name) for name in report["worse"])
@@ -481,29 +481,33 @@ class _quiet:
         self.logger.setLevel(self.level)
 
 
-def _unlearn_report(net, result, ref, resolved, *, data_name: str) -> dict:
-    """The numbers `unlearnkit unlearn` prints: each measure for the original, the unlearned and (when retrained)
-    the retrained model, which way is better and whether the update made it worse; times and speed-up."""
+def _unlearn_measures(net, result, ref) -> dict:
+    """Each measure as :func:`unlearnkit.before_after.entry` gives it (before, after, better, worse and, when
+    retrained, retrained): the update's check, and the distance to the retrained model when ``ref`` is given."""
     from unlearnkit import before_after
     from unlearnkit.metrics.closeness import relative_distance
 
-    measures = {}
-    for name, m in result.diagnostics.get("check", {}).items():
-        measures[name] = {"original": m["before"], "unlearned": m["after"], "better": m["better"], "worse": m["worse"]}
-        if "retrained" in m:
-            measures[name]["retrained"] = m["retrained"]
+    measures = dict(result.diagnostics.get("check", {}))
     if ref is not None:
-        convex = bool(getattr(net, "convex", False))
         m = before_after.entry(relative_distance(net, ref), relative_distance(result.model, ref), "lower",
                                retrained=0.0, exact=result.method in before_after.EXACT_METHODS)
-        if not convex:  # retraining a non-convex model lands elsewhere in parameter space: shown, not judged
-            m["worse"] = False
-        measures["distance_to_retrained"] = {"original": m["before"], "unlearned": m["after"], "retrained": 0.0,
-                                             "better": "lower", "worse": m["worse"]}
+        # retraining a non-convex model lands elsewhere in parameter space: shown, not judged
+        worse = m["worse"] and bool(getattr(net, "convex", False))
+        measures["distance_to_retrained"] = {"before": m["before"], "after": m["after"], "retrained": 0.0,
+                                             "better": "lower", "worse": worse}
+    return measures
+
+
+def _unlearn_report(result, measures: dict, ref, *, convex: bool, data_name: str) -> dict:
+    """The numbers `unlearnkit unlearn` prints: each of ``measures`` (:func:`_unlearn_measures`) for the original,
+    the unlearned and (when retrained) the retrained model, which way is better and whether the update made it
+    worse; times and speed-up."""
+    renamed = {"before": "original", "after": "unlearned"}
+    measures = {name: {renamed.get(k, k): v for k, v in m.items()} for name, m in measures.items()}
     seconds = {"unlearn": result.seconds}
     if ref is not None:
         seconds["retrain"] = float(ref.train_seconds)
-    report = {"method": result.method, "data": data_name, "convex": bool(getattr(net, "convex", False)),
+    report = {"method": result.method, "data": data_name, "convex": convex,
               "n_affected": result.n_affected,
               "per_sample_gradients": result.per_sample_gradients, "status": result.status,
               "measures": measures, "seconds": seconds,
@@ -565,20 +569,11 @@ def _check_format(value: str, allowed: tuple[str, ...] = _FORMATS) -> str:
     return normal
 
 
-def _finite(obj):
-    """``obj`` with NaN and infinities as None (JSON has neither)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def _json_text(obj) -> str:
     """Strict JSON (NaN and infinities written as null; control characters escaped), for ``typer.echo``."""
-    return json.dumps(_finite(obj), indent=1, default=str, allow_nan=False)
+    from unlearnkit.metrics.evaluate import _nan_to_none
+
+    return json.dumps(_nan_to_none(obj), indent=1, default=str, allow_nan=False)
 
 
 def _cell(value, fmt: str = "table") -> str:

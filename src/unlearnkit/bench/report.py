@@ -48,6 +48,7 @@ from unlearnkit.bench.runner import first_line
 from unlearnkit.bench.store import Store
 from unlearnkit.errors import BenchError
 from unlearnkit.metrics.evaluate import _nan_to_none
+from unlearnkit.scenarios.report import NOOP_FLAG, NOOP_SHARE, _n, near_original
 
 METRICS = ("retdev", "indisc_test", "rte", "acc_retain", "acc_forget", "acc_val", "acc_test", "mia_test",
            "indisc_val", "seconds", "distance")
@@ -91,13 +92,11 @@ def _entry(problem, method, recs, n, failed) -> dict:
 
 
 NOOP_MEASURES = ("acc_retain", "acc_forget", "acc_val", "acc_test", "mia_test")
-NOOP_SHARE = 0.10
-NOOP_FLOOR = 0.01
 NOOP_RULE = (f"a method is *≈ original: no-op* when, on every evaluation seed, each of its accuracies (retain, forget, "
              f"validation, test) and its attack accuracy (forget vs test) is within max(1 point, "
              f"{100 * NOOP_SHARE:g} % of the original's gap to the retrained model on that seed) of the original "
              "model's: within that tolerance no measure the table shows tells it apart from doing nothing")
-NOOP_FLAG, WORSE_FLAG = "≈ original: no-op", "RetDev worse than original"
+WORSE_FLAG = "RetDev worse than original"
 
 
 def noop_methods(cells: list[dict], refs: list[dict], eval_seeds) -> dict[tuple[str, str], bool]:
@@ -106,7 +105,8 @@ def noop_methods(cells: list[dict], refs: list[dict], eval_seeds) -> dict[tuple[
     Indistinguishable means: on every evaluation seed with an ok cell (and no failed cell), for
     each measure ``m`` of :data:`NOOP_MEASURES` present for the method, the original and the
     retrained model of that seed, ``|m_method - m_original| <= max(NOOP_FLOOR, NOOP_SHARE *
-    |m_retrained - m_original|)``. The store keeps these measures for every cell and reference;
+    |m_retrained - m_original|)`` (:func:`~unlearnkit.scenarios.report.near_original`; every measure
+    here is a share). The store keeps these measures for every cell and reference;
     parameters of the unlearned models are not kept, so no parameter distance enters the test.
     """
     ref = {(r["problem"], r["seed"]): r for r in refs if r["seed"] in eval_seeds}
@@ -129,7 +129,7 @@ def noop_methods(cells: list[dict], refs: list[dict], eval_seeds) -> dict[tuple[
                 if any(v is None or not math.isfinite(v) for v in vals):
                     continue
                 compared += 1
-                if abs(vals[0] - vals[1]) > max(NOOP_FLOOR, NOOP_SHARE * abs(vals[2] - vals[1])):
+                if not near_original(*vals):
                     verdict = False
             if not compared:
                 verdict = False
@@ -252,12 +252,19 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- plots
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
+def _png(fig, *, tight: bool = False) -> bytes:
+    """``fig`` as PNG bytes, the figure closed: as laid out (:func:`unlearnkit.plots.save`), or cropped to what is
+    drawn (``tight``: the critical-difference diagram)."""
+    from unlearnkit.plots import pyplot, save
 
-    plt.close(fig)
+    buf = io.BytesIO()
+    if tight:
+        try:
+            fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        finally:
+            pyplot().close(fig)
+    else:
+        save(fig, buf, dpi=110)
     return buf.getvalue()
 
 
@@ -302,7 +309,7 @@ def cd_plot(methods: list[str], mean_ranks: np.ndarray, cd: float | None, title:
                 last_end = j
     ax.set_title(_mpl(title), fontsize=10)
     ax.axis("off")
-    return _png(fig)
+    return _png(fig, tight=True)
 
 
 def pareto_figure(points: dict[str, tuple[float, float]], front: list[str], title: str, *,
@@ -364,15 +371,7 @@ def pareto_figure(points: dict[str, tuple[float, float]], front: list[str], titl
 def pareto_plot(points: dict[str, tuple[float, float]], front: list[str], title: str, *,
                 original: float | None = None, noop=()) -> bytes:
     """:func:`pareto_figure` as PNG bytes."""
-    return _save_png(pareto_figure(points, front, title, original=original, noop=noop))
-
-
-def _save_png(fig) -> bytes:
-    from unlearnkit.plots import save
-
-    buf = io.BytesIO()
-    save(fig, buf, dpi=110)
-    return buf.getvalue()
+    return _png(pareto_figure(points, front, title, original=original, noop=noop))
 
 
 def _mpl(text: str) -> str:
@@ -602,10 +601,6 @@ def _training(cfg: dict) -> str:
             continue  # every data set has its own recipe
         parts.append(where + ", ".join(f"{_md(m)}: {used(recipe, m)}" for m in cfg.get("models", [])))
     return "; ".join(parts)
-
-
-def _n(count: int, one: str, many: str | None = None) -> str:
-    return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
 def _short_value(v) -> str:

@@ -399,22 +399,15 @@ def read_csv(
     if class_names is None:
         _check_label_kinds(path, label_cells, numbered, columns[label_idx])
     by_name = class_names is not None or not _is_number(label_cells[0])
+    skip = label_idx if by_name else None  # text labels: the other columns are the numbers
+    numeric = [j for j in range(width) if j != skip]
     table = np.zeros((len(numbered), width), dtype=np.float64)
-    if by_name:  # text labels: the other columns are the numbers
-        numeric = [j for j in range(width) if j != label_idx]
-        try:
-            table[:, numeric] = [[r[j] for j in numeric] for _, r in numbered]
-        except ValueError:
-            table = None
-        if table is None or not np.all(np.isfinite(table)):
-            _raise_first_bad_cell(path, numbered, columns, skip=label_idx)
-    else:
-        try:
-            table[:] = [r for _, r in numbered]
-        except ValueError:
-            table = None
-        if table is None or not np.all(np.isfinite(table)):
-            _raise_first_bad_cell(path, numbered, columns)
+    try:
+        table[:, numeric] = [[r[j] for j in numeric] for _, r in numbered] if by_name else [r for _, r in numbered]
+    except ValueError:
+        table = None
+    if table is None or not np.all(np.isfinite(table)):
+        _raise_first_bad_cell(path, numbered, columns, skip=skip)
 
     feature_cols = [j for j in range(width) if j not in (label_idx, id_idx)]
     if by_name:

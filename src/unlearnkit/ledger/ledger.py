@@ -484,7 +484,7 @@ class Ledger:
             _cache_data_check(build / "data", _data_signature(build / "data"), fp, key)
             _fsync_dir(build / "data")
             model_file = f"model-000000-{secrets.token_hex(8)}.pt"
-            extra = {} if preprocessing is None or preprocessing.is_empty else {METADATA_KEY: preprocessing.to_dict()}
+            extra = _model_file_extra(preprocessing)
             _write_model_file(cm.model, build / model_file, metadata={"ledger": str(path), "entry": 0, **extra})
             meta = {
                 "format": FORMAT_PREPROCESS if extra else FORMAT, "created": _now(), "spec": json.dumps(spec.to_dict()),
@@ -605,8 +605,7 @@ class Ledger:
             config = dict(self.model_meta["config"])
             n_features = int(config["n_features"])
             model_classes = int(config.get("n_classes", 2))
-            self.preprocessing = (Preprocessing.from_dict(json.loads(meta[METADATA_KEY]), where=str(self.path / DB_NAME))
-                                  if METADATA_KEY in meta else Preprocessing())
+            self.preprocessing = _stored_preprocessing(meta, where=str(self.path / DB_NAME))
         except (KeyError, ValueError, TypeError, RecursionError, AttributeError, CertificationError) as exc:
             raise LedgerError(f"{self.path / DB_NAME} has malformed metadata ({type(exc).__name__}: {str(exc)[:200]}).") from None
         if meta.get("mac") not in (None, MAC_ALGORITHM):
@@ -918,7 +917,7 @@ class Ledger:
                             residual_bound, worst_case_bound, cm, self.last["params_after"], cert, details, model_file,
                             prev_hash=self.last["entry_hash"], cert_dict=cert_dict)
         written = _write_model_file(cm.model, self.path / model_file, metadata={"ledger": str(self.path), "entry": seq,
-                                                                              **self._model_file_extra()})
+                                                                              **_model_file_extra(self.preprocessing)})
         # the writer's connection, unless the database file was replaced since it was opened (a backup restored with
         # mv, say): a connection to the unlinked file could not commit, so open the file that is there now
         own = self._conn is None or _file_identity(self.path / DB_NAME) != self._conn_identity
@@ -953,11 +952,6 @@ class Ledger:
             log.warning("could not remove superseded model files in %s (%s)", self.path, describe_os_error(exc))
         return entry
 
-    def _model_file_extra(self) -> dict:
-        """What the model files record beside the entry: the preprocessing, if the ledger has one."""
-        prep = getattr(self, "preprocessing", None)
-        return {} if prep is None or prep.is_empty else {METADATA_KEY: prep.to_dict()}
-
     def to_model_units(self, changes: Changes) -> Changes:
         """``changes`` with feature values given in raw units mapped into the units the ledger's data is stored in
         (its :attr:`preprocessing`: standardisation and row scaling); unchanged for a ledger without scaling. A
@@ -967,7 +961,7 @@ class Ledger:
         if not prep.scales:
             return changes
         rows = self.certified.rows
-        return prep.map_changes(changes, lambda cols, zero: rows.nonzero_ids(cols, zero))
+        return prep.map_changes(changes, rows.nonzero_ids)
 
     def request_bound(self, changes: Changes) -> float:
         """The residual bound the request ``changes`` (raw units) would spend now (the data-dependent or the
@@ -1219,8 +1213,7 @@ class Ledger:
             return f"model file {f.name}: {exc}"
         if meta is not None:
             try:
-                ours = (Preprocessing.from_dict(json.loads(meta[METADATA_KEY]), where="the ledger's metadata")
-                        if METADATA_KEY in meta else Preprocessing())
+                ours = _stored_preprocessing(meta, where="the ledger's metadata")
                 theirs = Preprocessing.of_model(m, where=f"model file {f.name}")
             except (ValueError, UnlearnKitError) as exc:
                 return f"model file {f.name}: its preprocessing cannot be compared with the ledger's ({exc})"
@@ -1420,6 +1413,17 @@ def _check_key(key) -> bytes | None:
     if not isinstance(key, (bytes, bytearray)) or len(key) < MIN_KEY_BYTES:
         raise LedgerError(f"A ledger key must be at least {MIN_KEY_BYTES} bytes (see unlearnkit.ledger.read_key).")
     return bytes(key)
+
+
+def _model_file_extra(preprocessing: Preprocessing | None) -> dict:
+    """What a ledger's model files record beside the entry: the preprocessing, if the ledger has one."""
+    return {} if preprocessing is None or preprocessing.is_empty else {METADATA_KEY: preprocessing.to_dict()}
+
+
+def _stored_preprocessing(meta: dict, *, where: str) -> Preprocessing:
+    """The preprocessing a ledger's metadata records (none for a ledger made without one); ``where`` names the
+    metadata in errors."""
+    return Preprocessing.from_dict(json.loads(meta[METADATA_KEY]), where=where) if METADATA_KEY in meta else Preprocessing()
 
 
 def _write_model_file(model: LogisticRegression, path: Path, *, metadata: dict) -> bytes:

@@ -168,9 +168,6 @@ class LedgerRows:
         """Ids of the current rows where any of ``columns`` differs from ``zero`` (one value per column; default 0):
         the rows a feature edit without rows selects. A ledger that stores standardised data passes the transform of
         0, so that "non-zero" keeps meaning non-zero in the user's raw units."""
-        return self._nonzero_rows(columns, zero)
-
-    def _nonzero_rows(self, columns, zero=None) -> set[int]:
         cols = np.asarray(columns, dtype=np.int64)
         zero = 0.0 if zero is None else np.asarray(zero, dtype=np.float64)
         out = set()
@@ -196,7 +193,7 @@ class LedgerRows:
                 bad = [c for c in edit.columns if c >= self.X.shape[1]]
                 if bad:
                     raise ChangesError(f"Feature edit: column(s) {bad[:5]} out of range; the data has {self.X.shape[1]} feature columns.")
-                ids.update(self._nonzero_rows(edit.columns))
+                ids.update(self.nonzero_ids(edit.columns))
             else:
                 ids.update(edit.rows)
         if not ids:

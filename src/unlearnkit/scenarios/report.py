@@ -132,6 +132,8 @@ def lookup(summary: list[dict], problem: str, method: str) -> dict | None:
 # ------------------------------------------------------------------------------ compared with doing nothing
 NOOP_SHARE = 0.10
 NOOP_FLOOR = 0.01
+"""The no-op rule (here and in benchmark reports): a measure is within tolerance of the original model's when
+``|m - m_original| <= max(floor, NOOP_SHARE * |m_retrained - m_original|)`` (see :func:`near_original`)."""
 SHARES = ("test_accuracy", "corrected_accuracy", "agreement", "attack_success")
 """Measures that are shares in [0, 1]: their floor is ``NOOP_FLOOR`` absolute (one point); every
 other measure's floor is ``NOOP_FLOOR`` relative to the original's value (1 %)."""
@@ -145,16 +147,24 @@ NOOP_RULE = ("*≈ original: no-op* marks a method that, on every seed, is withi
              "SISA's) is never marked")
 
 
+def near_original(value: float, original: float, retrained: float, *, share: bool = True) -> bool:
+    """Whether ``value`` is within tolerance of the original model's: ``|value - original| <= max(floor,
+    NOOP_SHARE * |retrained - original|)``, the floor being ``NOOP_FLOOR`` (one point) for a share in [0, 1] and
+    ``NOOP_FLOOR * |original|`` (1 %) otherwise."""
+    floor = NOOP_FLOOR if share else NOOP_FLOOR * abs(original)
+    return abs(value - original) <= max(floor, NOOP_SHARE * abs(retrained - original))
+
+
 def noop_methods(rows: list[Row]) -> set[tuple[str, str]]:
     """``(problem, method)`` pairs indistinguishable from the original model.
 
     For each seed and each measure ``m`` a row has (``MEASURES`` that describe the model, and its
     efficacy measures) where the original and retrained rows of that seed have it too:
-    ``|m - m_original| <= max(floor, NOOP_SHARE * |m_retrained - m_original|)``, the floor being
-    ``NOOP_FLOOR`` for shares in [0, 1] (:data:`SHARES`) and ``NOOP_FLOOR * |m_original|`` for the
-    others. A pair is flagged when this holds for every measure on every seed and, on every seed, the
-    distance or an efficacy measure was among those compared (a failed row never is; nor is a row
-    judged on the coarse shares alone, such as SISA's, which has neither).
+    ``|m - m_original| <= max(floor, NOOP_SHARE * |m_retrained - m_original|)`` (:func:`near_original`),
+    the floor being ``NOOP_FLOOR`` for shares in [0, 1] (:data:`SHARES`) and ``NOOP_FLOOR *
+    |m_original|`` for the others. A pair is flagged when this holds for every measure on every seed
+    and, on every seed, the distance or an efficacy measure was among those compared (a failed row
+    never is; nor is a row judged on the coarse shares alone, such as SISA's, which has neither).
     """
     refs = {(r.problem, r.seed, r.method): r for r in rows if r.method in (ORIGINAL, RETRAIN) and r.status == "ok"}
     verdict: dict[tuple[str, str], bool] = {}
@@ -172,8 +182,7 @@ def noop_methods(rows: list[Row]) -> set[tuple[str, str]]:
                     continue
                 compared += 1
                 fine += name not in SHARES[:3]
-                floor = NOOP_FLOOR if name in SHARES else NOOP_FLOOR * abs(vals[1])
-                if abs(vals[0] - vals[1]) > max(floor, NOOP_SHARE * abs(vals[2] - vals[1])):
+                if not near_original(*vals, share=name in SHARES):
                     ok = False
                     break
         verdict[key] = ok and compared > 0 and fine > 0
@@ -233,8 +242,9 @@ def run_description(result: ScenarioResult) -> list[str]:
     return lines
 
 
-def _n(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
+def _n(count: int, one: str, many: str | None = None) -> str:
+    """``count`` and the word, plural unless one (``many``, else ``one`` + "s")."""
+    return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
 def markdown(result: ScenarioResult, *, title: str, intro: str, image: str | None) -> str:
