@@ -17,6 +17,12 @@ The original model gets seconds 0 and no speed-up; retraining is the reference (
 The model may be any unlearnkit model, a user's module made one by :func:`unlearnkit.wrap`
 included; a model trained by the user's own loop is retrained with it (``train_fn=``, see
 :mod:`unlearnkit.user_training`), or with the loop it carries from :func:`unlearnkit.train`.
+
+A strategy with a cached curvature (``Strategy.curvature``, e.g. ``"exact"``) is the amortised
+path: the curvature is fitted once per model and training data (:class:`CurvatureCache`, outside
+the request's timer) and passed to every request as ``curvature=``. Its row's ``seconds`` and
+``speedup`` are the request's alone (amortised); ``fit_seconds`` is the one fit, and
+``one_shot_seconds`` / ``one_shot_speedup`` are fit plus request (what a single request costs).
 """
 
 from __future__ import annotations
@@ -50,7 +56,11 @@ class Strategy:
 
     ``label`` names the row in reports (``second-order-it`` for the iterative variant, ...);
     ``rule`` says how the hyperparameters were chosen; ``setup_seconds`` is time the rule itself
-    spent (e.g. estimating a curvature eigenvalue), added to the method's time.
+    spent (e.g. estimating a curvature eigenvalue), added to the method's time. ``curvature``, a
+    kind of :func:`unlearnkit.curvature.fit` (``"exact"``, ``"kfac"``, ``"ekfac"``, ...), makes
+    it a cached strategy: that curvature is fitted once per model (not timed with the request)
+    and given to the method as ``curvature=``; ``None`` lets the method compute its own. ``skip``, when
+    set, says why the strategy is not run on this problem: its row's status is ``not run: <skip>``.
     """
 
     label: str
@@ -58,6 +68,8 @@ class Strategy:
     hyperparameters: dict = field(default_factory=dict)
     rule: str = ""
     setup_seconds: float = 0.0
+    curvature: str | None = None
+    skip: str | None = None
 
 
 @dataclass
@@ -92,12 +104,46 @@ class Row:
     speedup: float | None = None
     gradients: int | None = None
     hvps: int | None = None
+    fit_seconds: float | None = None
+    one_shot_seconds: float | None = None
+    one_shot_speedup: float | None = None
     efficacy: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     status: str = "ok"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class CurvatureCache:
+    """Curvatures fitted once per (model, training data, kind, device) and reused by every request on that model.
+
+    The way a deployment (or :mod:`unlearnkit.ledger`) works: the curvature is fitted after training and
+    saved; requests only read it. :meth:`get` fits on the first call for a model and returns the same
+    object, with the seconds that one fit took, on every later call. Keys hold the model and data objects
+    themselves, so a new model is never served another's curvature.
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[object, object, str, str, object, float]] = []
+
+    @property
+    def fits(self) -> int:
+        """How many curvatures this cache has fitted."""
+        return len(self._entries)
+
+    def get(self, model: UnlearnableModel, data: Dataset, kind: str, *, device=None):
+        """``(curvature, fit_seconds)``: the cached fit of ``model`` on ``data``, fitted now if there is none."""
+        for m, d, k, dev, fitted, seconds in self._entries:
+            if m is model and d is data and k == kind and dev == str(device):
+                return fitted, seconds
+        from unlearnkit import curvature as curvatures  # looked up at call time: tests count the fits
+
+        start = timing.start(device)
+        fitted = curvatures.fit(model, data, kind=kind, device=device)
+        seconds = timing.since(start, device)
+        self._entries.append((model, data, kind, str(device), fitted, seconds))
+        return fitted, seconds
 
 
 def _accuracy(predictions: np.ndarray, data: Dataset) -> float:
@@ -125,6 +171,7 @@ def compare(
     *,
     device=None,
     train_fn=None,
+    curvatures: CurvatureCache | None = None,
     step: Callable[[str], None] = lambda message: None,
 ) -> list[Row]:
     """Solve ``problem`` with retraining, SISA (when the problem has an ensemble) and each strategy.
@@ -134,7 +181,9 @@ def compare(
     the model's recipe (its ``train_fn`` or ``train_config``); ``train_fn(module, data)`` retrains
     it with the user's own loop instead (:func:`unlearnkit.retrain` with ``train_fn``), timed
     the same way, and the strategies receive the model carrying that loop (so ``retrain`` and
-    ``retrain-warm`` repeat it; the model itself is not changed).
+    ``retrain-warm`` repeat it; the model itself is not changed). ``curvatures`` holds the
+    curvatures of cached strategies (``Strategy.curvature``); pass one cache to every problem
+    that shares a model so that its curvature is fitted once (default: a new cache per call).
     """
     if not isinstance(problem.model, UnlearnableModel):
         raise ModelError(f"Problem.model must be an unlearnkit model, got {type(problem.model).__name__}; "
@@ -189,10 +238,20 @@ def compare(
     if train_fn is not None:  # the strategies retrain (retrain, retrain-warm) with the loop too
         subject = copy.copy(problem.model)  # shallow: the same parameters, another attribute dict
         subject.__dict__.update(train_fn=train_fn, train_seed=int(getattr(problem.model, "train_seed", 0) or 0))
+    curvatures = CurvatureCache() if curvatures is None else curvatures
     for strategy in strategies:
+        if strategy.skip:
+            rows.append(Row(problem.scenario, problem.name, problem.seed, strategy.label, status=f"not run: {strategy.skip}",
+                            settings=_clean_settings({"rule": strategy.rule, **strategy.hyperparameters})))
+            continue
         step(f"{problem.name}: {strategy.label}")
+        fit_seconds = None
         try:
-            method = methods.make(strategy.method, **strategy.hyperparameters)
+            hyperparameters = dict(strategy.hyperparameters)
+            if strategy.curvature is not None:  # fitted once per model, outside the request's timer
+                hyperparameters["curvature"], fit_seconds = curvatures.get(problem.model, problem.train,
+                                                                           strategy.curvature, device=device)
+            method = methods.make(strategy.method, **hyperparameters)
             res = method.unlearn(subject, problem.train, problem.changes, device=device)
         except UnlearnKitError as exc:
             log.warning("%s failed on %s: %s", strategy.label, problem.name, exc)
@@ -204,7 +263,12 @@ def compare(
         row.speedup = retrain_seconds / max(row.seconds, 1e-9)
         row.gradients = res.per_sample_gradients or _method_gradients(strategy, res, len(resolved.corrected))
         row.hvps = res.hvps
+        if fit_seconds is not None:
+            row.fit_seconds = fit_seconds
+            row.one_shot_seconds = fit_seconds + row.seconds
+            row.one_shot_speedup = retrain_seconds / max(row.one_shot_seconds, 1e-9)
         row.settings = _clean_settings({"rule": strategy.rule, "hyperparameters": strategy.hyperparameters,
+                                        **({"cached_curvature": strategy.curvature} if strategy.curvature else {}),
                                         **{k: v for k, v in res.diagnostics.items() if k in ("settings", "tau", "chunks", "steps")}})
         rows.append(row)
     return rows

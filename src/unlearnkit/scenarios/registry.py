@@ -15,7 +15,7 @@ from unlearnkit.devices import check_device
 from unlearnkit.errors import UnlearnKitError
 from unlearnkit.progress import check_progress, status_line
 from unlearnkit.scenarios import rules
-from unlearnkit.scenarios.compare import compare
+from unlearnkit.scenarios.compare import CurvatureCache, compare
 from unlearnkit.scenarios.report import ScenarioResult, write
 
 log = logging.getLogger(__name__)
@@ -123,11 +123,13 @@ def run(
         rows, problems_info = [], {}
         for seed in seeds:
             report(f"seed {seed}: building the problems (data, poisoning, training)")
+            curvatures = CurvatureCache()  # a cached strategy's curvature: fitted once per model, reused by its problems
             for problem in module.problems(preset, seed, device):
                 problems_info.setdefault(problem.name, problem.info)
                 strategies = getattr(module, "strategies", rules.default_strategies)(
                     problem.model, problem.train, problem.changes, seed=seed, device=device)
-                rows += compare(problem, strategies, device=device, step=lambda m, s=seed: report(f"seed {s}: {m}"))
+                rows += compare(problem, strategies, device=device, curvatures=curvatures,
+                                step=lambda m, s=seed: report(f"seed {s}: {m}"))
         result = ScenarioResult(name, size, seeds, rows, problems=problems_info, derive=getattr(module, "derive", None),
                                 rules=rules.__doc__ or "")
         result.goals = module.goals(result.aggregate())
