@@ -167,13 +167,8 @@ def test_a_rejected_guarded_update_is_not_warned_about_twice(caplog):
 
 
 def test_cli_compare_retrain_reports_times_and_speedup(tmp_path, cancer):
-    data, = standardize(cancer)
-    csv = tmp_path / "s.csv"
-    names = [f"f{i}" for i in range(data.n_features)]
-    csv.write_text(",".join(names) + ",label\n" + "".join(
-        ",".join(f"{v:.6f}" for v in row) + f",{int(lab)}\n" for row, lab in zip(data.X, data.y)))
-    model, out, changes = tmp_path / "m.pt", tmp_path / "u.pt", tmp_path / "c.json"
-    assert runner.invoke(app, ["train", "--data", str(csv), "--out", str(model)]).exit_code == 0
+    _, csv, model = _cancer_csv(tmp_path, cancer)
+    out, changes = tmp_path / "u.pt", tmp_path / "c.json"
     changes.write_text(json.dumps({"feature_edits": [{"columns": [3], "values": [0.0], "rows": None}]}))
     r = runner.invoke(app, ["unlearn", "--model", str(model), "--data", str(csv), "--changes", str(changes),
                             "--out", str(out), "--compare-retrain", "--strict", "--format", "json"])

@@ -1377,6 +1377,7 @@ def changes_relabel(
     A label is a class code (0..k-1) or, for a model trained on text labels, a class name (`5=cat`), written to the file as the name; `unlearn`, `evaluate` and `ledger apply` resolve it with the model's stored class names.
     """
     from unlearnkit import Changes
+    from unlearnkit.data.readers import _is_number
 
     if out is not None:
         _check_out(out)
@@ -1388,7 +1389,7 @@ def changes_relabel(
         try:
             codes = _ints([text], "a label", example)
         except _ShellChangesError:
-            if _looks_numeric(text):
+            if _is_number(text):
                 raise  # 1.5, 1e3: not a class code, and no name either
             if not text.strip() or "," in text:
                 raise _ShellChangesError(f"{token!r}: give one label (a class code or a class name); e.g. {example}.") from None
@@ -1440,14 +1441,6 @@ def changes_edit(
         _emit_changes(Changes.set_features(cols, vals, row_ids), out)
     except UnlearnKitError as exc:
         _fail(exc)
-
-
-def _looks_numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _read_changes(file: str, class_names=None):
