@@ -1,7 +1,11 @@
 """Full-size runs of the scenarios: ``benchmarks/results/scenarios.json`` and ``docs/scenarios/``.
 
-    python benchmarks/bench_scenarios.py                       # all four, full size, seed 0
-    python benchmarks/bench_scenarios.py --only canary --seeds 0 1
+    python benchmarks/bench_scenarios.py                       # all four, full size, seeds 0 1 2
+    python benchmarks/bench_scenarios.py --only canary --seeds 0 --baselines none
+
+The tuned baselines are searched first, on ``--tuning-seeds`` (disjoint from ``--seeds``), with ``--trials``
+trials per method and problem; every trial and chosen setting is kept in
+``benchmarks/results/tuning/<scenario>.sqlite`` (a rerun with the same settings reads them back).
 
 Each scenario writes its report (Markdown, PNG, JSON) under ``docs/scenarios/``; this script
 merges their JSON into ``benchmarks/results/scenarios.json`` (one entry per scenario, replaced
@@ -24,23 +28,34 @@ from unlearnkit import scenarios
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "scenarios.json"
 DOCS = ROOT.parent / "docs" / "scenarios"
+TUNING = ROOT / "results" / "tuning"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=list(scenarios.SCENARIOS), choices=list(scenarios.SCENARIOS))
     parser.add_argument("--size", default="full", choices=scenarios.SIZES)
-    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--tuning-seeds", nargs="*", type=int, default=None, help="default: the scenario's (1000)")
+    parser.add_argument("--trials", type=int, default=None, help="search trials per method and problem (default: the size's)")
+    parser.add_argument("--baselines", default=None, help="comma list of methods to tune, or 'none' (default: all seven)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: timings unaffected by a busy second core)")
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.only:
         start = time.perf_counter()
-        result = scenarios.run(name, size=args.size, seeds=args.seeds, out=DOCS, device=args.device,
+        options = {} if args.baselines is None else {
+            "baselines": () if args.baselines == "none" else tuple(m.strip() for m in args.baselines.split(",") if m.strip())}
+        TUNING.mkdir(parents=True, exist_ok=True)
+        result = scenarios.run(name, size=args.size, seeds=args.seeds, out=DOCS, device=args.device, threads=args.threads,
+                               tuning_seeds=args.tuning_seeds, trials=args.trials, store=TUNING / f"{name}.sqlite", **options,
                                step=lambda m: print(f"[{time.perf_counter() - start:7.1f}s] {name}: {m}", file=sys.stderr, flush=True))
         entry = result.to_dict()
-        entry["command"] = f"python benchmarks/bench_scenarios.py --only {name} --size {args.size} --seeds " + " ".join(map(str, args.seeds))
+        entry["command"] = " ".join(["python benchmarks/bench_scenarios.py --only", name, "--size", args.size, "--seeds",
+                                     *map(str, args.seeds), *(["--tuning-seeds", *map(str, args.tuning_seeds)] if args.tuning_seeds else []),
+                                     *(["--trials", str(args.trials)] if args.trials else []),
+                                     *(["--baselines", args.baselines] if args.baselines else [])])
         store = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # re-read: another run may have written
         store[name] = entry
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

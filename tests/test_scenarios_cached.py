@@ -41,7 +41,7 @@ def test_cached_row_fits_the_curvature_once_per_model_and_every_request_reuses_i
 
     monkeypatch.setattr(unlearnkit.curvature, "fit", counting_fit)
     monkeypatch.setattr(compare_module.methods, "make", recording_make)
-    result = scenarios.run("sensitive-features", size="tiny", out=tmp_path)
+    result = scenarios.run("sensitive-features", size="tiny", out=tmp_path, baselines=())
 
     rows = {(r.problem, r.method): r for r in result.rows}
     problems = list(dict.fromkeys(r.problem for r in result.rows))

@@ -185,6 +185,13 @@ def scenario_cmd(
                                 "idle cores make every step wait for the others."),
     fmt: str = typer.Option("table", "--format", help="table, or json (the per-method means over seeds, the goals and "
                             "the report's paths, as one object; progress goes to standard error)."),
+    tuning_seeds: Optional[str] = typer.Option(None, "--tuning-seeds", help="Comma-separated seeds the tuned baselines "
+                                               "are tuned on, disjoint from --seeds (default 1000)."),
+    trials: Optional[int] = typer.Option(None, help="Search trials per problem and tuned baseline (default: 2 at tiny, "
+                                         "8 at full)."),
+    baselines: str = typer.Option("ft,ng+,scrub,salun,l1-sparse,ssd,msg", help="Comma-separated deep-unlearning "
+                                  "methods tuned on the tuning seeds and evaluated as '<method> \\[tuned]' rows, or "
+                                  "'none'. Every trial is stored in <out>/tuning.sqlite."),
 ) -> None:
     """Run one of the paper's scenarios end to end and write its report (Markdown, PNG plot, JSON).
 
@@ -206,6 +213,11 @@ def scenario_cmd(
     except ValueError:
         raise typer.BadParameter(f"--seeds expects comma-separated integers, got {seeds!r}") from None
     try:
+        tuning_list = None if tuning_seeds is None else [int(s) for s in tuning_seeds.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--tuning-seeds expects comma-separated integers, got {tuning_seeds!r}") from None
+    baseline_list = () if baselines.strip().lower() == "none" else tuple(m.strip() for m in baselines.split(",") if m.strip())
+    try:
         import time
 
         begun = time.perf_counter()
@@ -215,7 +227,8 @@ def scenario_cmd(
                 err.print(f"{time.perf_counter() - begun:6.1f}s  {message}", markup=False, highlight=False)
 
             result = scenarios.run(name, size=size, seeds=seed_list, out=out, device=device, threads=threads,
-                                   progress=False, step=step)
+                                   progress=False, step=step, tuning_seeds=tuning_list, trials=trials,
+                                   baselines=baseline_list)
     except UnlearnKitError as exc:
         _fail(exc)
     from unlearnkit.scenarios.report import NOOP_FLAG, noop_methods
@@ -227,7 +240,8 @@ def scenario_cmd(
         for e in summary:
             e["noop"] = (e["problem"], e["method"]) in noop
         typer.echo(_json_text({"scenario": name, "size": size, "seeds": seed_list, "seconds": result.seconds,
-                               "summary": summary, "goals": [g.to_dict() for g in result.goals], "report": paths}))
+                               "summary": summary, "goals": [g.to_dict() for g in result.goals], "report": paths,
+                               "tuning": result.tuning}))
         return
     efficacy = list(dict.fromkeys([*(k for r in result.rows for k in r.efficacy), *result.derived_keys()]))
     for problem in dict.fromkeys(e["problem"] for e in summary):

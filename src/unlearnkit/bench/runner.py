@@ -91,9 +91,11 @@ def choose(trials: list[dict]) -> dict | None:
 
 
 class _Study:
-    """One (problem, method) search: an in-memory Optuna study rebuilt from the stored trials."""
+    """One (problem, method) search: an in-memory Optuna study rebuilt from the stored trials; ``n_objectives``
+    values per trial (DeepUnlearn's four, :data:`~unlearnkit.bench.jobs.OBJECTIVES`, unless a caller scores others)."""
 
-    def __init__(self, config: BenchConfig, problem, method: str, stored: list[dict], index: int) -> None:
+    def __init__(self, config: BenchConfig, problem, method: str, stored: list[dict], index: int,
+                 n_objectives: int = len(OBJECTIVES)) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -101,7 +103,7 @@ class _Study:
         self.fixed = dict(config.fixed.get(method, {}))
         self.space = search_space(method, config.recipe(problem.dataset).epoch_cap, self.fixed)
         self.budget = config.trials
-        self.study = optuna.create_study(directions=["minimize"] * len(OBJECTIVES),
+        self.study = optuna.create_study(directions=["minimize"] * n_objectives,
                                          sampler=make_sampler(config, index, len(stored)))
         self.stored = list(stored)
         for t in stored:  # with the sampler's attributes (an NSGA trial's generation), so the search goes on

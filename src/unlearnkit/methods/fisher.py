@@ -319,10 +319,12 @@ def squared_gradient_importance(net: nn.Module, data: Tensors, *, batch_size: in
     summary="SSD (Selective Synaptic Dampening): shrink the parameters far more important to the forget set than "
             "to the training data; no training",
     hyperparameters=(
-        Hyperparameter("alpha", float, 10.0, "selection weighting: dampen where []_f > alpha []_D", "> 0",
-                       "paper (Foster et al. 2024: alpha = 10)"),
-        Hyperparameter("lam", float, 1.0, "dampening constant: beta = min(lam []_D / []_f, 1)", "> 0",
-                       "paper (Foster et al. 2024: lambda = 1)"),
+        Hyperparameter("alpha", float, 10.0, "selection weighting: dampen where []_f > alpha []_D",
+                       "> 0; searched log-uniform [1, 100]",
+                       "paper (Foster et al. 2024: alpha = 10); the search interval is ours, a decade either side"),
+        Hyperparameter("lam", float, 1.0, "dampening constant: beta = min(lam []_D / []_f, 1)",
+                       "> 0; searched log-uniform [0.1, 10]",
+                       "paper (Foster et al. 2024: lambda = 1); the search interval is ours, a decade either side"),
         Hyperparameter("batch_size", int, 64, "rows per batch of both importance estimates", ">= 1",
                        "ours: the importances are means of squared batch gradients, so both sets use the same "
                        "batch size"),

@@ -1,8 +1,8 @@
 """One comparison: an unlearning problem solved by every strategy, measured against retraining.
 
 A :class:`Problem` is a trained model, the data it was trained on, the change that must be
-unlearned, a clean test set and (optionally) a SISA ensemble trained on the same data and a
-scenario-specific efficacy measure. :func:`compare` solves it with each :class:`Strategy` and
+unlearned, a clean test set and (optionally) held-out validation rows the methods may use, a SISA
+ensemble trained on the same data and a scenario-specific efficacy measure. :func:`compare` solves it with each :class:`Strategy` and
 returns one :class:`Row` per strategy, all on the same seed:
 
 * **fidelity** — test accuracy, and the distance to the retrained model: relative L2 distance of
@@ -86,6 +86,9 @@ class Problem:
     sisa: UnlearnableModel | None = None
     efficacy: Efficacy | None = None
     info: dict = field(default_factory=dict)
+    val: Dataset | None = None
+    """Held-out rows, disjoint from ``train`` and ``test``, that methods may use (``unlearn(..., val=)``): the
+    guard's held-out test, SCRUB's checkpoint choice, a tuned baseline's search objective. Never scored."""
 
 
 @dataclass
@@ -239,6 +242,7 @@ def compare(
         subject = copy.copy(problem.model)  # shallow: the same parameters, another attribute dict
         subject.__dict__.update(train_fn=train_fn, train_seed=int(getattr(problem.model, "train_seed", 0) or 0))
     curvatures = CurvatureCache() if curvatures is None else curvatures
+    val = problem.val if problem.val is not None and len(problem.val) else None  # no rows: as if none were given
     for strategy in strategies:
         if strategy.skip:
             rows.append(Row(problem.scenario, problem.name, problem.seed, strategy.label, status=f"not run: {strategy.skip}",
@@ -252,7 +256,7 @@ def compare(
                 hyperparameters["curvature"], fit_seconds = curvatures.get(problem.model, problem.train,
                                                                            strategy.curvature, device=device)
             method = methods.make(strategy.method, **hyperparameters)
-            res = method.unlearn(subject, problem.train, problem.changes, device=device)
+            res = method.unlearn(subject, problem.train, problem.changes, val=val, device=device)
         except UnlearnKitError as exc:
             log.warning("%s failed on %s: %s", strategy.label, problem.name, exc)
             rows.append(Row(problem.scenario, problem.name, problem.seed, strategy.label, status=f"failed: {exc}",

@@ -14,7 +14,7 @@ from unlearnkit.atomic import check_folder, check_target
 from unlearnkit.devices import check_device
 from unlearnkit.errors import UnlearnKitError
 from unlearnkit.progress import check_progress, status_line
-from unlearnkit.scenarios import rules
+from unlearnkit.scenarios import rules, tuning
 from unlearnkit.scenarios.compare import CurvatureCache, compare
 from unlearnkit.scenarios.report import ScenarioResult, write
 
@@ -42,7 +42,7 @@ class Scenario:
 
 SCENARIOS = {s.name: s for s in (
     Scenario("sensitive-features", "features", "zero personal-name and column features in logistic regression"),
-    Scenario("canary", "canary", "unlearn a memorised telephone number from a character-level LSTM", y="exposure",
+    Scenario("canary", "canary", "unlearn a memorised telephone number from a character-level LSTM and a small transformer", y="exposure",
              y_label="exposure (bits)"),
     Scenario("label-poisoning", "poisoning", "correct flipped training labels of a CNN"),
     Scenario("backdoor", "backdoor", "remove a trigger patch and its target label from a CNN", y="attack_success",
@@ -60,6 +60,10 @@ def run(
     threads: int = 1,
     progress="auto",
     step: Callable[[str], None] | None = None,
+    tuning_seeds=None,
+    trials: int | None = None,
+    baselines=tuning.BASELINES,
+    store: str | Path | None = None,
 ) -> ScenarioResult:
     """Run scenario ``name`` at ``size`` on each seed; write its report under ``out`` (if given).
 
@@ -85,6 +89,14 @@ def run(
     error when it is a terminal (``True``: always, ``False``: never); a callable
     ``progress(message)`` receives each step instead of the line. ``step`` is the older name of
     that callable and works the same.
+
+    Tuned baselines (:mod:`unlearnkit.scenarios.tuning`): each method of ``baselines`` (default FT, NG+, SCRUB,
+    SalUn, l1-sparse, SSD and MSG; ``()`` for none) is first tuned by the bench's search with ``trials`` trials per
+    (problem, method) (default :data:`~unlearnkit.scenarios.tuning.TRIALS` of the size) on the problems built on
+    ``tuning_seeds`` (default :data:`~unlearnkit.scenarios.tuning.TUNING_SEEDS`; they must be disjoint from
+    ``seeds``), then evaluated on every seed as the row ``<method> [tuned]``. Every trial and chosen setting goes
+    to the SQLite file ``store`` (default ``<out>/tuning.sqlite``, or a temporary file when ``out`` is None); the
+    report states the tuning budget (``result.tuning``).
     """
     if name not in SCENARIOS:
         raise ScenarioError(f"Unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}.")
@@ -103,10 +115,13 @@ def run(
     if step is not None and not callable(step):
         raise ScenarioError(f"step must be a callable step(message), got {type(step).__name__}.")
     check_device(device, what="device", error=ScenarioError)
+    baselines, trials, tuning_seeds = tuning.check_options(size, seeds, baselines, trials, tuning_seeds, ScenarioError)
     if out is not None:  # before any computing: a run of minutes must not end on an unwritable path
         check_folder(out, option="--out")
         for ext in ("json", "png", "md"):
             check_target(Path(out) / f"{name}.{ext}", user_path=True)
+    if baselines and (store is not None or out is not None):  # the tuning store is written first
+        check_target(Path(store) if store is not None else Path(out) / tuning.DB_NAME, user_path=True)
     callback = step if step is not None else progress if callable(progress) else None
     display = False if callback is not None else progress
     spec = SCENARIOS[name]
@@ -120,7 +135,12 @@ def run(
         start, cpu_start = time.perf_counter(), time.process_time()
         module = spec.load()
         preset = module.SIZES[size]
-        rows, problems_info = [], {}
+        rows, problems_info, tuned = [], {}, None
+        if baselines:
+            with tuning.store_path(store, out) as (path, kept):
+                tuned = tuning.tune(name, size, tuning_seeds=tuning_seeds, eval_seeds=seeds, baselines=baselines,
+                                    trials=trials, store=path, device=device, step=report)
+            tuned.store = str(path) if kept else None
         for seed in seeds:
             report(f"seed {seed}: building the problems (data, poisoning, training)")
             curvatures = CurvatureCache()  # a cached strategy's curvature: fitted once per model, reused by its problems
@@ -128,10 +148,12 @@ def run(
                 problems_info.setdefault(problem.name, problem.info)
                 strategies = getattr(module, "strategies", rules.default_strategies)(
                     problem.model, problem.train, problem.changes, seed=seed, device=device)
+                if tuned is not None:
+                    strategies = [*strategies, *tuned.strategies(problem.name, seed)]
                 rows += compare(problem, strategies, device=device, curvatures=curvatures,
                                 step=lambda m, s=seed: report(f"seed {s}: {m}"))
         result = ScenarioResult(name, size, seeds, rows, problems=problems_info, derive=getattr(module, "derive", None),
-                                rules=rules.__doc__ or "")
+                                rules=rules.__doc__ or "", tuning=tuned.to_dict() if tuned is not None else {})
         result.goals = module.goals(result.aggregate())
         result.seconds = time.perf_counter() - start
         result.machine(device)  # recorded now, with the run's thread count and device

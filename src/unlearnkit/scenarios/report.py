@@ -29,8 +29,9 @@ MEASURES = ("test_accuracy", "corrected_accuracy", "distance", "agreement", "sec
             "fit_seconds", "one_shot_seconds", "one_shot_speedup")
 CACHED_NOTE = ("A `[cached]` row is amortised: its curvature is fitted once per model (column *fit s*, the same fit for "
                "every problem of that model) and reused; its *seconds* and *speed-up* are the request alone, and "
-               "*one-shot* is the speed-up of fit plus request (a model that serves a single request). The other "
-               "rows are one-shot already.")
+               "*one-shot* is the speed-up of fit plus request (a model that serves a single request). Rows marked "
+               "`kfac` or `ekfac` (a network's K-FAC / EK-FAC curvature, fitted once per model) are amortised the "
+               "same way; the other rows are one-shot already.")
 
 
 @dataclass
@@ -59,6 +60,7 @@ class ScenarioResult:
     seconds: float = 0.0
     derive: object = None  # derive(summary) -> new keys: scenario measures computed across methods (e.g. restored)
     environment: dict = field(default_factory=dict)  # the machine the run was made on; measured when empty
+    tuning: dict = field(default_factory=dict)  # the tuned baselines' budget and settings (scenarios.tuning.Tuning.to_dict)
 
     def aggregate(self) -> list[dict]:
         summary = aggregate(self.rows)
@@ -90,7 +92,7 @@ class ScenarioResult:
         return {
             "scenario": self.scenario, "size": self.size, "seeds": self.seeds, "seconds": self.seconds,
             "environment": self.machine(), "problems": self.problems, "goals": [g.to_dict() for g in self.goals],
-            "summary": self.aggregate(), "rows": [r.to_dict() for r in self.rows],
+            "summary": self.aggregate(), "rows": [r.to_dict() for r in self.rows], "tuning": self.tuning,
         }
 
     @classmethod
@@ -101,7 +103,7 @@ class ScenarioResult:
         return cls(data["scenario"], data["size"], list(data["seeds"]), rows,
                    goals=[Goal(g["name"], g["met"], g["detail"]) for g in data.get("goals", [])],
                    problems=data.get("problems", {}), seconds=float(data.get("seconds") or 0.0), derive=derive,
-                   environment=dict(data.get("environment") or {}))
+                   environment=dict(data.get("environment") or {}), tuning=dict(data.get("tuning") or {}))
 
 
 def _stats(values: list) -> tuple[float | None, float | None]:
@@ -304,6 +306,10 @@ def markdown(result: ScenarioResult, *, title: str, intro: str, image: str | Non
         for (problem, method), s in settings.items():
             lines.append(f"- {problem} / {method}: `{json.dumps(s, sort_keys=True, default=str)[:400]}`")
         lines.append("")
+    if result.tuning:
+        from unlearnkit.scenarios.tuning import budget_lines
+
+        lines += budget_lines(result.tuning)
     if result.rules:
         lines += ["## Rules", "", result.rules.strip(), ""]
     return "\n".join(lines)
