@@ -104,7 +104,7 @@ def problems(size: Size, seed: int, device, *, sisa: bool = True) -> list[Proble
             changes = Changes.zero_features(patch_columns(clean.feature_shape), rows=ids) + Changes.relabel(ids, clean.y[rows])
             out.append(Problem(NAME, f"{name}: {int(100 * rate)}% triggered", seed, model, poisoned, test, changes, sisa=ensemble,
                                val=val, efficacy=attack_success(test, value, device),
-                               info={"rows": f"{len(clean)} train / {len(test)} test", "poisoned": len(rows),
+                               info={"rows": f"{len(clean)} train / {len(val)} val / {len(test)} test", "poisoned": len(rows),
                                      "trigger pixels": len(patch_columns(clean.feature_shape)), "epochs": epochs}))
     return out
 

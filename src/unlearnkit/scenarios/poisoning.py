@@ -8,7 +8,8 @@ the correct labels of the flipped points and unlearns the wrong ones by relabell
 
 Sizes (the SmallCNN of :mod:`unlearnkit.models.cnn`; Adam, lr 3e-3, batch 64):
 
-* ``tiny`` (tests): scikit-learn's digits, 20 % random flips, a CNN of 4/8 channels.
+* ``tiny`` (tests): scikit-learn's digits (65 % train, 10 % val, 25 % test), a CNN of 4/8 channels, two
+  problems: 20 % random flips, and 15 % targeted flips on two source classes as at full size.
 * ``full``: all 60,000 Fashion-MNIST training images (Debian's ``dataset-fashion-mnist``; skipped
   with a note when it is not installed), the 10,000 test images split into 5,000 ``val`` and
   5,000 ``test``, the 16/32-channel CNN trained for 12 epochs (test accuracy levels off at about
@@ -180,7 +181,7 @@ def problems(size: Size, seed: int, device, *, sisa: bool = True) -> list[Proble
                 model, ensemble = train_pair(poisoned, size, epochs, seed, device, sisa=sisa)
                 changes = Changes.relabel(clean.ids[rows], clean.y[rows])
                 out.append(Problem(NAME, f"{name}: {int(100 * rate)}% {kind} flips", seed, model, poisoned, test, changes,
-                                   sisa=ensemble, val=val, info={"rows": f"{len(clean)} train / {len(test)} test",
+                                   sisa=ensemble, val=val, info={"rows": f"{len(clean)} train / {len(val)} val / {len(test)} test",
                                                     "flipped": len(rows), "epochs": epochs,
                                                     **({"pairs": _pairs(clean.y[rows], new)} if targeted else {})}))
     return out
