@@ -151,3 +151,26 @@ def test_a_scenario_without_a_bounded_measure_searches_its_three_gaps(tmp_path):
         assert [t["state"] for t in stored] == ["complete"] * 5 and all(len(json.loads(t["objectives"])) == 3 for t in stored)
         # NSGA-III (population 4): the fifth trial is bred from the first generation's completed trials
         assert json.loads(stored[4]["attrs"]).get("NSGAIIISampler:generation") == 1
+
+
+def test_only_builds_and_tunes_the_problems_whose_name_matches(tmp_path, monkeypatch):
+    from unlearnkit.scenarios import poisoning
+
+    trained = []
+    train_pair = poisoning.train_pair
+
+    def counting(data, *args, **kwargs):
+        trained.append(data.name)
+        return train_pair(data, *args, **kwargs)
+
+    monkeypatch.setattr(poisoning, "train_pair", counting)
+    result = scenarios.run("label-poisoning", size="tiny", only="targeted", baselines=("ft",), trials=1, out=tmp_path,
+                           progress=False)
+    assert {r.problem for r in result.rows} == {"digits: 15% targeted flips"}
+    assert len(trained) == 2  # one tuning problem and one evaluation problem: the random-flip problem is never trained
+    studies = _rows(tmp_path / tuning.DB_NAME, "SELECT problem FROM studies")
+    assert [s["problem"] for s in studies] == ["digits: 15% targeted flips"]
+    with pytest.raises(ScenarioError, match="No problem of label-poisoning"):
+        scenarios.run("label-poisoning", only="nope", baselines=())
+    with pytest.raises(ScenarioError, match="only must be"):
+        scenarios.run("label-poisoning", only="", baselines=())

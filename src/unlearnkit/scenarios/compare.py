@@ -149,6 +149,21 @@ class CurvatureCache:
         return fitted, seconds
 
 
+def build_problems(module, preset, seed: int, device, *, only: str | None = None, sisa: bool = True) -> list[Problem]:
+    """``module.problems(preset, seed, device)``, keeping the problems whose name contains ``only`` (all when None).
+
+    Where the scenario module takes them, ``keep`` (a name filter applied before a problem's model is trained)
+    and ``sisa=False`` (no SISA ensembles) are passed on, so that what is left out costs nothing.
+    """
+    import inspect
+
+    accepts = inspect.signature(module.problems).parameters
+    keep = None if only is None else (lambda name: only in name)
+    options = {**({"keep": keep} if keep is not None and "keep" in accepts else {}),
+               **({"sisa": False} if not sisa and "sisa" in accepts else {})}
+    return [p for p in module.problems(preset, seed, device, **options) if keep is None or keep(p.name)]
+
+
 def _accuracy(predictions: np.ndarray, data: Dataset) -> float:
     return float(np.mean(predictions == data.y)) if len(data) else float("nan")
 

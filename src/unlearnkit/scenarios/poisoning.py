@@ -166,13 +166,16 @@ def train_pair(kind_data: Dataset, size, epochs: int, seed: int, device, *, sisa
     return model, sisa
 
 
-def problems(size: Size, seed: int, device, *, sisa: bool = True) -> list[Problem]:
-    """The scenario's problems on ``seed``; ``sisa=False`` skips the SISA ensembles (the tuning search needs none)."""
+def problems(size: Size, seed: int, device, *, sisa: bool = True, keep=None) -> list[Problem]:
+    """The scenario's problems on ``seed``; ``sisa=False`` skips the SISA ensembles (the tuning search needs none),
+    ``keep(name)`` returning False skips a problem before its model is trained."""
     out = []
     for name, clean, val, test, epochs in image_data(size, seed):
         for kind in size.kinds:
             targeted = kind == "targeted"
             for rate in (size.targeted_rates if targeted and size.targeted_rates is not None else size.rates):
+                if keep is not None and not keep(f"{name}: {int(100 * rate)}% {kind} flips"):
+                    continue
                 sources = size.targeted_sources if targeted else None
                 rows, new = flip_labels(clean.y, rate, kind, clean.n_classes, seed, sources=sources)
                 y = clean.y.copy()

@@ -15,7 +15,7 @@ from unlearnkit.devices import check_device
 from unlearnkit.errors import UnlearnKitError
 from unlearnkit.progress import check_progress, status_line
 from unlearnkit.scenarios import rules, tuning
-from unlearnkit.scenarios.compare import CurvatureCache, compare
+from unlearnkit.scenarios.compare import CurvatureCache, build_problems, compare
 from unlearnkit.scenarios.report import ScenarioResult, write
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def run(
     trials: int | None = None,
     baselines=tuning.BASELINES,
     store: str | Path | None = None,
+    only: str | None = None,
 ) -> ScenarioResult:
     """Run scenario ``name`` at ``size`` on each seed; write its report under ``out`` (if given).
 
@@ -97,6 +98,9 @@ def run(
     ``seeds``), then evaluated on every seed as the row ``<method> [tuned]``. Every trial and chosen setting goes
     to the SQLite file ``store`` (default ``<out>/tuning.sqlite``, or a temporary file when ``out`` is None); the
     report states the tuning budget (``result.tuning``).
+
+    ``only`` keeps the problems whose name contains it (``only="targeted"``: the targeted flips of
+    label-poisoning), for evaluation and tuning alike; the others are not built.
     """
     if name not in SCENARIOS:
         raise ScenarioError(f"Unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}.")
@@ -115,6 +119,8 @@ def run(
     if step is not None and not callable(step):
         raise ScenarioError(f"step must be a callable step(message), got {type(step).__name__}.")
     check_device(device, what="device", error=ScenarioError)
+    if only is not None and (not isinstance(only, str) or not only.strip()):
+        raise ScenarioError(f"only must be a non-empty part of a problem's name, got {only!r}.")
     baselines, trials, tuning_seeds = tuning.check_options(size, seeds, baselines, trials, tuning_seeds, ScenarioError)
     if out is not None:  # before any computing: a run of minutes must not end on an unwritable path
         check_folder(out, option="--out")
@@ -139,12 +145,16 @@ def run(
         if baselines:
             with tuning.store_path(store, out) as (path, kept):
                 tuned = tuning.tune(name, size, tuning_seeds=tuning_seeds, eval_seeds=seeds, baselines=baselines,
-                                    trials=trials, store=path, device=device, step=report)
+                                    trials=trials, store=path, device=device, step=report, only=only)
             tuned.store = str(path) if kept else None
         for seed in seeds:
             report(f"seed {seed}: building the problems (data, poisoning, training)")
             curvatures = CurvatureCache()  # a cached strategy's curvature: fitted once per model, reused by its problems
-            for problem in module.problems(preset, seed, device):
+            built = build_problems(module, preset, seed, device, only=only)
+            if not built:
+                raise ScenarioError(f"No problem of {name} ({size}) has {only!r} in its name; `unlearnkit scenario {name}` "
+                                    "without --problem lists them in its report.")
+            for problem in built:
                 problems_info.setdefault(problem.name, problem.info)
                 strategies = getattr(module, "strategies", rules.default_strategies)(
                     problem.model, problem.train, problem.changes, seed=seed, device=device)

@@ -48,7 +48,6 @@ settings already chosen for the same scenario, size, seeds, budget and search sp
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -67,7 +66,7 @@ from unlearnkit.bench.runner import _Study, choose, population_size
 from unlearnkit.bench.space import describe_space, search_space
 from unlearnkit.bench.store import Store
 from unlearnkit.errors import OutputError, UnlearnKitError
-from unlearnkit.scenarios.compare import Problem, Strategy
+from unlearnkit.scenarios.compare import Problem, Strategy, build_problems
 from unlearnkit.training import predict
 
 log = logging.getLogger(__name__)
@@ -436,7 +435,8 @@ def check_options(size: str, eval_seeds, baselines, trials, tuning_seeds, error=
 
 # ------------------------------------------------------------------------------------------- tuning
 def tune(scenario: str, size: str, *, eval_seeds, tuning_seeds=None, baselines=BASELINES, trials: int | None = None,
-         store: str | Path, device=None, step: Callable[[str], None] = lambda message: None) -> Tuning:
+         store: str | Path, device=None, step: Callable[[str], None] = lambda message: None,
+         only: str | None = None) -> Tuning:
     """Tune ``baselines`` on the scenario's problems built on ``tuning_seeds`` (see the module docstring).
 
     ``tuning_seeds`` and ``trials`` default to the size's (:data:`TUNING_SEEDS`, :data:`TRIALS`). Refuses tuning
@@ -456,6 +456,8 @@ def tune(scenario: str, size: str, *, eval_seeds, tuning_seeds=None, baselines=B
     if not baselines:
         raise ScenarioError("tune() needs at least one method in baselines.")
     preset = module.SIZES[size]
+    # ``only`` selects problems and changes none: a problem's studies are the same with or without it (its name is
+    # part of their key), so a run restricted to some problems reuses what a run of all of them stored
     fp = fingerprint(scenario, size, preset, tuning_seeds, trials, baselines)
     start, cpu_start = time.perf_counter(), time.process_time()
     result = Tuning(scenario, size, tuple(baselines), trials, tuning_seeds, tuple(int(s) for s in eval_seeds),
@@ -468,6 +470,8 @@ def tune(scenario: str, size: str, *, eval_seeds, tuning_seeds=None, baselines=B
                               {"sampler": SAMPLER, "search_seed": SEARCH_SEED, "retain_sample": RETAIN_SAMPLE})
         try:
             names = db.plan(fp)
+            if names is not None and only is not None:
+                names = [n for n in names if only in n] or None
             done = names is not None and all(db.study(fp, p, m) is not None for p in names for m in baselines)
             targets: dict[str, list[_Target]] = {}
             if not done:
@@ -475,13 +479,13 @@ def tune(scenario: str, size: str, *, eval_seeds, tuning_seeds=None, baselines=B
                 for seed in tuning_seeds:
                     step(f"tuning seed {seed}: building the problems")
                     # no SISA ensembles where the scenario can leave them out: the search never uses them
-                    skip_sisa = {"sisa": False} if "sisa" in inspect.signature(module.problems).parameters else {}
-                    for problem in module.problems(preset, seed, device, **skip_sisa):
+                    for problem in build_problems(module, preset, seed, device, only=only, sisa=False):
                         hook = getattr(module, "tuning_measure", None)
                         targets.setdefault(problem.name, []).append(_target(problem, hook(problem, preset, device) if hook else None))
                 seconds["problems"] = timing.since(begun, device)
                 names = list(targets)
-                db.put_plan(fp, names, run_id)
+                if only is None:  # a plan lists every problem; a run restricted by ``only`` leaves it alone
+                    db.put_plan(fp, names, run_id)
             for index, name in enumerate(names):
                 for t in targets.get(name, []):
                     _reference(db, fp, t, device, seconds, run_id, step)
