@@ -32,6 +32,9 @@ def _check_report(result, out: Path, extra=()):
         assert f"| {method} |" in md, method
         for problem in problems:
             rows = [r for r in stored["rows"] if r["problem"] == problem and r["method"] == method]
+            if method == "sisa" and problem.startswith("transformer"):  # a wrapped module has no sharded ensemble
+                assert not rows
+                continue
             assert len(rows) == len(result.seeds) and all(r["status"] == "ok" for r in rows), (problem, method)
     assert stored["goals"] and "## Goals" in md
     return stored
