@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=None, help="search trials per method and problem (default: the size's)")
     parser.add_argument("--baselines", default=None, help="comma list of methods to tune, or 'none' (default: all seven)")
     parser.add_argument("--problem", default=None, help="only the problems whose name contains this text")
+    parser.add_argument("--methods", default=None, help="only these rows (comma-separated labels) besides the original and retraining")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: timings unaffected by a busy second core)")
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
@@ -50,14 +51,17 @@ def main() -> None:
             "baselines": () if args.baselines == "none" else tuple(m.strip() for m in args.baselines.split(",") if m.strip())}
         TUNING.mkdir(parents=True, exist_ok=True)
         result = scenarios.run(name, size=args.size, seeds=args.seeds, out=DOCS, device=args.device, threads=args.threads,
-                               tuning_seeds=args.tuning_seeds, trials=args.trials, store=TUNING / f"{name}.sqlite", only=args.problem, **options,
+                               tuning_seeds=args.tuning_seeds, trials=args.trials, store=TUNING / f"{name}.sqlite", only=args.problem,
+                               methods=None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()],
+                               **options,
                                step=lambda m: print(f"[{time.perf_counter() - start:7.1f}s] {name}: {m}", file=sys.stderr, flush=True))
         entry = result.to_dict()
         entry["command"] = " ".join(["python benchmarks/bench_scenarios.py --only", name, "--size", args.size, "--seeds",
                                      *map(str, args.seeds), *(["--tuning-seeds", *map(str, args.tuning_seeds)] if args.tuning_seeds else []),
                                      *(["--trials", str(args.trials)] if args.trials else []),
                                      *(["--baselines", args.baselines] if args.baselines else []),
-                                     *(["--problem", repr(args.problem)] if args.problem else [])])
+                                     *(["--problem", repr(args.problem)] if args.problem else []),
+                                     *(["--methods", repr(args.methods)] if args.methods else [])])
         store = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # re-read: another run may have written
         store[name] = entry
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

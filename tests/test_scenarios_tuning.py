@@ -174,3 +174,15 @@ def test_only_builds_and_tunes_the_problems_whose_name_matches(tmp_path, monkeyp
         scenarios.run("label-poisoning", only="nope", baselines=())
     with pytest.raises(ScenarioError, match="only must be"):
         scenarios.run("label-poisoning", only="", baselines=())
+
+
+def test_methods_keeps_only_the_rows_asked_for_and_trains_no_ensemble_without_sisa(tmp_path):
+    result = scenarios.run("label-poisoning", size="tiny", only="random", baselines=(), progress=False,
+                           methods=["second-order [head]", "first-order"])
+    assert {r.method for r in result.rows} == {"original", "retrain", "second-order [head]", "first-order"}
+    assert all(r.status == "ok" for r in result.rows)
+    with pytest.raises(ScenarioError, match="has no row 'nope'; its rows: .*second-order \\[head\\]"):
+        scenarios.run("label-poisoning", size="tiny", only="random", baselines=(), methods=["nope"])
+    for bad in ("second-order", [], [3]):
+        with pytest.raises(ScenarioError, match="methods must be"):
+            scenarios.run("label-poisoning", methods=bad, baselines=())

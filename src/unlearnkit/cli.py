@@ -192,6 +192,8 @@ def scenario_cmd(
                                   "'none'. Every trial is stored in <out>/tuning.sqlite."),
     problem: Optional[str] = typer.Option(None, "--problem", help="Only the problems whose name contains this text "
                                           "(e.g. 'targeted'); the others are not built."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Only these rows besides the original and "
+                                          "retraining, as comma-separated labels (e.g. 'second-order [kfac],ft [tuned],sisa')."),
 ) -> None:
     """Run one of the paper's scenarios end to end and write its report (Markdown, PNG plot, JSON).
 
@@ -228,7 +230,8 @@ def scenario_cmd(
 
             result = scenarios.run(name, size=size, seeds=seed_list, out=out, device=device, threads=threads,
                                    progress=False, step=step, tuning_seeds=tuning_list, trials=trials,
-                                   baselines=baseline_list, only=problem)
+                                   baselines=baseline_list, only=problem,
+                                   methods=None if methods is None else [m.strip() for m in methods.split(",") if m.strip()])
     except UnlearnKitError as exc:
         _fail(exc)
     from unlearnkit.scenarios.report import NOOP_FLAG, noop_methods

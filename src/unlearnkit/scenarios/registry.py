@@ -15,7 +15,7 @@ from unlearnkit.devices import check_device
 from unlearnkit.errors import UnlearnKitError
 from unlearnkit.progress import check_progress, status_line
 from unlearnkit.scenarios import rules, tuning
-from unlearnkit.scenarios.compare import CurvatureCache, build_problems, compare
+from unlearnkit.scenarios.compare import SISA as SISA_LABEL, CurvatureCache, build_problems, compare
 from unlearnkit.scenarios.report import ScenarioResult, write
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def run(
     baselines=tuning.BASELINES,
     store: str | Path | None = None,
     only: str | None = None,
+    methods=None,
 ) -> ScenarioResult:
     """Run scenario ``name`` at ``size`` on each seed; write its report under ``out`` (if given).
 
@@ -100,7 +101,10 @@ def run(
     report states the tuning budget (``result.tuning``).
 
     ``only`` keeps the problems whose name contains it (``only="targeted"``: the targeted flips of
-    label-poisoning), for evaluation and tuning alike; the others are not built.
+    label-poisoning), for evaluation and tuning alike; the others are not built. ``methods`` (row labels, e.g.
+    ``["second-order [kfac]", "ft [tuned]", "sisa"]``) keeps only those rows besides the original and retraining;
+    SISA's ensembles are trained only when ``"sisa"`` is listed. A label no problem offers is refused, listing
+    the labels there are.
     """
     if name not in SCENARIOS:
         raise ScenarioError(f"Unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}.")
@@ -119,6 +123,10 @@ def run(
     if step is not None and not callable(step):
         raise ScenarioError(f"step must be a callable step(message), got {type(step).__name__}.")
     check_device(device, what="device", error=ScenarioError)
+    if methods is not None:
+        if isinstance(methods, str) or not all(isinstance(m, str) for m in methods) or not methods:
+            raise ScenarioError(f"methods must be a non-empty list of row labels, got {methods!r}.")
+        methods = list(dict.fromkeys(methods))
     if only is not None and (not isinstance(only, str) or not only.strip()):
         raise ScenarioError(f"only must be a non-empty part of a problem's name, got {only!r}.")
     baselines, trials, tuning_seeds = tuning.check_options(size, seeds, baselines, trials, tuning_seeds, ScenarioError)
@@ -150,7 +158,8 @@ def run(
         for seed in seeds:
             report(f"seed {seed}: building the problems (data, poisoning, training)")
             curvatures = CurvatureCache()  # a cached strategy's curvature: fitted once per model, reused by its problems
-            built = build_problems(module, preset, seed, device, only=only)
+            built = build_problems(module, preset, seed, device, only=only,
+                                   sisa=methods is None or SISA_LABEL in methods)
             if not built:
                 raise ScenarioError(f"No problem of {name} ({size}) has {only!r} in its name; `unlearnkit scenario {name}` "
                                     "without --problem lists them in its report.")
@@ -160,6 +169,12 @@ def run(
                     problem.model, problem.train, problem.changes, seed=seed, device=device)
                 if tuned is not None:
                     strategies = [*strategies, *tuned.strategies(problem.name, seed)]
+                if methods is not None:
+                    unknown = [m for m in methods if m != SISA_LABEL and m not in {s.label for s in strategies}]
+                    if unknown:
+                        raise ScenarioError(f"{problem.name} has no row {', '.join(map(repr, unknown))}; its rows: "
+                                            f"{', '.join(s.label for s in strategies)}, sisa.")
+                    strategies = [s for s in strategies if s.label in methods]
                 rows += compare(problem, strategies, device=device, curvatures=curvatures,
                                 step=lambda m, s=seed: report(f"seed {s}: {m}"))
         result = ScenarioResult(name, size, seeds, rows, problems=problems_info, derive=getattr(module, "derive", None),
