@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from unlearnkit import scenarios
+from unlearnkit.scenarios.registry import split_labels
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "scenarios.json"
@@ -52,7 +53,7 @@ def main() -> None:
         TUNING.mkdir(parents=True, exist_ok=True)
         result = scenarios.run(name, size=args.size, seeds=args.seeds, out=DOCS, device=args.device, threads=args.threads,
                                tuning_seeds=args.tuning_seeds, trials=args.trials, store=TUNING / f"{name}.sqlite", only=args.problem,
-                               methods=None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()],
+                               methods=None if args.methods is None else split_labels(args.methods),
                                **options,
                                step=lambda m: print(f"[{time.perf_counter() - start:7.1f}s] {name}: {m}", file=sys.stderr, flush=True))
         entry = result.to_dict()

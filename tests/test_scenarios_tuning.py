@@ -186,3 +186,10 @@ def test_methods_keeps_only_the_rows_asked_for_and_trains_no_ensemble_without_si
     for bad in ("second-order", [], [3]):
         with pytest.raises(ScenarioError, match="methods must be"):
             scenarios.run("label-poisoning", methods=bad, baselines=())
+
+
+def test_row_labels_split_on_commas_outside_brackets():
+    from unlearnkit.scenarios.registry import split_labels
+
+    assert split_labels("first-order, second-order-it [kfac, guarded],ft [tuned],") == [
+        "first-order", "second-order-it [kfac, guarded]", "ft [tuned]"]

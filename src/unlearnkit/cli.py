@@ -202,6 +202,7 @@ def scenario_cmd(
     if fmt not in ("table", "json"):
         raise typer.BadParameter(f"--format must be table or json, got {fmt!r}.")
     from unlearnkit import scenarios
+    from unlearnkit.scenarios.registry import split_labels
 
     if name == "list":
         if fmt == "json":
@@ -231,7 +232,7 @@ def scenario_cmd(
             result = scenarios.run(name, size=size, seeds=seed_list, out=out, device=device, threads=threads,
                                    progress=False, step=step, tuning_seeds=tuning_list, trials=trials,
                                    baselines=baseline_list, only=problem,
-                                   methods=None if methods is None else [m.strip() for m in methods.split(",") if m.strip()])
+                                   methods=None if methods is None else split_labels(methods))
     except UnlearnKitError as exc:
         _fail(exc)
     from unlearnkit.scenarios.report import NOOP_FLAG, noop_methods

@@ -190,6 +190,21 @@ def run(
     return result
 
 
+def split_labels(text: str) -> list[str]:
+    """Row labels from a comma-separated list; commas inside brackets belong to a label
+    (``"ft [tuned],second-order-it [kfac, guarded]"`` is two labels)."""
+    labels, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            labels.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    labels.append(current.strip())
+    return [label for label in labels if label]
+
+
 @contextmanager
 def torch_threads(n: int):
     """torch's CPU thread count set to ``n`` inside the block, the caller's restored after."""
