@@ -193,3 +193,16 @@ def test_row_labels_split_on_commas_outside_brackets():
 
     assert split_labels("first-order, second-order-it [kfac, guarded],ft [tuned],") == [
         "first-order", "second-order-it [kfac, guarded]", "ft [tuned]"]
+
+
+def test_a_run_of_every_problem_reuses_the_studies_of_a_restricted_run(tmp_path):
+    store = tmp_path / "t.sqlite"
+    first = tuning.tune("label-poisoning", "tiny", tuning_seeds=(1000,), eval_seeds=(0,), baselines=("ft",), trials=1,
+                        store=store, only="targeted")
+    (key,) = first.chosen
+    again = tuning.tune("label-poisoning", "tiny", tuning_seeds=(1000,), eval_seeds=(0,), baselines=("ft",), trials=1,
+                        store=store)
+    assert set(again.chosen) == {("digits: 20% random flips", "ft"), key}
+    assert again.chosen[key].params == first.chosen[key].params
+    trials = _rows(store, "SELECT problem FROM trials")
+    assert sorted(t["problem"] for t in trials) == sorted(["digits: 20% random flips", key[0]])  # none repeated

@@ -53,6 +53,7 @@ import logging
 import math
 import sqlite3
 import time
+import zlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
@@ -486,11 +487,14 @@ def tune(scenario: str, size: str, *, eval_seeds, tuning_seeds=None, baselines=B
                 names = list(targets)
                 if only is None:  # a plan lists every problem; a run restricted by ``only`` leaves it alone
                     db.put_plan(fp, names, run_id)
-            for index, name in enumerate(names):
+            for name in names:
                 for t in targets.get(name, []):
                     _reference(db, fp, t, device, seconds, run_id, step)
-                for j, method in enumerate(baselines):
-                    chosen = _study(db, fp, config, targets.get(name, []), name, method, index * len(baselines) + j,
+                for method in baselines:
+                    # the study's sampler seed follows from its problem and method, not their positions: a run
+                    # restricted by ``only`` draws the same trials as a run of every problem
+                    chosen = _study(db, fp, config, targets.get(name, []), name, method,
+                                    zlib.crc32(f"{name}/{method}".encode()),
                                     device, run_id, step, result)
                     result.chosen[(name, method)] = chosen
                     seconds["methods"][method] += chosen.seconds
