@@ -100,6 +100,9 @@ def test_tuned_rows_use_settings_chosen_on_tuning_seeds_only(tmp_path, monkeypat
     again = tuning.tune("backdoor", "tiny", tuning_seeds=tuning_seeds, eval_seeds=eval_seeds, baselines=(*searched, "unsir"),
                         trials=2, store=db)
     assert again.trials_run == 0 and built == []
+    # ... and the budget it states is what the search cost when it ran (stored with it), not this run's zero
+    assert again.seconds["methods"] == pytest.approx(budget["seconds"]["methods"])
+    assert again.seconds["references"] == pytest.approx(budget["seconds"]["references"]) and again.seconds["references"] > 0
     assert {k: c.params for k, c in again.chosen.items()} == {k: json.loads(s["chosen"]) for k, s in studies.items()}
 
 

@@ -14,6 +14,6 @@ report with a PNG plot and the raw numbers as JSON. The CLI is ``unlearnkit scen
 =====================  ===========================================================================
 """
 
-from unlearnkit.scenarios.registry import SCENARIOS, SIZES, run
+from unlearnkit.scenarios.registry import SCENARIOS, SIZES, merge, run, write_report
 
-__all__ = ["SCENARIOS", "SIZES", "run"]
+__all__ = ["SCENARIOS", "SIZES", "merge", "run", "write_report"]

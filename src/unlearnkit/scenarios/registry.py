@@ -187,9 +187,91 @@ def run(
         result.machine(device)  # recorded now, with the run's thread count and device
         if out is not None:
             report(f"writing the report to {out}")
-            write(result, Path(out), title=module.TITLE, intro=module.__doc__ or "", y=spec.y, y_label=spec.y_label)
+            write_report(result, out)
         log.info("%s (%s): done in %.1f s wall, %.1f s CPU (this process, %d torch thread%s)", name, size,
                  time.perf_counter() - start, time.process_time() - cpu_start, threads, "" if threads == 1 else "s")
+    return result
+
+
+def write_report(result: ScenarioResult, out: str | Path) -> dict[str, Path]:
+    """Write ``result``'s report (JSON, Markdown, PNG) under ``out`` with its scenario's title and measure."""
+    spec = SCENARIOS[result.scenario]
+    module = spec.load()
+    return write(result, Path(out), title=module.TITLE, intro=module.__doc__ or "", y=spec.y, y_label=spec.y_label)
+
+
+SAME_MACHINE = ("torch", "device", "threads", "accelerator", "processor", "cpus")
+"""Environment keys that must agree for runs to be merged: speed-ups measured under other conditions are not averaged."""
+
+
+def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioResult:
+    """One result of scenario ``name`` from several runs, e.g. seeds run one per process.
+
+    ``reports`` are results or their JSON (:meth:`~unlearnkit.scenarios.report.ScenarioResult.to_dict`, the
+    ``<scenario>.json`` a run writes). Each seed's rows come from the last report that has the seed; the goals are
+    judged again on the union; the seconds add up and the command lines are kept, one per report. Refused
+    (:class:`ScenarioError`) unless every report is of ``name`` at one size, with equal descriptions of the problems
+    they share, the same tuned-baseline configuration (methods, trials, tuning seeds, store fingerprint) and the same
+    machine settings (:data:`SAME_MACHINE`): rows measured otherwise are not averaged together.
+
+    ``store``: the tuning store the reports' baselines were tuned with. When given (and it holds the configuration),
+    the budget's seconds per method and for the references are read from it, what the search cost when it ran (a
+    run that read the search back states only its own seconds there).
+    """
+    if name not in SCENARIOS:
+        raise ScenarioError(f"Unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}.")
+    module = SCENARIOS[name].load()
+    results = []
+    for i, report in enumerate(reports):
+        if isinstance(report, ScenarioResult):
+            report = report.to_dict()
+        try:
+            results.append(ScenarioResult.from_dict(report, derive=getattr(module, "derive", None)))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ScenarioError(f"Report {i + 1} is not a scenario result's JSON ({type(exc).__name__}: {exc}).") from None
+    if not results:
+        raise ScenarioError("Nothing to merge: give at least one report.")
+    first = results[0]
+    problems: dict = {}
+    for i, r in enumerate(results, 1):
+        if r.scenario != name or r.size != first.size:
+            raise ScenarioError(f"Report {i} is {r.scenario} ({r.size}); the merge is of {name} ({first.size}).")
+        for problem, info in r.problems.items():
+            if problems.setdefault(problem, info) != info:
+                raise ScenarioError(f"Report {i} describes {problem!r} as {info}, another report as "
+                                    f"{problems[problem]}: the runs built different problems.")
+        env, env0 = r.machine(), first.machine()
+        differ = [k for k in SAME_MACHINE if env.get(k) != env0.get(k)]
+        if differ:
+            raise ScenarioError(f"Report {i} ran with {', '.join(f'{k}={env.get(k)!r}' for k in differ)}, report 1 with "
+                                f"{', '.join(f'{k}={env0.get(k)!r}' for k in differ)}: speed-ups measured under other "
+                                "conditions are not averaged.")
+        key = lambda t: (t.get("methods"), t.get("trials_per_method"), t.get("tuning_seeds"), t.get("fingerprint"))
+        if key(r.tuning) != key(first.tuning):
+            raise ScenarioError(f"Report {i}'s tuned baselines (methods, trials, tuning seeds, store fingerprint "
+                                f"{key(r.tuning)}) differ from report 1's ({key(first.tuning)}).")
+    source = {seed: r for r in results for seed in r.seeds}  # the last report with a seed gives its rows
+    seeds = sorted(source)
+    rows = [row for seed in seeds for row in source[seed].rows if row.seed == seed]
+    used = [r for r in results if any(source[s] is r for s in r.seeds)]
+    tuned = dict(results[-1].tuning)
+    if tuned:
+        tuned["evaluation_seeds"] = seeds
+        tuned["trials_run"] = sum(int(r.tuning.get("trials_run") or 0) for r in used)
+        tuned["seconds"] = {**tuned.get("seconds", {}), **{k: sum(float(r.tuning.get("seconds", {}).get(k) or 0.0)
+                                                                   for r in used) for k in ("total", "cpu", "problems")}}
+        if store is not None and Path(store).is_file():
+            with tuning.TuningStore(store) as db:
+                costs = db.costs(tuned.get("fingerprint", ""), tuned.get("objectives") or {})
+            if costs["methods"]:
+                tuned["seconds"] = {**tuned.get("seconds", {}), "methods": {m: costs["methods"].get(m, 0.0)
+                                                                           for m in tuned.get("methods", [])},
+                                    "references": costs["references"], "from_store": True}
+    result = ScenarioResult(name, first.size, seeds, rows, problems=problems, derive=getattr(module, "derive", None),
+                            rules=rules.__doc__ or "", environment=dict(used[-1].environment), tuning=tuned,
+                            commands=[c for r in used for c in r.commands])
+    result.seconds = sum(r.seconds for r in used)
+    result.goals = module.goals(result.aggregate())
     return result
 
 

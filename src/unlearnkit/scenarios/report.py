@@ -61,6 +61,7 @@ class ScenarioResult:
     derive: object = None  # derive(summary) -> new keys: scenario measures computed across methods (e.g. restored)
     environment: dict = field(default_factory=dict)  # the machine the run was made on; measured when empty
     tuning: dict = field(default_factory=dict)  # the tuned baselines' budget and settings (scenarios.tuning.Tuning.to_dict)
+    commands: list = field(default_factory=list)  # the command lines that produced the rows (one per run merged)
 
     def aggregate(self) -> list[dict]:
         summary = aggregate(self.rows)
@@ -93,6 +94,7 @@ class ScenarioResult:
             "scenario": self.scenario, "size": self.size, "seeds": self.seeds, "seconds": self.seconds,
             "environment": self.machine(), "problems": self.problems, "goals": [g.to_dict() for g in self.goals],
             "summary": self.aggregate(), "rows": [r.to_dict() for r in self.rows], "tuning": self.tuning,
+            "commands": list(self.commands),
         }
 
     @classmethod
@@ -103,7 +105,8 @@ class ScenarioResult:
         return cls(data["scenario"], data["size"], list(data["seeds"]), rows,
                    goals=[Goal(g["name"], g["met"], g["detail"]) for g in data.get("goals", [])],
                    problems=data.get("problems", {}), seconds=float(data.get("seconds") or 0.0), derive=derive,
-                   environment=dict(data.get("environment") or {}), tuning=dict(data.get("tuning") or {}))
+                   environment=dict(data.get("environment") or {}), tuning=dict(data.get("tuning") or {}),
+                   commands=list(data.get("commands") or ([data["command"]] if data.get("command") else [])))
 
 
 def _stats(values: list) -> tuple[float | None, float | None]:
@@ -246,6 +249,9 @@ def run_description(result: ScenarioResult) -> list[str]:
               f"- machine: {'; '.join(m for m in machine if m)}"
               + (f"; {result.seconds / 60:.1f} min of wall time in all" if result.seconds >= 120
                  else f"; {result.seconds:.0f} s of wall time in all" if result.seconds else "")]
+    if result.commands:
+        lines.append(f"- {'command' if len(result.commands) == 1 else 'commands (one per run, rows merged by seed)'}: "
+                     + "; ".join(f"`{c}`" for c in result.commands))
     return lines
 
 

@@ -211,6 +211,19 @@ class TuningStore:
             d[key] = json.loads(d[key]) if d[key] else None
         return d
 
+    def costs(self, fingerprint: str, problems) -> dict:
+        """What the search of configuration ``fingerprint`` on ``problems`` cost when it ran, as stored with it:
+        ``{"methods": {method: seconds of its studies' trials}, "references": seconds retraining the references}``."""
+        problems = list(problems)
+        marks = ", ".join("?" * len(problems))
+        methods_: dict[str, float] = {}
+        for method, seconds in self.conn.execute(f"SELECT method, seconds FROM studies WHERE fingerprint=? AND problem "
+                                                 f"IN ({marks}) ORDER BY rowid", (fingerprint, *problems)):
+            methods_[method] = methods_.get(method, 0.0) + float(seconds or 0.0)
+        (refs,) = self.conn.execute(f"SELECT COALESCE(SUM(retrain_seconds), 0) FROM refs WHERE fingerprint=? AND "
+                                    f"problem IN ({marks})", (fingerprint, *problems)).fetchone()
+        return {"methods": methods_, "references": float(refs)}
+
     def put_study(self, fingerprint: str, problem: str, method: str, s: dict, run_id: int) -> None:
         with self.transaction() as c:
             c.execute("INSERT OR REPLACE INTO studies VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -309,9 +322,14 @@ def budget_lines(tuning: dict) -> list[str]:
              f"Tuning took {sec.get('total', 0):.1f} s wall ({sec.get('cpu', 0):.1f} s CPU): building the tuning problems "
              f"{sec.get('problems', 0):.1f} s, retraining their references {sec.get('references', 0):.1f} s, trials "
              + ", ".join(f"{m} {s:.1f} s" for m, s in per_method.items()) + ".", ""]
-    if tuning.get("trials_run", 0) == 0 and tuning.get("chosen"):
-        lines += ["Every setting was read from the tuning store (an earlier run of the same configuration); the "
-                  "seconds are this run's.", ""]
+    if sec.get("from_store"):
+        lines += ["These runs' reports were merged: the seconds of the trials and of the references' retraining are read "
+                  "from the tuning store (what they took when they ran); wall, CPU and problem-building seconds add up "
+                  "over the runs.", ""]
+    elif tuning.get("trials_run", 0) == 0 and tuning.get("chosen"):
+        lines += ["The search ran in an earlier run of the same configuration: every setting was read from the tuning "
+                  "store, and the seconds of its trials and of its references' retraining are those they took then "
+                  "(stored with them); the wall, CPU and problem-building seconds are this run's.", ""]
     lines += ["| problem | method | status | trials | chosen setting | objectives |", "|---|---|---|---|---|---|"]
     for c in tuning.get("chosen", []):
         objectives = ", ".join(f"{k} {v:.4f}" for k, v in (c.get("objectives") or {}).items()) or "–"
@@ -489,7 +507,7 @@ def tune(scenario: str, size: str, *, eval_seeds, tuning_seeds=None, baselines=B
                     db.put_plan(fp, names, run_id)
             for name in names:
                 for t in targets.get(name, []):
-                    _reference(db, fp, t, device, seconds, run_id, step)
+                    _reference(db, fp, t, device, run_id, step)
                 for method in baselines:
                     # the study's sampler seed follows from its problem and method, not their positions: a run
                     # restricted by ``only`` draws the same trials as a run of every problem
@@ -500,6 +518,9 @@ def tune(scenario: str, size: str, *, eval_seeds, tuning_seeds=None, baselines=B
                     seconds["methods"][method] += chosen.seconds
                 result.objectives[name] = (targets[name][0].names if name in targets else
                                            _stored_names(db, fp, name, baselines))
+            # what retraining the references took when they were stored (now or by an earlier run): the budget
+            # states the search's cost, also when it is read back
+            seconds["references"] = db.costs(fp, names)["references"]
             db.finish_run(run_id, "done")
         except BaseException as exc:
             try:
@@ -520,7 +541,7 @@ def _stored_names(db: TuningStore, fp: str, problem: str, baselines) -> list[str
     return []
 
 
-def _reference(db: TuningStore, fp: str, target: _Target, device, seconds: dict, run_id: int, step) -> None:
+def _reference(db: TuningStore, fp: str, target: _Target, device, run_id: int, step) -> None:
     """The retrained model's values on the target's parts and measure: from the store, else retrained now."""
     p = target.problem
     stored = db.ref(fp, p.name, p.seed)
@@ -530,7 +551,6 @@ def _reference(db: TuningStore, fp: str, target: _Target, device, seconds: dict,
     step(f"tuning seed {p.seed}: {p.name}: retraining from scratch (the tuning reference)")
     res = methods.make("retrain").unlearn(p.model, p.train, p.changes, device=device)
     target.reference = target.values(res.model, device)
-    seconds["references"] += res.seconds
     db.put_ref(fp, p.name, p.seed, target.reference, res.seconds, run_id)
 
 
@@ -538,8 +558,9 @@ def _study(db: TuningStore, fp: str, config: BenchConfig, targets: list[_Target]
            index: int, device, run_id: int, step, result: Tuning) -> Chosen:
     stored = db.study(fp, problem, method)
     if stored is not None:
-        return Chosen(problem, method, stored["status"], stored["chosen"], stored["seeds"], stored["n_trials"], 0.0,
-                      stored["objectives"], stored["trial"], stored["error"])
+        # the seconds its trials took when they ran: a run that reads the search back states what it cost
+        return Chosen(problem, method, stored["status"], stored["chosen"], stored["seeds"], stored["n_trials"],
+                      float(stored["seconds"] or 0.0), stored["objectives"], stored["trial"], stored["error"])
     seeds = sorted(t.problem.seed for t in targets)
     model_recipe = recipe(targets[0].problem.model)
     space = search_space(method, model_recipe.epoch_cap)

@@ -1,0 +1,115 @@
+"""Merging scenario runs made one seed per process (scenarios.merge, bench_scenarios --add / --merge)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from unlearnkit import scenarios
+from unlearnkit.scenarios import tuning
+from unlearnkit.scenarios.compare import Row
+from unlearnkit.scenarios.registry import ScenarioError
+from unlearnkit.scenarios.report import ScenarioResult
+
+PROBLEM = "fashion-mnist: 15% targeted flips"
+INFO = {"rows": "600 train", "flipped": 90}
+ENV = {"python": "3.11", "torch": "2.13.0+cpu", "machine": "x86_64", "processor": "x86_64", "threads": 1, "cpus": 2,
+       "platform": "Linux", "accelerator": None, "device": "cpu"}
+TUNING = {"methods": ["ft"], "trials_per_method": 3, "tuning_seeds": [1000], "evaluation_seeds": [], "trials_run": 0,
+          "objectives": {PROBLEM: ["retain_gap", "corrected_gap", "val_gap"]}, "fingerprint": "abc",
+          "seconds": {"problems": 0.0, "references": 0.0, "methods": {"ft": 0.0}, "total": 1.0, "cpu": 1.0},
+          "chosen": [], "sampler": "nsga3 (population 4), seed 0", "rule": "smallest norm"}
+
+
+def report(seeds, *, closed=0.86, size="full", info=INFO, env=ENV, fingerprint="abc", command="run"):
+    """A label-poisoning report: original 70 %, retrained 90 %, a closed-form row at ``closed`` (20x), ft [tuned] 85 %."""
+    rows = []
+    for s in seeds:
+        rows += [Row("label-poisoning", PROBLEM, s, "original", test_accuracy=0.70, seconds=0.0),
+                 Row("label-poisoning", PROBLEM, s, "retrain", test_accuracy=0.90, seconds=100.0, speedup=1.0),
+                 Row("label-poisoning", PROBLEM, s, "second-order [kfac]", test_accuracy=closed, seconds=5.0, speedup=20.0),
+                 Row("label-poisoning", PROBLEM, s, "ft [tuned]", test_accuracy=0.85, seconds=8.0, speedup=12.5)]
+    result = ScenarioResult("label-poisoning", size, list(seeds), rows, problems={PROBLEM: info}, environment=dict(env),
+                            tuning={**TUNING, "evaluation_seeds": list(seeds), "fingerprint": fingerprint},
+                            commands=[command], seconds=60.0)
+    return result.to_dict()
+
+
+def test_seeds_run_apart_are_judged_together():
+    alone = scenarios.merge("label-poisoning", [report([0])])
+    assert not alone.goals[0].met and "1 seed (a goal needs >= 3)" in alone.goals[0].detail
+
+    merged = scenarios.merge("label-poisoning", [report([0], command="a"), report([1, 2], command="b")])
+    assert merged.seeds == [0, 1, 2] and merged.commands == ["a", "b"] and merged.seconds == 120.0
+    entry = next(e for e in merged.aggregate() if e["method"] == "second-order [kfac]")
+    assert entry["runs"] == 3 and entry["restored"] == pytest.approx(0.8)
+    assert merged.goals[0].met, merged.goals[0].detail  # 80 % restored at 20x, above ft [tuned] in less time
+    assert merged.tuning["evaluation_seeds"] == [0, 1, 2]
+
+
+def test_a_seed_run_again_replaces_its_rows_and_a_worse_row_on_one_seed_counts():
+    merged = scenarios.merge("label-poisoning", [report([0, 1, 2]), report([1], closed=0.60, command="again")])
+    kfac = [r for r in merged.rows if r.method == "second-order [kfac]"]
+    assert sorted((r.seed, r.test_accuracy) for r in kfac) == [(0, 0.86), (1, 0.60), (2, 0.86)]
+    assert len(merged.rows) == 12 and merged.commands == ["run", "again"]
+    assert not merged.goals[0].met  # the mean over the three seeds now falls below ft [tuned]
+
+
+@pytest.mark.parametrize("other, match", [
+    (dict(size="tiny"), "label-poisoning \\(tiny\\)"),
+    (dict(info={"rows": "60000 train", "flipped": 9000}), "different problems"),
+    (dict(env={**ENV, "threads": 2}), "threads=2"),
+    (dict(fingerprint="xyz"), "tuned baselines"),
+])
+def test_runs_made_otherwise_are_refused(other, match):
+    with pytest.raises(ScenarioError, match=match):
+        scenarios.merge("label-poisoning", [report([0]), report([1], **other)])
+
+
+def test_bad_merges_are_refused_with_the_reason():
+    with pytest.raises(ScenarioError, match="Nothing to merge"):
+        scenarios.merge("label-poisoning", [])
+    with pytest.raises(ScenarioError, match="the merge is of backdoor"):
+        scenarios.merge("backdoor", [report([0])])
+    with pytest.raises(ScenarioError, match="not a scenario result"):
+        scenarios.merge("label-poisoning", [{"rows": []}])
+    with pytest.raises(ScenarioError, match="Unknown scenario"):
+        scenarios.merge("nope", [report([0])])
+
+
+def test_the_budget_is_read_from_the_store_the_search_wrote(tmp_path):
+    db_path = tmp_path / "t.sqlite"
+    with tuning.TuningStore(db_path) as db:
+        run_id = db.start_run("label-poisoning", "full", "abc", [1000], [0], ["ft"], 3, {})
+        db.put_study("abc", PROBLEM, "ft", {"status": "tuned", "chosen": {}, "n_trials": 3, "seeds": [1000],
+                                            "seconds": 42.5}, run_id)
+        db.put_study("abc", "another problem", "ft", {"status": "tuned", "chosen": {}, "n_trials": 3, "seeds": [1000],
+                                                      "seconds": 1000.0}, run_id)
+        db.put_ref("abc", PROBLEM, 1000, {}, 170.0, run_id)
+        db.put_study("other", PROBLEM, "ft", {"status": "tuned", "chosen": {}, "n_trials": 3, "seeds": [1000],
+                                              "seconds": 7.0}, run_id)
+    merged = scenarios.merge("label-poisoning", [report([0]), report([1])], store=db_path)
+    seconds = merged.tuning["seconds"]
+    # only this configuration's studies of the reports' problems, and their references' retraining
+    assert seconds["methods"] == {"ft": 42.5} and seconds["references"] == 170.0 and seconds["from_store"]
+    assert seconds["total"] == 2.0  # this runs' own wall seconds add up
+    from unlearnkit.scenarios.tuning import budget_lines
+
+    assert "read from the tuning store" in "\n".join(budget_lines(merged.tuning))
+
+
+def test_the_merged_report_is_written_with_its_commands(tmp_path):
+    merged = scenarios.merge("label-poisoning", [report([0], command="cmd one"), report([1], command="cmd two")])
+    paths = scenarios.write_report(merged, tmp_path)
+    md = paths["md"].read_text()
+    assert "2 seeds: 0, 1" in md and "`cmd one`; `cmd two`" in md
+    again = ScenarioResult.from_dict(json.loads(paths["json"].read_text()))
+    assert again.commands == ["cmd one", "cmd two"] and again.seeds == [0, 1]
+
+
+def test_bench_merge_needs_one_scenario():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scenarios.py"
+    res = subprocess.run([sys.executable, str(script), "--merge", "x.json"], capture_output=True, text=True)
+    assert res.returncode != 0 and "--merge needs exactly one scenario" in res.stderr
