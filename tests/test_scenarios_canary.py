@@ -68,3 +68,12 @@ def test_closed_form_update_lowers_the_transformers_exposure(transformer):
     assert isinstance(res.model, WrappedModel)
     before, after = exposure(transformer, model), exposure(transformer, res.model)
     assert after < before - 5.0
+
+
+def test_keep_trains_only_the_problems_asked_for_and_the_same_model(tiny, transformer):
+    # `--problem transformer` builds only the transformer: the same model a run of both problems trains
+    torch.manual_seed(123)  # training seeds its own generator: the global state must not matter
+    (alone,) = canary.problems(canary.SIZES["tiny"], 0, "cpu", sisa=False, keep=lambda name: "transformer" in name)
+    assert alone.name == transformer.name and alone.sisa is None
+    for a, b in zip(alone.model.parameters(), transformer.model.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -23,15 +23,15 @@ TUNING = {"methods": ["ft"], "trials_per_method": 3, "tuning_seeds": [1000], "ev
           "chosen": [], "sampler": "nsga3 (population 4), seed 0", "rule": "smallest norm"}
 
 
-def report(seeds, *, closed=0.86, size="full", info=INFO, env=ENV, fingerprint="abc", command="run"):
+def report(seeds, *, closed=0.86, size="full", info=INFO, env=ENV, fingerprint="abc", command="run", problem=PROBLEM):
     """A label-poisoning report: original 70 %, retrained 90 %, a closed-form row at ``closed`` (20x), ft [tuned] 85 %."""
     rows = []
     for s in seeds:
-        rows += [Row("label-poisoning", PROBLEM, s, "original", test_accuracy=0.70, seconds=0.0),
-                 Row("label-poisoning", PROBLEM, s, "retrain", test_accuracy=0.90, seconds=100.0, speedup=1.0),
-                 Row("label-poisoning", PROBLEM, s, "second-order [kfac]", test_accuracy=closed, seconds=5.0, speedup=20.0),
-                 Row("label-poisoning", PROBLEM, s, "ft [tuned]", test_accuracy=0.85, seconds=8.0, speedup=12.5)]
-    result = ScenarioResult("label-poisoning", size, list(seeds), rows, problems={PROBLEM: info}, environment=dict(env),
+        rows += [Row("label-poisoning", problem, s, "original", test_accuracy=0.70, seconds=0.0),
+                 Row("label-poisoning", problem, s, "retrain", test_accuracy=0.90, seconds=100.0, speedup=1.0),
+                 Row("label-poisoning", problem, s, "second-order [kfac]", test_accuracy=closed, seconds=5.0, speedup=20.0),
+                 Row("label-poisoning", problem, s, "ft [tuned]", test_accuracy=0.85, seconds=8.0, speedup=12.5)]
+    result = ScenarioResult("label-poisoning", size, list(seeds), rows, problems={problem: info}, environment=dict(env),
                             tuning={**TUNING, "evaluation_seeds": list(seeds), "fingerprint": fingerprint},
                             commands=[command], seconds=60.0)
     return result.to_dict()
@@ -47,6 +47,9 @@ def test_seeds_run_apart_are_judged_together():
     assert entry["runs"] == 3 and entry["restored"] == pytest.approx(0.8)
     assert merged.goals[0].met, merged.goals[0].detail  # 80 % restored at 20x, above ft [tuned] in less time
     assert merged.tuning["evaluation_seeds"] == [0, 1, 2]
+    # what a seed drew (e.g. a synthetic problem's rows) differs by seed: described as on the first, as in one run
+    drawn = scenarios.merge("label-poisoning", [report([1], info={"drawn": 1}), report([0], info={"drawn": 0})])
+    assert drawn.problems == {PROBLEM: {"drawn": 0}} and drawn.seeds == [0, 1]
 
 
 def test_a_seed_run_again_replaces_its_rows_and_a_worse_row_on_one_seed_counts():
@@ -57,9 +60,18 @@ def test_a_seed_run_again_replaces_its_rows_and_a_worse_row_on_one_seed_counts()
     assert not merged.goals[0].met  # the mean over the three seeds now falls below ft [tuned]
 
 
+def test_runs_of_one_problem_each_are_joined_seed_by_seed():
+    other = "fashion-mnist: 20% random flips"
+    merged = scenarios.merge("label-poisoning", [report([0, 1]), report([0], problem=other, command="random"),
+                                                 report([1], problem=other, closed=0.5, command="random again")])
+    assert merged.seeds == [0, 1] and set(merged.problems) == {PROBLEM, other}
+    assert {(r.problem, r.seed) for r in merged.rows} == {(p, s) for p in (PROBLEM, other) for s in (0, 1)}
+    assert len(merged.rows) == 16 and merged.commands == ["run", "random", "random again"]
+    assert [r.test_accuracy for r in merged.rows if r.problem == other and r.method == "second-order [kfac]"] == [0.86, 0.5]
+
+
 @pytest.mark.parametrize("other, match", [
     (dict(size="tiny"), "label-poisoning \\(tiny\\)"),
-    (dict(info={"rows": "60000 train", "flipped": 9000}), "different problems"),
     (dict(env={**ENV, "threads": 2}), "threads=2"),
     (dict(fingerprint="xyz"), "tuned baselines"),
 ])

@@ -147,8 +147,9 @@ def vocabulary() -> CharVocab:
     return CharVocab.from_text(python_docs_excerpt() + PREFIX + REPLACEMENT + LEAD + "0123456789" + SUFFIX)
 
 
-def problems(size: Size, seed: int, device, *, sisa: bool = True) -> list[Problem]:
-    """The scenario's problems on ``seed``; ``sisa=False`` skips the SISA ensemble (the tuning search needs none)."""
+def problems(size: Size, seed: int, device, *, sisa: bool = True, keep=None) -> list[Problem]:
+    """The scenario's problems on ``seed``; ``sisa=False`` skips the SISA ensemble (the tuning search needs none);
+    ``keep(name)`` returning False skips a problem before its model is trained."""
     text, held_out, secret, starts = build_text(size, seed)
     vocab = vocabulary()
     train_data = char_windows(vocab.encode(text), size.window, name="docs+canary", vocab_size=len(vocab))
@@ -160,9 +161,8 @@ def problems(size: Size, seed: int, device, *, sisa: bool = True) -> list[Proble
     val = val.replace(ids=val.ids + len(train_data) + len(test))  # ids of their own: never mistaken for training rows
     config = TrainConfig(epochs=size.epochs, lr=size.lr, batch_size=size.batch_size, seed=seed)
     arch = dict(vocab_size=len(vocab), window=size.window, embed_dim=size.embed_dim, hidden=size.hidden, l2=1e-5)
-    model = train(CharLSTM(**arch), train_data, config=config, device=device)
-    ensemble = train(ShardedEnsemble(base_kind="char-lstm", base_config=arch, n_shards=rules.SISA_SHARDS), train_data,
-                     config=config, device=device) if sisa else None
+    names = {"lstm": f"docs: secret x{len(starts)}", "transformer": f"transformer: secret x{len(starts)}"}
+    wanted = {k: keep is None or bool(keep(n)) for k, n in names.items()}
     canary = Canary(PREFIX, secret, suffix=SUFFIX)
     lead = vocab.encode(LEAD)
 
@@ -174,17 +174,22 @@ def problems(size: Size, seed: int, device, *, sisa: bool = True) -> list[Proble
     info = {"text": f"{len(text):,} characters ({len(train_data):,} windows of {size.window})",
             "secret": f"{len(secret)} digits inserted {len(starts)} times",
             "affected windows": changes.resolve(train_data).n_affected}
-    out = [Problem(NAME, f"docs: secret x{len(starts)}", seed, model, train_data, test, changes, sisa=ensemble, efficacy=efficacy,
-                   val=val, info={**info, "model": f"char-LSTM, embedding {size.embed_dim}, hidden {size.hidden}, "
-                                  f"{sum(p.numel() for p in model.parameters()):,} parameters, {size.epochs} epochs"})]
-    if size.transformer is not None:
+    out = []
+    if wanted["lstm"]:
+        model = train(CharLSTM(**arch), train_data, config=config, device=device)
+        ensemble = train(ShardedEnsemble(base_kind="char-lstm", base_config=arch, n_shards=rules.SISA_SHARDS), train_data,
+                         config=config, device=device) if sisa else None
+        out.append(Problem(NAME, names["lstm"], seed, model, train_data, test, changes, sisa=ensemble, efficacy=efficacy,
+                           val=val, info={**info, "model": f"char-LSTM, embedding {size.embed_dim}, hidden {size.hidden}, "
+                                          f"{sum(p.numel() for p in model.parameters()):,} parameters, {size.epochs} epochs"}))
+    if size.transformer is not None and wanted["transformer"]:
         spec = size.transformer
         # a plain torch.nn module made unlearnable by wrap(); SISA needs members built by kind, so this problem has none
         module = CharTransformer(vocab_size=len(vocab), window=size.window, dim=spec.dim, heads=spec.heads, depth=spec.depth)
         wrapped = wrap(module, n_classes=len(vocab), input_shape=(size.window,), l2=1e-5, blocks="blocks")  # even one block
         tconfig = TrainConfig(epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size, seed=seed)
         transformer = train(wrapped, train_data, config=tconfig, device=device)
-        out.append(Problem(NAME, f"transformer: secret x{len(starts)}", seed, transformer, train_data, test, changes,
+        out.append(Problem(NAME, names["transformer"], seed, transformer, train_data, test, changes,
                            efficacy=efficacy, val=val,
                            info={**info, "model": f"causal char-transformer (unlearnkit.wrap), width {spec.dim}, "
                                  f"{spec.heads} heads, {spec.depth} blocks, "

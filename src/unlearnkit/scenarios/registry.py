@@ -208,10 +208,10 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
     """One result of scenario ``name`` from several runs, e.g. seeds run one per process.
 
     ``reports`` are results or their JSON (:meth:`~unlearnkit.scenarios.report.ScenarioResult.to_dict`, the
-    ``<scenario>.json`` a run writes). Each seed's rows come from the last report that has the seed; the goals are
-    judged again on the union; the seconds add up and the command lines are kept, one per report. Refused
-    (:class:`ScenarioError`) unless every report is of ``name`` at one size, with equal descriptions of the problems
-    they share, the same tuned-baseline configuration (methods, trials, tuning seeds, store fingerprint) and the same
+    ``<scenario>.json`` a run writes). A problem's rows on a seed come from the last report that has them (runs of
+    one seed, or of one problem, each add theirs); the goals are judged again on the union; the seconds add up and the command lines are kept, one per report; a problem is
+    described as on its first seed. Refused (:class:`ScenarioError`) unless every report is of ``name`` at one size,
+    with the same tuned-baseline configuration (methods, trials, tuning seeds, store fingerprint) and the same
     machine settings (:data:`SAME_MACHINE`): rows measured otherwise are not averaged together.
 
     ``store``: the tuning store the reports' baselines were tuned with. When given (and it holds the configuration),
@@ -232,14 +232,9 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
     if not results:
         raise ScenarioError("Nothing to merge: give at least one report.")
     first = results[0]
-    problems: dict = {}
     for i, r in enumerate(results, 1):
         if r.scenario != name or r.size != first.size:
             raise ScenarioError(f"Report {i} is {r.scenario} ({r.size}); the merge is of {name} ({first.size}).")
-        for problem, info in r.problems.items():
-            if problems.setdefault(problem, info) != info:
-                raise ScenarioError(f"Report {i} describes {problem!r} as {info}, another report as "
-                                    f"{problems[problem]}: the runs built different problems.")
         env, env0 = r.machine(), first.machine()
         differ = [k for k in SAME_MACHINE if env.get(k) != env0.get(k)]
         if differ:
@@ -250,10 +245,17 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
         if key(r.tuning) != key(first.tuning):
             raise ScenarioError(f"Report {i}'s tuned baselines (methods, trials, tuning seeds, store fingerprint "
                                 f"{key(r.tuning)}) differ from report 1's ({key(first.tuning)}).")
-    source = {seed: r for r in results for seed in r.seeds}  # the last report with a seed gives its rows
-    seeds = sorted(source)
-    rows = [row for seed in seeds for row in source[seed].rows if row.seed == seed]
-    used = [r for r in results if any(source[s] is r for s in r.seeds)]
+    # a problem's rows on a seed come from the last report that has them (a run of one problem leaves the others)
+    source = {(row.problem, row.seed): i for i, r in enumerate(results) for row in r.rows}
+    seeds = sorted({seed for _, seed in source})
+    order = list(dict.fromkeys(problem for problem, _ in source))
+    rows = [row for seed in seeds for problem in order if (problem, seed) in source
+            for row in results[source[(problem, seed)]].rows if (row.problem, row.seed) == (problem, seed)]
+    used = [r for i, r in enumerate(results) if i in set(source.values())]
+    # a problem's description (sizes, what was drawn) is that of its first seed, as in a run of several seeds
+    problems = {problem: results[source[(problem, seed)]].problems.get(problem, {})
+                for seed in reversed(seeds) for problem in order if (problem, seed) in source}
+    problems = {problem: problems[problem] for problem in order}
     tuned = dict(results[-1].tuning)
     if tuned:
         tuned["evaluation_seeds"] = seeds
