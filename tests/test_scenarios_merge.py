@@ -31,8 +31,11 @@ def report(seeds, *, closed=0.86, size="full", info=INFO, env=ENV, fingerprint="
                  Row("label-poisoning", problem, s, "retrain", test_accuracy=0.90, seconds=100.0, speedup=1.0),
                  Row("label-poisoning", problem, s, "second-order [kfac]", test_accuracy=closed, seconds=5.0, speedup=20.0),
                  Row("label-poisoning", problem, s, "ft [tuned]", test_accuracy=0.85, seconds=8.0, speedup=12.5)]
+    tuned = {**TUNING, "evaluation_seeds": list(seeds), "fingerprint": fingerprint,
+             "objectives": {problem: TUNING["objectives"][PROBLEM]},
+             "chosen": [{"problem": problem, "method": "ft", "status": "tuned", "params": {"lr": 0.01}, "n_trials": 3}]}
     result = ScenarioResult("label-poisoning", size, list(seeds), rows, problems={problem: info}, environment=dict(env),
-                            tuning={**TUNING, "evaluation_seeds": list(seeds), "fingerprint": fingerprint},
+                            tuning=tuned,
                             commands=[command], seconds=60.0)
     return result.to_dict()
 
@@ -68,6 +71,18 @@ def test_runs_of_one_problem_each_are_joined_seed_by_seed():
     assert {(r.problem, r.seed) for r in merged.rows} == {(p, s) for p in (PROBLEM, other) for s in (0, 1)}
     assert len(merged.rows) == 16 and merged.commands == ["run", "random", "random again"]
     assert [r.test_accuracy for r in merged.rows if r.problem == other and r.method == "second-order [kfac]"] == [0.86, 0.5]
+    # each run tuned its own problem: the budget and the chosen settings are those of both
+    assert set(merged.tuning["objectives"]) == {PROBLEM, other}
+    assert {c["problem"] for c in merged.tuning["chosen"]} == {PROBLEM, other}
+
+
+def test_a_run_of_fewer_rows_cannot_replace_a_seed_and_drop_the_others():
+    fewer = report([1], command="ft only")
+    fewer["rows"] = [r for r in fewer["rows"] if r["method"] != "second-order [kfac]"]
+    with pytest.raises(ScenarioError, match="lacks second-order \\[kfac\\].*merging would drop them"):
+        scenarios.merge("label-poisoning", [report([0, 1, 2]), fewer])
+    # on a seed of its own it is merged: that seed simply has no such row
+    assert len(scenarios.merge("label-poisoning", [report([0]), fewer]).rows) == 7
 
 
 @pytest.mark.parametrize("other, match", [
@@ -89,6 +104,10 @@ def test_bad_merges_are_refused_with_the_reason():
         scenarios.merge("label-poisoning", [{"rows": []}])
     with pytest.raises(ScenarioError, match="Unknown scenario"):
         scenarios.merge("nope", [report([0])])
+    with pytest.raises(ScenarioError, match="have no rows"):
+        scenarios.merge("label-poisoning", [{**report([0]), "rows": []}])
+    with pytest.raises(ScenarioError, match="which machine"):
+        scenarios.merge("label-poisoning", [report([0]), {**report([1]), "environment": {}}])
 
 
 def test_the_budget_is_read_from_the_store_the_search_wrote(tmp_path):
@@ -102,14 +121,19 @@ def test_the_budget_is_read_from_the_store_the_search_wrote(tmp_path):
         db.put_ref("abc", PROBLEM, 1000, {}, 170.0, run_id)
         db.put_study("other", PROBLEM, "ft", {"status": "tuned", "chosen": {}, "n_trials": 3, "seeds": [1000],
                                               "seconds": 7.0}, run_id)
+    without = scenarios.merge("label-poisoning", [report([0]), report([1])])
+    assert without.tuning["seconds"]["methods"] == {"ft": 0.0} and "from_store" not in without.tuning["seconds"]
     merged = scenarios.merge("label-poisoning", [report([0]), report([1])], store=db_path)
     seconds = merged.tuning["seconds"]
     # only this configuration's studies of the reports' problems, and their references' retraining
     assert seconds["methods"] == {"ft": 42.5} and seconds["references"] == 170.0 and seconds["from_store"]
+    both = scenarios.merge("label-poisoning", [report([0]), report([0], problem="another problem")], store=db_path)
+    assert both.tuning["seconds"]["methods"] == {"ft": 1042.5}
     assert seconds["total"] == 2.0  # this runs' own wall seconds add up
     from unlearnkit.scenarios.tuning import budget_lines
 
-    assert "read from the tuning store" in "\n".join(budget_lines(merged.tuning))
+    text = "\n".join(budget_lines(merged.tuning))
+    assert "read from the tuning store" in text and "trials ft 42.5 s" in text and "references 170.0 s" in text
 
 
 def test_the_merged_report_is_written_with_its_commands(tmp_path):
@@ -121,7 +145,10 @@ def test_the_merged_report_is_written_with_its_commands(tmp_path):
     assert again.commands == ["cmd one", "cmd two"] and again.seeds == [0, 1]
 
 
-def test_bench_merge_needs_one_scenario():
+def test_bench_merge_refuses_what_it_would_ignore():
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scenarios.py"
     res = subprocess.run([sys.executable, str(script), "--merge", "x.json"], capture_output=True, text=True)
     assert res.returncode != 0 and "--merge needs exactly one scenario" in res.stderr
+    res = subprocess.run([sys.executable, str(script), "--only", "canary", "--seeds", "1", "--merge", "x.json"],
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "--merge runs nothing: --seeds would be ignored" in res.stderr

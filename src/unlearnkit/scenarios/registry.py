@@ -209,14 +209,18 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
 
     ``reports`` are results or their JSON (:meth:`~unlearnkit.scenarios.report.ScenarioResult.to_dict`, the
     ``<scenario>.json`` a run writes). A problem's rows on a seed come from the last report that has them (runs of
-    one seed, or of one problem, each add theirs); the goals are judged again on the union; the seconds add up and the command lines are kept, one per report; a problem is
-    described as on its first seed. Refused (:class:`ScenarioError`) unless every report is of ``name`` at one size,
-    with the same tuned-baseline configuration (methods, trials, tuning seeds, store fingerprint) and the same
-    machine settings (:data:`SAME_MACHINE`): rows measured otherwise are not averaged together.
+    one seed, or of one problem, each add theirs); the goals are judged again on the union; the seconds add up and
+    the command lines are kept, one per report; a problem is described as on its first seed. Refused
+    (:class:`ScenarioError`) unless every report is of ``name`` at one size, with the same tuned-baseline
+    configuration (methods, trials, tuning seeds, store fingerprint) and the same machine settings
+    (:data:`SAME_MACHINE`): rows measured otherwise are not averaged together.
+
+    A report that replaces a problem's rows on a seed must have every row it replaces (a ``--methods`` run would
+    otherwise drop the others silently), and every report must state its machine.
 
     ``store``: the tuning store the reports' baselines were tuned with. When given (and it holds the configuration),
-    the budget's seconds per method and for the references are read from it, what the search cost when it ran (a
-    run that read the search back states only its own seconds there).
+    the budget's seconds per method and for the references are read from it: what the search cost when it ran, on
+    every problem of the merged reports. Without it they are the most any report states.
     """
     if name not in SCENARIOS:
         raise ScenarioError(f"Unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}.")
@@ -235,7 +239,10 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
     for i, r in enumerate(results, 1):
         if r.scenario != name or r.size != first.size:
             raise ScenarioError(f"Report {i} is {r.scenario} ({r.size}); the merge is of {name} ({first.size}).")
-        env, env0 = r.machine(), first.machine()
+        if not r.environment:
+            raise ScenarioError(f"Report {i} does not say which machine it ran on (no environment): its speed-ups "
+                                "cannot be checked against the others'.")
+        env, env0 = r.environment, first.environment
         differ = [k for k in SAME_MACHINE if env.get(k) != env0.get(k)]
         if differ:
             raise ScenarioError(f"Report {i} ran with {', '.join(f'{k}={env.get(k)!r}' for k in differ)}, report 1 with "
@@ -245,8 +252,21 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
         if key(r.tuning) != key(first.tuning):
             raise ScenarioError(f"Report {i}'s tuned baselines (methods, trials, tuning seeds, store fingerprint "
                                 f"{key(r.tuning)}) differ from report 1's ({key(first.tuning)}).")
-    # a problem's rows on a seed come from the last report that has them (a run of one problem leaves the others)
-    source = {(row.problem, row.seed): i for i, r in enumerate(results) for row in r.rows}
+    # a problem's rows on a seed come from the last report that has them (a run of one problem leaves the others);
+    # a later report that has fewer rows there (a --methods run) would silently drop some: refused
+    source: dict[tuple[str, int], int] = {}
+    for i, r in enumerate(results):
+        for block in dict.fromkeys((row.problem, row.seed) for row in r.rows):
+            if block in source:
+                before = {row.method for row in results[source[block]].rows if (row.problem, row.seed) == block}
+                after = {row.method for row in r.rows if (row.problem, row.seed) == block}
+                if before - after:
+                    raise ScenarioError(f"Report {i + 1} replaces the rows of {block[0]!r} on seed {block[1]} but lacks "
+                                        f"{', '.join(sorted(before - after))}, which report {source[block] + 1} has: "
+                                        "merging would drop them. Run those rows again too, or leave that seed out.")
+            source[block] = i
+    if not source:
+        raise ScenarioError("Nothing to merge: the reports have no rows.")
     seeds = sorted({seed for _, seed in source})
     order = list(dict.fromkeys(problem for problem, _ in source))
     rows = [row for seed in seeds for problem in order if (problem, seed) in source
@@ -256,18 +276,28 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
     problems = {problem: results[source[(problem, seed)]].problems.get(problem, {})
                 for seed in reversed(seeds) for problem in order if (problem, seed) in source}
     problems = {problem: problems[problem] for problem in order}
-    tuned = dict(results[-1].tuning)
+    tuned = dict(used[-1].tuning)
     if tuned:
         tuned["evaluation_seeds"] = seeds
         tuned["trials_run"] = sum(int(r.tuning.get("trials_run") or 0) for r in used)
-        tuned["seconds"] = {**tuned.get("seconds", {}), **{k: sum(float(r.tuning.get("seconds", {}).get(k) or 0.0)
-                                                                   for r in used) for k in ("total", "cpu", "problems")}}
+        # each report tuned (or read back) the problems it ran: their objectives and choices together
+        tuned["objectives"] = {p: names for r in used for p, names in (r.tuning.get("objectives") or {}).items()}
+        chosen = {(c.get("problem"), c.get("method")): c for r in used for c in r.tuning.get("chosen") or []}
+        tuned["chosen"] = list(chosen.values())
+        spent = [r.tuning.get("seconds") or {} for r in used]
+        tuned["seconds"] = {**tuned.get("seconds", {}),
+                            **{k: sum(float(s.get(k) or 0.0) for s in spent) for k in ("total", "cpu", "problems")},
+                            # without the store: the most any report states (a report that read the search back
+                            # may state its own zero; summing would count one search once per report)
+                            "methods": {m: max(float((s.get("methods") or {}).get(m) or 0.0) for s in spent)
+                                        for m in tuned.get("methods", [])},
+                            "references": max(float(s.get("references") or 0.0) for s in spent)}
         if store is not None and Path(store).is_file():
             with tuning.TuningStore(store) as db:
-                costs = db.costs(tuned.get("fingerprint", ""), tuned.get("objectives") or {})
+                costs = db.costs(tuned.get("fingerprint", ""), tuned["objectives"])
             if costs["methods"]:
-                tuned["seconds"] = {**tuned.get("seconds", {}), "methods": {m: costs["methods"].get(m, 0.0)
-                                                                           for m in tuned.get("methods", [])},
+                tuned["seconds"] = {**tuned["seconds"], "methods": {m: costs["methods"].get(m, 0.0)
+                                                                   for m in tuned.get("methods", [])},
                                     "references": costs["references"], "from_store": True}
     result = ScenarioResult(name, first.size, seeds, rows, problems=problems, derive=getattr(module, "derive", None),
                             rules=rules.__doc__ or "", environment=dict(used[-1].environment), tuning=tuned,

@@ -319,14 +319,15 @@ def budget_lines(tuning: dict) -> list[str]:
              f"({tuning['sampler']}) on tuning seeds {', '.join(map(str, tuning['tuning_seeds']))}, disjoint from the "
              f"evaluation seeds {', '.join(map(str, tuning['evaluation_seeds']))}; chosen: {tuning['rule']}. The "
              "objectives are gaps to the retrained model of each tuning problem, never measured on the test set. "
-             f"Tuning took {sec.get('total', 0):.1f} s wall ({sec.get('cpu', 0):.1f} s CPU): building the tuning problems "
-             f"{sec.get('problems', 0):.1f} s, retraining their references {sec.get('references', 0):.1f} s, trials "
-             + ", ".join(f"{m} {s:.1f} s" for m, s in per_method.items()) + ".", ""]
-    if sec.get("from_store"):
-        lines += ["These runs' reports were merged: the seconds of the trials and of the references' retraining are read "
-                  "from the tuning store (what they took when they ran); wall, CPU and problem-building seconds add up "
-                  "over the runs.", ""]
-    elif tuning.get("trials_run", 0) == 0 and tuning.get("chosen"):
+             + (f"The search cost (read from the tuning store: what it took when it ran): retraining the tuning "
+                f"references {sec.get('references', 0):.1f} s, trials " + ", ".join(f"{m} {s:.1f} s" for m, s in per_method.items())
+                + f". The merged runs spent {sec.get('total', 0):.1f} s wall ({sec.get('cpu', 0):.1f} s CPU) on tuning "
+                f"between them, building the tuning problems {sec.get('problems', 0):.1f} s of it (a run that read the "
+                "search back built none)." if sec.get("from_store") else
+                f"Tuning took {sec.get('total', 0):.1f} s wall ({sec.get('cpu', 0):.1f} s CPU): building the tuning problems "
+                f"{sec.get('problems', 0):.1f} s, retraining their references {sec.get('references', 0):.1f} s, trials "
+                + ", ".join(f"{m} {s:.1f} s" for m, s in per_method.items()) + "."), ""]
+    if not sec.get("from_store") and tuning.get("trials_run", 0) == 0 and tuning.get("chosen"):
         lines += ["The search ran in an earlier run of the same configuration: every setting was read from the tuning "
                   "store, and the seconds of its trials and of its references' retraining are those they took then "
                   "(stored with them); the wall, CPU and problem-building seconds are this run's.", ""]
