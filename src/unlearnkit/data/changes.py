@@ -335,23 +335,35 @@ class Changes:
         clash = sorted(removed.intersection(labels))
         if clash:
             raise ChangesError(f"Rows {clash[:5]} are both removed and relabelled; drop one of the two requests.")
-        # feature cells with explicit rows: the same cell must not get two values. Compared edit
-        # against edit (shared columns first), so the cost never grows with rows x columns.
+        # feature cells with explicit rows: the same cell must not get two values. Only a column that edits give
+        # different values can clash; for each such column the (row, value) pairs of its edits are sorted by row
+        # (in NumPy) and neighbours compared. Columns whose edits agree (all zeroed, as in an iterative update's
+        # chunks of one-row edits) cost one pass over the columns listed.
         explicit = [e for e in self.feature_edits if e.rows is not None]
         for edit in explicit:
             clash = sorted(removed.intersection(edit.rows))
             if clash:
                 raise ChangesError(f"Rows {clash[:5]} are both removed and feature-edited; drop one of the two requests.")
-        for i, a in enumerate(explicit):
-            a_values = dict(zip(a.columns, a.values))
-            for b in explicit[i + 1:]:
-                differ = [(c, a_values[c], v) for c, v in zip(b.columns, b.values) if c in a_values and a_values[c] != v]
-                if not differ:
-                    continue
-                common = sorted(set(a.rows).intersection(b.rows))
-                if common:
-                    c, old, new = differ[0]
-                    raise ChangesError(f"Cell (row {common[0]}, column {c}) is set to two different values ({old} and {new}).")
+        by_column: dict[int, dict[float, list[int]]] = {}
+        for i, edit in enumerate(explicit):
+            for c, v in zip(edit.columns, edit.values):
+                by_column.setdefault(c, {}).setdefault(v, []).append(i)
+        rows_of: dict[int, np.ndarray] = {}
+        for c, groups in by_column.items():
+            if len(groups) < 2:
+                continue
+            pairs = [(i, v) for v, edits in groups.items() for i in edits]
+            arrays = [rows_of.setdefault(i, np.asarray(explicit[i].rows, dtype=np.int64)) for i, _ in pairs]
+            rows = np.concatenate(arrays)
+            which = np.concatenate([np.full(a.size, i, dtype=np.int64) for (i, _), a in zip(pairs, arrays)])
+            vals = np.concatenate([np.full(a.size, v) for (_, v), a in zip(pairs, arrays)])
+            order = np.lexsort((which, rows))  # by row, then by edit: the earlier edit's value first
+            rows, vals = rows[order], vals[order]
+            hit = np.flatnonzero((rows[1:] == rows[:-1]) & (vals[1:] != vals[:-1]))
+            if hit.size:
+                k = int(hit[0])
+                raise ChangesError(f"Cell (row {int(rows[k])}, column {c}) is set to two different values "
+                                   f"({vals[k]} and {vals[k + 1]}).")
 
     # ------------------------------------------------------------------ resolution
     def resolve(self, data: Dataset) -> Resolved:
