@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from unlearnkit import Changes, ChangesError, Dataset
-from unlearnkit.data.changes import FORMAT
+from unlearnkit.data.changes import FORMAT, FeatureEdit
 
 IDS = 100 + 3 * np.arange(6)  # 100, 103, 106, 109, 112, 115
 
@@ -448,6 +448,18 @@ def test_same_cell_two_values_explicit_rows():
     # agreeing edits of the same cell are fine
     ch = Changes.set_features([0], [1.0], rows=[100]) + Changes.set_features([0, 1], [1.0, 2.0], rows=[100])
     assert len(ch.feature_edits) == 2
+
+
+def test_many_one_row_edits_are_checked_cell_by_cell():
+    # an iterative update's chunk: one edit per row; values differ by column and by row, cells never shared
+    edits = [FeatureEdit((r % 7, 7 + r % 3), (float(r % 5), -1.0), (r,)) for r in range(3000)]
+    assert len(Changes(feature_edits=tuple(edits)).feature_edits) == 3000
+    # one shared cell among them, given another value by a later edit: found, with the earlier edit's value first
+    clash = (*edits, FeatureEdit((2, 11), (9.0, 0.0), (1500, 3001)))
+    with pytest.raises(ChangesError, match=r"Cell \(row 1500, column 2\) is set to two different values \(0.0 and 9.0\)"):
+        Changes(feature_edits=clash)
+    # the same cell set twice to the same value is no clash
+    assert Changes(feature_edits=(*edits, FeatureEdit((2,), (0.0,), (1500,)))).feature_edits[-1].rows == (1500,)
 
 
 def test_same_cell_two_values_every_nonzero_row_vs_explicit_row(ds):
