@@ -10,7 +10,7 @@ kernels it launched; this driver also synchronises around each whole scenario an
 ``torch.cuda.synchronize`` calls made during it (``sync_calls``), as evidence that the synchronisation ran.
 
 Order and budget: scenarios run from the shortest expected to the longest. The expected time is the scenario's
-recorded CPU time at the same size (``benchmarks/results/scenarios.json``, when it holds that size) times a scale:
+recorded CPU time per seed at the same size (``benchmarks/results/scenarios.json``, when it holds that size) times a scale:
 ``--estimate-scale`` at first, then the ratio of measured to recorded time over the scenarios already run here. A
 scenario whose expected time exceeds the budget left is skipped, with the reason written down; one with no recorded
 time runs if any budget is left. The JSON is rewritten after every scenario, so a run cut short by ``timeout``
@@ -67,12 +67,13 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def recorded_seconds(path: Path, size: str) -> dict[str, float]:
-    """``{scenario: seconds}`` from a scenarios.json, for the entries run at ``size``; empty if there is none."""
+    """``{scenario: seconds of one seed}`` from a scenarios.json, for the entries run at ``size`` (an entry's seconds
+    cover all its seeds, merged runs included; this check runs one); empty if there is none."""
     try:
         entries = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return {name: float(e["seconds"]) for name, e in entries.items()
+    return {name: float(e["seconds"]) / max(1, len(e.get("seeds") or ())) for name, e in entries.items()
             if isinstance(e, dict) and e.get("size") == size and isinstance(e.get("seconds"), (int, float))}
 
 
