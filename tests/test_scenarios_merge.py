@@ -60,6 +60,8 @@ def test_a_seed_run_again_replaces_its_rows_and_a_worse_row_on_one_seed_counts()
     kfac = [r for r in merged.rows if r.method == "second-order [kfac]"]
     assert sorted((r.seed, r.test_accuracy) for r in kfac) == [(0, 0.86), (1, 0.60), (2, 0.86)]
     assert len(merged.rows) == 12 and merged.commands == ["run", "again"]
+    # each report's 60 s count for the share of its seeds kept: two of three, and all of one
+    assert merged.seconds == pytest.approx(60.0 * 2 / 3 + 60.0)
     assert not merged.goals[0].met  # the mean over the three seeds now falls below ft [tuned]
 
 

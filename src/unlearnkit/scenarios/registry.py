@@ -209,8 +209,9 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
 
     ``reports`` are results or their JSON (:meth:`~unlearnkit.scenarios.report.ScenarioResult.to_dict`, the
     ``<scenario>.json`` a run writes). A problem's rows on a seed come from the last report that has them (runs of
-    one seed, or of one problem, each add theirs); the goals are judged again on the union; the seconds add up and
-    the command lines are kept, one per report; a problem is described as on its first seed. Refused
+    one seed, or of one problem, each add theirs); the goals are judged again on the union; the seconds add up (each
+    report's in proportion to the share of its problem-seed blocks kept) and the command lines are kept, one per
+    report; a problem is described as on its first seed. Refused
     (:class:`ScenarioError`) unless every report is of ``name`` at one size, with the same tuned-baseline
     configuration (methods, trials, tuning seeds, store fingerprint) and the same machine settings
     (:data:`SAME_MACHINE`): rows measured otherwise are not averaged together.
@@ -272,6 +273,11 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
     rows = [row for seed in seeds for problem in order if (problem, seed) in source
             for row in results[source[(problem, seed)]].rows if (row.problem, row.seed) == (problem, seed)]
     used = [r for i, r in enumerate(results) if i in set(source.values())]
+    # a report's seconds cover all its blocks: each report counts for the share of its blocks the merge kept (a
+    # report that is itself a merge of seeds, merged again, would otherwise count those seeds twice)
+    blocks = [len({(row.problem, row.seed) for row in r.rows}) for r in results]
+    kept = [sum(1 for i in source.values() if i == j) for j in range(len(results))]
+    share = {id(r): kept[j] / blocks[j] for j, r in enumerate(results) if kept[j]}
     # a problem's description (sizes, what was drawn) is that of its first seed, as in a run of several seeds
     problems = {problem: results[source[(problem, seed)]].problems.get(problem, {})
                 for seed in reversed(seeds) for problem in order if (problem, seed) in source}
@@ -279,14 +285,15 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
     tuned = dict(used[-1].tuning)
     if tuned:
         tuned["evaluation_seeds"] = seeds
-        tuned["trials_run"] = sum(int(r.tuning.get("trials_run") or 0) for r in used)
+        tuned["trials_run"] = round(sum(int(r.tuning.get("trials_run") or 0) * share[id(r)] for r in used))
         # each report tuned (or read back) the problems it ran: their objectives and choices together
         tuned["objectives"] = {p: names for r in used for p, names in (r.tuning.get("objectives") or {}).items()}
         chosen = {(c.get("problem"), c.get("method")): c for r in used for c in r.tuning.get("chosen") or []}
         tuned["chosen"] = list(chosen.values())
         spent = [r.tuning.get("seconds") or {} for r in used]
         tuned["seconds"] = {**tuned.get("seconds", {}),
-                            **{k: sum(float(s.get(k) or 0.0) for s in spent) for k in ("total", "cpu", "problems")},
+                            **{k: sum(float(s.get(k) or 0.0) * share[id(r)] for r, s in zip(used, spent))
+                               for k in ("total", "cpu", "problems")},
                             # without the store: the most any report states (a report that read the search back
                             # may state its own zero; summing would count one search once per report)
                             "methods": {m: max(float((s.get("methods") or {}).get(m) or 0.0) for s in spent)
@@ -302,7 +309,7 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
     result = ScenarioResult(name, first.size, seeds, rows, problems=problems, derive=getattr(module, "derive", None),
                             rules=rules.__doc__ or "", environment=dict(used[-1].environment), tuning=tuned,
                             commands=[c for r in used for c in r.commands])
-    result.seconds = sum(r.seconds for r in used)
+    result.seconds = sum(r.seconds * share[id(r)] for r in used)
     result.goals = module.goals(result.aggregate())
     return result
 
