@@ -148,6 +148,9 @@ def tune_first(name: str, args, options: dict):
 def publish(result, start: float) -> None:
     """Write ``result``'s report under docs/scenarios and its entry in benchmarks/results/scenarios.json."""
     name = result.scenario
+    store = Path(result.tuning.get("store") or "")
+    if result.tuning.get("store") and store.name == f"{name}.sqlite":  # the repository's copy, not this checkout's path
+        result.tuning["store"] = str(TUNING.relative_to(ROOT.parent) / store.name)
     scenarios.write_report(result, DOCS)
     entry = result.to_dict()
     with locked(RESULTS.with_suffix(".lock")):
