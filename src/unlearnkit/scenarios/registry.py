@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,16 +273,15 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
     order = list(dict.fromkeys(problem for problem, _ in source))
     rows = [row for seed in seeds for problem in order if (problem, seed) in source
             for row in results[source[(problem, seed)]].rows if (row.problem, row.seed) == (problem, seed)]
-    used = [r for i, r in enumerate(results) if i in set(source.values())]
     # a report's seconds cover all its blocks: each report counts for the share of its blocks the merge kept (a
     # report that is itself a merge of seeds, merged again, would otherwise count those seeds twice)
-    blocks = [len({(row.problem, row.seed) for row in r.rows}) for r in results]
-    kept = [sum(1 for i in source.values() if i == j) for j in range(len(results))]
-    share = {id(r): kept[j] / blocks[j] for j, r in enumerate(results) if kept[j]}
+    kept = Counter(source.values())
+    used = [r for j, r in enumerate(results) if kept[j]]
+    share = {id(r): kept[j] / len({(row.problem, row.seed) for row in r.rows}) for j, r in enumerate(results) if kept[j]}
     # a problem's description (sizes, what was drawn) is that of its first seed, as in a run of several seeds
-    problems = {problem: results[source[(problem, seed)]].problems.get(problem, {})
-                for seed in reversed(seeds) for problem in order if (problem, seed) in source}
-    problems = {problem: problems[problem] for problem in order}
+    problems: dict = {}
+    for problem, seed in sorted(source, key=lambda block: (order.index(block[0]), block[1])):
+        problems.setdefault(problem, results[source[(problem, seed)]].problems.get(problem, {}))
     tuned = dict(used[-1].tuning)
     if tuned:
         tuned["evaluation_seeds"] = seeds
