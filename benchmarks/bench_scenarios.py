@@ -12,7 +12,8 @@ trials per method and problem; every trial and chosen setting is kept in
 Each scenario writes its report (Markdown, PNG, JSON) under ``docs/scenarios/``; this script
 merges their JSON into ``benchmarks/results/scenarios.json`` (one entry per scenario, replaced
 when a scenario is re-run). Seeds can run in separate processes: ``--add`` merges a run into the report already
-there (rows of the problems and seeds it ran replaced, the others kept; see ``unlearnkit.scenarios.merge``);
+there (rows of the problems and seeds it ran replaced, the others kept; a run of rows left out before joins a
+seed's rows when it trained the same models; see ``unlearnkit.scenarios.merge``);
 ``--merge`` replaces the report with the merge of saved reports, running nothing. Runs of other sizes, tuning or
 thread counts are refused. The tuned baselines' search runs first, under a lock on its store: processes started
 together search once and the others read it back. Speed-ups are ratios to retraining measured in the same run, on the

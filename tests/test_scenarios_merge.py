@@ -78,11 +78,31 @@ def test_runs_of_one_problem_each_are_joined_seed_by_seed():
     assert {c["problem"] for c in merged.tuning["chosen"]} == {PROBLEM, other}
 
 
-def test_a_run_of_fewer_rows_cannot_replace_a_seed_and_drop_the_others():
-    fewer = report([1], command="ft only")
+def test_a_run_of_fewer_rows_joins_a_seed_only_when_it_trained_the_same_models():
+    # a --methods run of one row on seed 1, on the same models (its original and retrained rows score alike)
+    fewer = report([1], closed=0.80, command="ft only")
     fewer["rows"] = [r for r in fewer["rows"] if r["method"] != "second-order [kfac]"]
-    with pytest.raises(ScenarioError, match="lacks second-order \\[kfac\\].*merging would drop them"):
-        scenarios.merge("label-poisoning", [report([0, 1, 2]), fewer])
+    for r in fewer["rows"]:
+        r["seconds"] = {"retrain": 90.0, "ft [tuned]": 6.0}.get(r["method"], r["seconds"])
+    merged = scenarios.merge("label-poisoning", [report([0, 1, 2]), fewer])
+    seed1 = {r.method: r for r in merged.rows if r.seed == 1}
+    assert list(seed1) == ["original", "retrain", "second-order [kfac]", "ft [tuned]"]
+    assert seed1["second-order [kfac]"].seconds == 5.0  # kept from the first run
+    assert seed1["ft [tuned]"].seconds == 6.0 and seed1["retrain"].seconds == 90.0  # the later run's
+    assert len(merged.rows) == 12 and merged.commands == ["run", "ft only"]
+    assert merged.seconds == pytest.approx(60.0 + 60.0)  # both runs spent their time on the blocks kept
+
+    # other models (the original scores otherwise): the rows it lacks were measured on another model, refused
+    other = json.loads(json.dumps(fewer))
+    next(r for r in other["rows"] if r["method"] == "original")["test_accuracy"] = 0.71
+    with pytest.raises(ScenarioError, match="lacks second-order \\[kfac\\].*models differ.*merging would drop"):
+        scenarios.merge("label-poisoning", [report([0, 1, 2]), other])
+    # a run with every row replaces the seed whatever its models (a rerun on changed code)
+    again = report([1], closed=0.5, command="again")
+    next(r for r in again["rows"] if r["method"] == "original")["test_accuracy"] = 0.71
+    replaced = scenarios.merge("label-poisoning", [report([0, 1, 2]), fewer, again])
+    assert [r.test_accuracy for r in replaced.rows if r.seed == 1] == [0.71, 0.90, 0.5, 0.85]
+    assert replaced.commands == ["run", "again"]
     # on a seed of its own it is merged: that seed simply has no such row
     assert len(scenarios.merge("label-poisoning", [report([0]), fewer]).rows) == 7
 

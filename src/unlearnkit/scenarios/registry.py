@@ -16,7 +16,7 @@ from unlearnkit.devices import check_device
 from unlearnkit.errors import UnlearnKitError
 from unlearnkit.progress import check_progress, status_line
 from unlearnkit.scenarios import rules, tuning
-from unlearnkit.scenarios.compare import SISA as SISA_LABEL, CurvatureCache, build_problems, compare
+from unlearnkit.scenarios.compare import SISA as SISA_LABEL, CurvatureCache, Row, build_problems, compare
 from unlearnkit.scenarios.report import ScenarioResult, write
 
 log = logging.getLogger(__name__)
@@ -211,14 +211,17 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
     ``reports`` are results or their JSON (:meth:`~unlearnkit.scenarios.report.ScenarioResult.to_dict`, the
     ``<scenario>.json`` a run writes). A problem's rows on a seed come from the last report that has them (runs of
     one seed, or of one problem, each add theirs); the goals are judged again on the union; the seconds add up (each
-    report's in proportion to the share of its problem-seed blocks kept) and the command lines are kept, one per
-    report; a problem is described as on its first seed. Refused
+    report's in proportion to the share of its problem-seed blocks kept) and the command lines are kept (each once:
+    a merged report merged again repeats its own); a problem is described as on its first seed. Refused
     (:class:`ScenarioError`) unless every report is of ``name`` at one size, with the same tuned-baseline
     configuration (methods, trials, tuning seeds, store fingerprint) and the same machine settings
     (:data:`SAME_MACHINE`): rows measured otherwise are not averaged together.
 
-    A report that replaces a problem's rows on a seed must have every row it replaces (a ``--methods`` run would
-    otherwise drop the others silently), and every report must state its machine.
+    A report that has fewer of a problem's rows on a seed than the reports before it (a ``--methods`` run of rows
+    left out earlier) adds its rows to theirs, replacing those it has, when it trained the same models: its
+    original's and retrained model's scores equal theirs exactly (training is deterministic on one thread; each
+    row's speed-up stays the ratio to its own run's retraining). With other models it is refused: merging would
+    silently drop rows. Every report must state its machine.
 
     ``store``: the tuning store the reports' baselines were tuned with. When given (and it holds the configuration),
     the budget's seconds per method and for the references are read from it: what the search cost when it ran, on
@@ -255,33 +258,48 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
             raise ScenarioError(f"Report {i}'s tuned baselines (methods, trials, tuning seeds, store fingerprint "
                                 f"{key(r.tuning)}) differ from report 1's ({key(first.tuning)}).")
     # a problem's rows on a seed come from the last report that has them (a run of one problem leaves the others);
-    # a later report that has fewer rows there (a --methods run) would silently drop some: refused
-    source: dict[tuple[str, int], int] = {}
+    # a later report with fewer rows there (a --methods run) joins them only when it trained the same models (its
+    # original and retrained rows score exactly alike: the runs are deterministic on one thread), else it would
+    # silently drop rows measured on other models: refused
+    source: dict[tuple[str, int], list[int]] = {}
     for i, r in enumerate(results):
         for block in dict.fromkeys((row.problem, row.seed) for row in r.rows):
             if block in source:
-                before = {row.method for row in results[source[block]].rows if (row.problem, row.seed) == block}
-                after = {row.method for row in r.rows if (row.problem, row.seed) == block}
-                if before - after:
-                    raise ScenarioError(f"Report {i + 1} replaces the rows of {block[0]!r} on seed {block[1]} but lacks "
-                                        f"{', '.join(sorted(before - after))}, which report {source[block] + 1} has: "
-                                        "merging would drop them. Run those rows again too, or leave that seed out.")
-            source[block] = i
+                mine = _block(r, block)
+                before = {m for j in source[block] for m in _block(results[j], block)}
+                if not before - set(mine):
+                    source[block] = [i]
+                    continue
+                differ = [j for j in source[block] if not _same_models(_block(results[j], block), mine)]
+                if differ:
+                    raise ScenarioError(
+                        f"Report {i + 1} replaces the rows of {block[0]!r} on seed {block[1]} but lacks "
+                        f"{', '.join(sorted(before - set(mine)))}, which report {differ[-1] + 1} has, and its models "
+                        "differ from that report's (the original's or retrained model's scores are not the same): "
+                        "merging would drop those rows. Run them again too, or leave that seed out.")
+                source[block].append(i)  # the same models: this report's rows join (and replace) the others'
+            else:
+                source[block] = [i]
     if not source:
         raise ScenarioError("Nothing to merge: the reports have no rows.")
     seeds = sorted({seed for _, seed in source})
     order = list(dict.fromkeys(problem for problem, _ in source))
-    rows = [row for seed in seeds for problem in order if (problem, seed) in source
-            for row in results[source[(problem, seed)]].rows if (row.problem, row.seed) == (problem, seed)]
+    rows = []
+    for seed in seeds:
+        for problem in order:
+            joined: dict[str, Row] = {}
+            for j in source.get((problem, seed), []):
+                joined.update(_block(results[j], (problem, seed)))
+            rows += joined.values()
     # a report's seconds cover all its blocks: each report counts for the share of its blocks the merge kept (a
     # report that is itself a merge of seeds, merged again, would otherwise count those seeds twice)
-    kept = Counter(source.values())
+    kept = Counter(j for js in source.values() for j in js)
     used = [r for j, r in enumerate(results) if kept[j]]
     share = {id(r): kept[j] / len({(row.problem, row.seed) for row in r.rows}) for j, r in enumerate(results) if kept[j]}
     # a problem's description (sizes, what was drawn) is that of its first seed, as in a run of several seeds
     problems: dict = {}
     for problem, seed in sorted(source, key=lambda block: (order.index(block[0]), block[1])):
-        problems.setdefault(problem, results[source[(problem, seed)]].problems.get(problem, {}))
+        problems.setdefault(problem, results[source[(problem, seed)][-1]].problems.get(problem, {}))
     tuned = dict(used[-1].tuning)
     if tuned:
         tuned["evaluation_seeds"] = seeds
@@ -308,10 +326,22 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
                                     "references": costs["references"], "from_store": True}
     result = ScenarioResult(name, first.size, seeds, rows, problems=problems, derive=getattr(module, "derive", None),
                             rules=rules.__doc__ or "", environment=dict(used[-1].environment), tuning=tuned,
-                            commands=[c for r in used for c in r.commands])
+                            commands=list(dict.fromkeys(c for r in used for c in r.commands)))
     result.seconds = sum(r.seconds * share[id(r)] for r in used)
     result.goals = module.goals(result.aggregate())
     return result
+
+
+def _block(result: ScenarioResult, block: tuple[str, int]) -> dict[str, Row]:
+    """The rows of one problem on one seed, by method, in the report's order."""
+    return {row.method: row for row in result.rows if (row.problem, row.seed) == block}
+
+
+def _same_models(a: dict[str, Row], b: dict[str, Row]) -> bool:
+    """Whether two runs' rows of one block come from the same original and retrained models: both have those rows
+    and every score of theirs is equal (not the seconds, which vary)."""
+    scores = lambda row: (row.test_accuracy, row.corrected_accuracy, row.distance, row.agreement, row.efficacy)
+    return all(m in a and m in b and scores(a[m]) == scores(b[m]) for m in ("original", "retrain"))
 
 
 def split_labels(text: str) -> list[str]:
