@@ -107,6 +107,18 @@ def test_a_run_of_fewer_rows_joins_a_seed_only_when_it_trained_the_same_models()
     assert len(scenarios.merge("label-poisoning", [report([0]), fewer]).rows) == 7
 
 
+def test_an_undefined_score_does_not_make_the_same_models_differ():
+    def with_nan(r):
+        for row in r["rows"]:
+            if row["method"] == "original":
+                row["efficacy"] = {"restored": float("nan")}
+        return r
+    fewer = with_nan(report([1], command="ft only"))
+    fewer["rows"] = [r for r in fewer["rows"] if r["method"] != "second-order [kfac]"]
+    merged = scenarios.merge("label-poisoning", [with_nan(report([1])), json.loads(json.dumps(fewer))])
+    assert [r.method for r in merged.rows] == ["original", "retrain", "second-order [kfac]", "ft [tuned]"]
+
+
 @pytest.mark.parametrize("other, match", [
     (dict(size="tiny"), "label-poisoning \\(tiny\\)"),
     (dict(env={**ENV, "threads": 2}), "threads=2"),

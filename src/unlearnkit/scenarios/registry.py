@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import time
 from collections import Counter
@@ -340,7 +341,9 @@ def _block(result: ScenarioResult, block: tuple[str, int]) -> dict[str, Row]:
 def _same_models(a: dict[str, Row], b: dict[str, Row]) -> bool:
     """Whether two runs' rows of one block come from the same original and retrained models: both have those rows
     and every score of theirs is equal (not the seconds, which vary)."""
-    scores = lambda row: (row.test_accuracy, row.corrected_accuracy, row.distance, row.agreement, row.efficacy)
+    # as JSON text: a NaN score (a measure undefined on that model) equals itself
+    scores = lambda row: json.dumps([row.test_accuracy, row.corrected_accuracy, row.distance, row.agreement,
+                                     row.efficacy], sort_keys=True, default=float)
     return all(m in a and m in b and scores(a[m]) == scores(b[m]) for m in ("original", "retrain"))
 
 
