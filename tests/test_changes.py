@@ -462,6 +462,24 @@ def test_many_one_row_edits_are_checked_cell_by_cell():
     assert Changes(feature_edits=(*edits, FeatureEdit((2,), (0.0,), (1500,)))).feature_edits[-1].rows == (1500,)
 
 
+def test_join_is_the_sum_of_the_parts_checked_once():
+    parts = [Changes.set_features([r % 4], [float(r % 3)], rows=[r]) for r in range(2000)]
+    parts += [Changes.relabel([5000, 5001], [1, 2]), Changes.remove([6000])]
+    joined = Changes.join(parts)
+    assert joined == sum(parts[1:], parts[0])  # the same change set as adding them one by one
+    assert len(joined.feature_edits) == 2000 and joined.kinds == ("features", "labels", "removals")
+    assert Changes.join(iter(parts[:2])) == parts[0] + parts[1]
+    with pytest.raises(ChangesError, match="empty"):  # as any empty change set
+        Changes.join([])
+    # the same clashes refused
+    with pytest.raises(ChangesError, match=r"Cell \(row 7, column 3\) is set to two different values"):
+        Changes.join([*parts, Changes.set_features([3], [9.0], rows=[7])])
+    with pytest.raises(ChangesError, match="both removed and relabelled"):
+        Changes.join([Changes.remove([1]), Changes.relabel([1], [0])])
+    with pytest.raises(ChangesError, match="change sets only, got list"):
+        Changes.join([parts[0], [1, 2]])
+
+
 def test_same_cell_two_values_every_nonzero_row_vs_explicit_row(ds):
     # constructible (the non-zero rows are unknown until resolved) ...
     ch = Changes.set_features([0], [5.0]) + Changes.set_features([0], [6.0], rows=[106])

@@ -510,9 +510,7 @@ def _split_resolved(changes: Changes, resolved: Resolved, chunks: int) -> list[C
                 if cols.size:
                     parts.append(Changes.set_features(cols, flat_new[k, cols], rows=[int(sub.ids[k])]))
         if parts:  # one change set, checked once (adding the parts one by one re-checks every prefix)
-            out.append(Changes(tuple(e for part in parts for e in part.feature_edits),
-                               tuple(e for part in parts for e in part.label_edits),
-                               tuple(e for part in parts for e in part.removals)))
+            out.append(Changes.join(parts))
     return out
 
 
