@@ -478,6 +478,9 @@ def test_join_is_the_sum_of_the_parts_checked_once():
         Changes.join([Changes.remove([1]), Changes.relabel([1], [0])])
     with pytest.raises(ChangesError, match="change sets only, got list"):
         Changes.join([parts[0], [1, 2]])
+    for wrong in (parts[0], None):
+        with pytest.raises(ChangesError, match="a list of change sets, got"):
+            Changes.join(wrong)
 
 
 def test_same_cell_two_values_every_nonzero_row_vs_explicit_row(ds):

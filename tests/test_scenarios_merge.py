@@ -95,7 +95,7 @@ def test_a_run_of_fewer_rows_joins_a_seed_only_when_it_trained_the_same_models()
     # other models (the original scores otherwise): the rows it lacks were measured on another model, refused
     other = json.loads(json.dumps(fewer))
     next(r for r in other["rows"] if r["method"] == "original")["test_accuracy"] = 0.71
-    with pytest.raises(ScenarioError, match="lacks second-order \\[kfac\\].*models differ.*merging would drop"):
+    with pytest.raises(ScenarioError, match="lacks second-order \\[kfac\\].*not run on the same models.*merging would drop"):
         scenarios.merge("label-poisoning", [report([0, 1, 2]), other])
     # a run with every row replaces the seed whatever its models (a rerun on changed code)
     again = report([1], closed=0.5, command="again")
@@ -105,6 +105,32 @@ def test_a_run_of_fewer_rows_joins_a_seed_only_when_it_trained_the_same_models()
     assert replaced.commands == ["run", "again"]
     # on a seed of its own it is merged: that seed simply has no such row
     assert len(scenarios.merge("label-poisoning", [report([0]), fewer]).rows) == 7
+
+
+def test_joined_rows_keep_their_reference_and_replaced_runs_count_no_more():
+    def only(methods, command, **kw):
+        r = report([1], command=command, **kw)
+        r["rows"] = [row for row in r["rows"] if row["method"] in ("original", "retrain", *methods)]
+        return r
+    a = only(["ft [tuned]"], "a")
+    for row in a["rows"]:
+        row["seconds"] = 90.0 if row["method"] == "retrain" else row["seconds"]
+    merged = scenarios.merge("label-poisoning", [report([1]), a])
+    by = {r.method: r for r in merged.rows}
+    # each row records the retraining its speed-up is against: 100 s for the first run's, 90 s for the joined one's
+    assert by["second-order [kfac]"].settings["retrain_seconds"] == 100.0
+    assert by["ft [tuned]"].settings["retrain_seconds"] == 90.0 and by["retrain"].seconds == 90.0
+    # merged again alone, or with a later join, the references stay
+    again = scenarios.merge("label-poisoning", [merged.to_dict(), only(["ft [tuned]"], "a again")])
+    assert {r.method: r.settings["retrain_seconds"] for r in again.rows}["second-order [kfac]"] == 100.0
+    # "a" replaced by "a again": its seconds and command no longer count
+    third = scenarios.merge("label-poisoning", [report([1]), a, only(["ft [tuned]"], "a again")])
+    assert third.commands == ["run", "a again"] and third.seconds == pytest.approx(120.0)
+    # the refusal names the report whose rows would be lost
+    other = only(["second-order [kfac]"], "z")
+    next(r for r in other["rows"] if r["method"] == "original")["test_accuracy"] = 0.71
+    with pytest.raises(ScenarioError, match="lacks ft \\[tuned\\], which report 2 has, and was not run on the same"):
+        scenarios.merge("label-poisoning", [report([1]), a, other])
 
 
 def test_an_undefined_score_does_not_make_the_same_models_differ():

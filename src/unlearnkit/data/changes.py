@@ -301,6 +301,8 @@ class Changes:
 
         ``a + b + c + ...`` checks each partial sum for clashing edits again; for thousands of parts (one per row)
         that is quadratic, ``Changes.join(parts)`` is not. The same clashes are refused either way."""
+        if isinstance(parts, Changes) or not hasattr(parts, "__iter__"):
+            raise ChangesError(f"Changes.join takes a list of change sets, got {type(parts).__name__}.")
         parts = list(parts)
         wrong = sorted({type(part).__name__ for part in parts if not isinstance(part, Changes)})
         if wrong:

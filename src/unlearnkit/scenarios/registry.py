@@ -8,7 +8,7 @@ import logging
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -220,9 +220,11 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
 
     A report that has fewer of a problem's rows on a seed than the reports before it (a ``--methods`` run of rows
     left out earlier) adds its rows to theirs, replacing those it has, when it trained the same models: its
-    original's and retrained model's scores equal theirs exactly (training is deterministic on one thread; each
-    row's speed-up stays the ratio to its own run's retraining). With other models it is refused: merging would
-    silently drop rows. Every report must state its machine.
+    original's and retrained model's scores equal theirs exactly (training is deterministic on one thread). Each
+    row's speed-up stays the ratio to its own run's retraining, whose seconds such a joined row records
+    (``settings["retrain_seconds"]``); the block's ``retrain`` row is the last run's. With other models it is
+    refused: merging would silently drop rows. A report none of whose rows are kept counts no seconds. Every
+    report must state its machine.
 
     ``store``: the tuning store the reports' baselines were tuned with. When given (and it holds the configuration),
     the budget's seconds per method and for the references are read from it: what the search cost when it ran, on
@@ -265,22 +267,23 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
     source: dict[tuple[str, int], list[int]] = {}
     for i, r in enumerate(results):
         for block in dict.fromkeys((row.problem, row.seed) for row in r.rows):
-            if block in source:
-                mine = _block(r, block)
-                before = {m for j in source[block] for m in _block(results[j], block)}
-                if not before - set(mine):
-                    source[block] = [i]
-                    continue
-                differ = [j for j in source[block] if not _same_models(_block(results[j], block), mine)]
-                if differ:
+            mine = _block(r, block)
+            # the earlier reports that still give rows once this one joins (newest first: a report whose rows the
+            # later ones all replace gives none, and counts no more)
+            later, keep = set(mine), []
+            for j in reversed(source.get(block, [])):
+                theirs = _block(results[j], block)
+                left = set(theirs) - later
+                if left and not _same_models(theirs, mine):
                     raise ScenarioError(
                         f"Report {i + 1} replaces the rows of {block[0]!r} on seed {block[1]} but lacks "
-                        f"{', '.join(sorted(before - set(mine)))}, which report {differ[-1] + 1} has, and its models "
-                        "differ from that report's (the original's or retrained model's scores are not the same): "
-                        "merging would drop those rows. Run them again too, or leave that seed out.")
-                source[block].append(i)  # the same models: this report's rows join (and replace) the others'
-            else:
-                source[block] = [i]
+                        f"{', '.join(sorted(left))}, which report {j + 1} has, and was not run on the same models "
+                        "(its original's or retrained model's scores differ, or a report lacks them): merging would "
+                        "drop those rows. Run them again too, or leave that seed out.")
+                if left:
+                    keep.append(j)
+                later |= set(theirs)
+            source[block] = [*reversed(keep), i]
     if not source:
         raise ScenarioError("Nothing to merge: the reports have no rows.")
     seeds = sorted({seed for _, seed in source})
@@ -289,8 +292,14 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
     for seed in seeds:
         for problem in order:
             joined: dict[str, Row] = {}
-            for j in source.get((problem, seed), []):
-                joined.update(_block(results[j], (problem, seed)))
+            runs = source.get((problem, seed), [])
+            for j in runs:
+                block = _block(results[j], (problem, seed))
+                if len(runs) > 1:  # rows of several runs: each row's speed-up is against its own run's retraining
+                    reference = block["retrain"].seconds
+                    block = {m: replace(row, settings={"retrain_seconds": reference, **row.settings})
+                             for m, row in block.items()}  # a row joined before keeps the reference it has
+                joined.update(block)
             rows += joined.values()
     # a report's seconds cover all its blocks: each report counts for the share of its blocks the merge kept (a
     # report that is itself a merge of seeds, merged again, would otherwise count those seeds twice)
@@ -300,7 +309,9 @@ def merge(name: str, reports, *, store: str | Path | None = None) -> ScenarioRes
     # a problem's description (sizes, what was drawn) is that of its first seed, as in a run of several seeds
     problems: dict = {}
     for problem, seed in sorted(source, key=lambda block: (order.index(block[0]), block[1])):
-        problems.setdefault(problem, results[source[(problem, seed)][-1]].problems.get(problem, {}))
+        described = [results[j].problems[problem] for j in reversed(source[(problem, seed)])
+                     if problem in results[j].problems]
+        problems.setdefault(problem, described[0] if described else {})
     tuned = dict(used[-1].tuning)
     if tuned:
         tuned["evaluation_seeds"] = seeds
